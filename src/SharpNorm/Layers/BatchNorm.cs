@@ -1,0 +1,31 @@
+using System.Numerics;
+using SharpNorm.Kernels;
+
+namespace SharpNorm.Layers;
+
+/// <summary>
+/// Batch normalization, the twin of torch.nn.BatchNorm1d/2d/3d in one class: input (N,C), (N,C,L),
+/// (N,C,H,W) or (N,C,D,H,W); statistics per channel over the batch and all spatial positions.
+/// </summary>
+public sealed class BatchNorm<T> : RunningStatsNorm<T> where T : unmanaged, IFloatingPointIeee754<T>
+{
+    /// <param name="numFeatures">C, the number of channels (dimension 1 of the input).</param>
+    /// <param name="eps">Added to the variance for numerical stability.</param>
+    /// <param name="momentum">Weight of the batch statistics in the running update; null for a cumulative moving average.</param>
+    /// <param name="affine">Whether the layer has learnable gamma (Weight) and beta (Bias).</param>
+    /// <param name="trackRunningStats">Whether the layer keeps running statistics and uses them in eval mode.</param>
+    public BatchNorm(int numFeatures, double eps = 1e-5, double? momentum = 0.1, bool affine = true, bool trackRunningStats = true)
+        : base(numFeatures, eps, momentum, affine, trackRunningStats)
+    {
+    }
+
+    protected override string LayerName => "BatchNorm";
+    protected override int MinRank => 2;
+    protected override string ShapeDescription => "(N,C), (N,C,L), (N,C,H,W) or (N,C,D,H,W)";
+    protected override bool CountsBatches => true;
+    protected override string TooFewValuesMessage => "Expected more than 1 value per channel when training";
+
+    // Statistics per channel over batch and space: x[1, N, C, 1, prod(spatial)].
+    protected override NormGeometry MapGeometry(ReadOnlySpan<nint> lengths) =>
+        new(1, (int)lengths[0], (int)lengths[1], 1, SpatialSize(lengths));
+}

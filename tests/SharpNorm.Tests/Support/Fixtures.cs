@@ -1,0 +1,58 @@
+using System.Numerics;
+using System.Numerics.Tensors;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace SharpNorm.Tests.Support;
+
+/// <summary>Reference cases written by tools/FixtureGen from libtorch 2.10 (TorchSharp 0.107.0).</summary>
+public static class Fixtures
+{
+    private static readonly Dictionary<string, FixtureFile> Files = new();
+
+    public static FixtureFile Load(string fileName)
+    {
+        lock (Files)
+        {
+            if (!Files.TryGetValue(fileName, out FixtureFile? file))
+            {
+                string path = Path.Combine(AppContext.BaseDirectory, "Fixtures", fileName);
+                file = JsonSerializer.Deserialize<FixtureFile>(File.ReadAllText(path), new JsonSerializerOptions { PropertyNameCaseInsensitive = true })
+                       ?? throw new InvalidDataException($"{path} holds no fixture.");
+                Files[fileName] = file;
+            }
+            return file;
+        }
+    }
+
+    public static FixtureCase Case(string fileName, string name) => Load(fileName).Cases.Single(c => c.Name == name);
+}
+
+public sealed record FixtureFile(string Generator, string Layer, List<FixtureCase> Cases);
+
+public sealed record FixtureCase(
+    string Name, string Dtype, int NumFeatures, double Eps, double? Momentum, bool Affine, bool TrackRunningStats,
+    FixtureTensor? Weight, FixtureTensor? Bias, List<FixtureStep> Steps);
+
+public sealed record FixtureStep(
+    bool Training, FixtureTensor X, FixtureTensor Dy, FixtureTensor Y, FixtureTensor Dx,
+    FixtureTensor? Dweight, FixtureTensor? Dbias, FixtureTensor? RunningMean, FixtureTensor? RunningVar, long NumBatchesTracked);
+
+public sealed record FixtureTensor(long[] Shape, string Data)
+{
+    [JsonIgnore] public nint[] Lengths => Shape.Select(d => (nint)d).ToArray();
+
+    /// <summary>The values in the fixture's own dtype (float32 or float64), converted exactly to T where T is that dtype.</summary>
+    public T[] Values<T>(string dtype) where T : IFloatingPointIeee754<T>
+    {
+        byte[] bytes = Convert.FromBase64String(Data);
+        return dtype switch
+        {
+            "float32" => Enumerable.Range(0, bytes.Length / 4).Select(i => T.CreateTruncating(BitConverter.ToSingle(bytes, 4 * i))).ToArray(),
+            "float64" => Enumerable.Range(0, bytes.Length / 8).Select(i => T.CreateTruncating(BitConverter.ToDouble(bytes, 8 * i))).ToArray(),
+            _ => throw new InvalidDataException($"unknown dtype {dtype}"),
+        };
+    }
+
+    public Tensor<T> ToTensor<T>(string dtype) where T : IFloatingPointIeee754<T> => Tensor.Create(Values<T>(dtype), Lengths);
+}

@@ -1,0 +1,258 @@
+// FixtureGen: writes golden reference fixtures for SharpNorm's BatchNorm and InstanceNorm
+// using libtorch (through TorchSharp). The module logic of Python's torch.nn
+// (_BatchNorm.forward / _InstanceNorm.forward) is transcribed here on top of libtorch's
+// functional ops; the state (weight, bias, running stats, num_batches_tracked) is kept by hand.
+//
+// Usage: FixtureGen OUTPUT_DIR   (see run.sh; writes batchnorm.json and instancenorm.json)
+
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using TorchSharp;
+using static TorchSharp.torch;
+
+internal static class Program
+{
+    private const string Generator = "tools/FixtureGen (TorchSharp 0.107.0, libtorch 2.10.0)";
+    private static readonly double[] Epsilons = { 1e-5, 1e-3, 0.1 };
+    private static readonly bool[] DefaultSteps = { true, true, false, true, false };
+    private static readonly bool[] NonfiniteSteps = { true, false };
+
+    private enum Layer { BatchNorm, InstanceNorm }
+
+    private sealed record CaseSpec(
+        Layer Layer, long[] Shape, ScalarType DType, bool Affine, bool Track, double? Momentum,
+        double Eps, bool[] Steps, bool Nonfinite);
+
+    private static int Main(string[] args)
+    {
+        if (args.Length != 1)
+        {
+            Console.Error.WriteLine("usage: FixtureGen OUTPUT_DIR");
+            return 2;
+        }
+        string outDir = args[0];
+        Directory.CreateDirectory(outDir);
+
+        torch.set_num_threads(1);   // keep reductions in a fixed order: reproducible output
+        torch.manual_seed(1234);
+
+        var bnShapes = new[] { new long[] { 6, 3 }, new long[] { 4, 3, 5 }, new long[] { 2, 3, 4, 5 }, new long[] { 2, 2, 3, 2, 3 } };
+        var inShapes = new[] { new long[] { 3, 4, 7 }, new long[] { 2, 3, 4, 5 }, new long[] { 2, 2, 3, 2, 3 } };
+
+        WriteLayer(Path.Combine(outDir, "batchnorm.json"), Layer.BatchNorm, BuildCases(Layer.BatchNorm, bnShapes));
+        WriteLayer(Path.Combine(outDir, "instancenorm.json"), Layer.InstanceNorm, BuildCases(Layer.InstanceNorm, inShapes));
+        return 0;
+    }
+
+    private static List<CaseSpec> BuildCases(Layer layer, long[][] shapes)
+    {
+        var cases = new List<CaseSpec>();
+        int group = 0;
+        foreach (var shape in shapes)
+        {
+            foreach (var dtype in new[] { ScalarType.Float32, ScalarType.Float64 })
+            {
+                int i = 0;
+                foreach (bool affine in new[] { true, false })
+                {
+                    foreach (var (track, momentum) in new (bool, double?)[] { (false, 0.1), (true, 0.1), (true, null) })
+                    {
+                        // eps cycles over the cases, rotated per group so every combo meets several eps values
+                        double eps = Epsilons[(i + group) % Epsilons.Length];
+                        cases.Add(new CaseSpec(layer, shape, dtype, affine, track, momentum, eps, DefaultSteps, false));
+                        i++;
+                    }
+                }
+                group++;
+            }
+        }
+        cases.Add(new CaseSpec(layer, new long[] { 2, 3, 4, 5 }, ScalarType.Float32, true, true, 0.1, 1e-5, NonfiniteSteps, true));
+        return cases;
+    }
+
+    private static string FormatDouble(double v) =>
+        v.ToString("R", CultureInfo.InvariantCulture).Replace("E", "e");
+
+    private static string DTypeName(ScalarType t) => t == ScalarType.Float32 ? "float32" : "float64";
+
+    private static string CaseName(CaseSpec c) =>
+        $"{c.Layer}/rank{c.Shape.Length}/{DTypeName(c.DType)}/{(c.Affine ? "affine" : "noaffine")}/"
+        + $"{(c.Track ? "track" : "notrack")}/momentum={(c.Momentum is { } m ? FormatDouble(m) : "null")}/eps={FormatEps(c.Eps)}"
+        + (c.Nonfinite ? "/nonfinite" : "");
+
+    // Python's repr of the eps values used: 1e-05, 0.001, 0.1
+    private static string FormatEps(double eps) => eps switch
+    {
+        1e-5 => "1e-05",
+        _ => FormatDouble(eps),
+    };
+
+    private static void WriteLayer(string path, Layer layer, List<CaseSpec> cases)
+    {
+        using var stream = File.Create(path);
+        using var w = new Utf8JsonWriter(stream, new JsonWriterOptions
+        {
+            Indented = true,
+            IndentSize = 2,
+            NewLine = "\n",
+            Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+        });
+        w.WriteStartObject();
+        w.WriteString("generator", Generator);
+        w.WriteString("layer", layer.ToString());
+        w.WritePropertyName("cases");
+        w.WriteStartArray();
+        foreach (var c in cases)
+        {
+            using var scope = torch.NewDisposeScope();
+            RunCase(w, c);
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+        w.Flush();
+        stream.WriteByte((byte)'\n');
+    }
+
+    private static void RunCase(Utf8JsonWriter w, CaseSpec c)
+    {
+        long n = c.Shape[0];
+        long numFeatures = c.Shape[1];
+        var dtype = c.DType;
+
+        // Initial parameters (generated in float64, cast to the case dtype).
+        Tensor? weight = null, bias = null;
+        if (c.Affine)
+        {
+            weight = (torch.rand(new[] { numFeatures }, ScalarType.Float64) + 0.5).to_type(dtype).detach().requires_grad_(true);
+            bias = (torch.randn(new[] { numFeatures }, ScalarType.Float64) * 0.3).to_type(dtype).detach().requires_grad_(true);
+        }
+        // Running stats: PyTorch defaults, never requiring grad; None when not tracked.
+        Tensor? runningMean = null, runningVar = null;
+        long numBatchesTracked = 0;
+        if (c.Track)
+        {
+            runningMean = torch.zeros(new[] { numFeatures }, dtype);
+            runningVar = torch.ones(new[] { numFeatures }, dtype);
+        }
+
+        w.WriteStartObject();
+        w.WriteString("name", CaseName(c));
+        w.WriteString("dtype", DTypeName(dtype));
+        w.WriteNumber("numFeatures", numFeatures);
+        w.WritePropertyName("eps");
+        w.WriteRawValue(FormatDouble(c.Eps));
+        w.WritePropertyName("momentum");
+        if (c.Momentum is { } mom) w.WriteRawValue(FormatDouble(mom)); else w.WriteNullValue();
+        w.WriteBoolean("affine", c.Affine);
+        w.WriteBoolean("trackRunningStats", c.Track);
+        WriteTensor(w, "weight", weight);
+        WriteTensor(w, "bias", bias);
+
+        // per-channel offsets 0.5*c - 1, broadcast along dim 1
+        var offShape = Enumerable.Repeat(1L, c.Shape.Length).ToArray();
+        offShape[1] = numFeatures;
+        var offsets = (torch.arange(numFeatures, ScalarType.Float64) * 0.5 - 1.0).reshape(offShape);
+
+        w.WritePropertyName("steps");
+        w.WriteStartArray();
+        foreach (bool training in c.Steps)
+        {
+            var x64 = torch.randn(c.Shape, ScalarType.Float64) * 2.0 + offsets;
+            var dy64 = torch.randn(c.Shape, ScalarType.Float64);
+            if (c.Nonfinite)
+            {
+                // sample 0: one NaN in channel 0, one +Infinity in channel 1
+                var nanIdx = new List<TensorIndex> { TensorIndex.Single(0), TensorIndex.Single(0) };
+                var infIdx = new List<TensorIndex> { TensorIndex.Single(0), TensorIndex.Single(1) };
+                for (int d = 2; d < c.Shape.Length; d++)
+                {
+                    nanIdx.Add(TensorIndex.Single(1 % c.Shape[d]));
+                    infIdx.Add(TensorIndex.Single((c.Shape[d] - 1)));
+                }
+                x64.index_put_(double.NaN, nanIdx.ToArray());
+                x64.index_put_(double.PositiveInfinity, infIdx.ToArray());
+            }
+            var x = x64.to_type(dtype).detach().requires_grad_(true);
+            var dy = dy64.to_type(dtype).detach();
+
+            Tensor y = c.Layer == Layer.BatchNorm
+                ? BatchNormForward(x, weight, bias, runningMean, runningVar, ref numBatchesTracked, training, c.Track, c.Momentum, c.Eps)
+                : InstanceNormForward(x, weight, bias, runningMean, runningVar, training, c.Track, c.Momentum, c.Eps);
+
+            // Snapshot running stats after this step's forward.
+            var rmSnap = runningMean?.detach().clone();
+            var rvSnap = runningVar?.detach().clone();
+
+            // This step's gradients alone (no accumulation across steps).
+            var inputs = c.Affine ? new List<Tensor> { x, weight!, bias! } : new List<Tensor> { x };
+            var grads = torch.autograd.grad(new List<Tensor> { y }, inputs, new List<Tensor> { dy });
+
+            w.WriteStartObject();
+            w.WriteBoolean("training", training);
+            WriteTensor(w, "x", x);
+            WriteTensor(w, "dy", dy);
+            WriteTensor(w, "y", y);
+            WriteTensor(w, "dx", grads[0]);
+            WriteTensor(w, "dweight", c.Affine ? grads[1] : null);
+            WriteTensor(w, "dbias", c.Affine ? grads[2] : null);
+            WriteTensor(w, "runningMean", rmSnap);
+            WriteTensor(w, "runningVar", rvSnap);
+            w.WriteNumber("numBatchesTracked", numBatchesTracked);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+    }
+
+    // torch/nn/modules/batchnorm.py _BatchNorm.forward, transcribed.
+    private static Tensor BatchNormForward(Tensor x, Tensor? weight, Tensor? bias, Tensor? runningMean, Tensor? runningVar,
+        ref long numBatchesTracked, bool training, bool track, double? momentum, double eps)
+    {
+        double factor = momentum ?? 0.0;
+        if (training && track)
+        {
+            numBatchesTracked += 1;
+            factor = momentum ?? 1.0 / numBatchesTracked;
+        }
+        bool bnTraining = training || (runningMean is null && runningVar is null);
+        bool passStats = !training || track;
+        return torch.nn.functional.batch_norm(x,
+            passStats ? runningMean : null, passStats ? runningVar : null,
+            weight, bias, bnTraining, factor, eps);
+    }
+
+    // torch/nn/modules/instancenorm.py _InstanceNorm.forward, transcribed.
+    private static Tensor InstanceNormForward(Tensor x, Tensor? weight, Tensor? bias, Tensor? runningMean, Tensor? runningVar,
+        bool training, bool track, double? momentum, double eps)
+    {
+        return torch.nn.functional.instance_norm(x, runningMean, runningVar, weight, bias,
+            use_input_stats: training || !track, momentum: momentum ?? 0.0, eps: eps);
+    }
+
+    private static void WriteTensor(Utf8JsonWriter w, string name, Tensor? t)
+    {
+        w.WritePropertyName(name);
+        if (t is null)
+        {
+            w.WriteNullValue();
+            return;
+        }
+        var c = t.detach().contiguous();
+        byte[] bytes;
+        if (c.dtype == ScalarType.Float32)
+            bytes = MemoryMarshal.AsBytes<float>(c.data<float>().ToArray()).ToArray();
+        else if (c.dtype == ScalarType.Float64)
+            bytes = MemoryMarshal.AsBytes<double>(c.data<double>().ToArray()).ToArray();
+        else
+            throw new InvalidOperationException($"unexpected dtype {c.dtype}");
+        if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("big-endian host");
+
+        w.WriteStartObject();
+        w.WritePropertyName("shape");
+        w.WriteRawValue("[" + string.Join(", ", c.shape) + "]");
+        w.WriteString("data", Convert.ToBase64String(bytes));
+        w.WriteEndObject();
+    }
+}
