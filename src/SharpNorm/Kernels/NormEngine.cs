@@ -28,6 +28,9 @@ public sealed class NormEngine<T> where T : unmanaged, IFloatingPointIeee754<T>
     /// <summary>Widest vector the kernels may use, in bits (512, 256, 128; 0 for scalar code). Lower it to exercise narrower paths.</summary>
     public int MaxVectorBits { get; set; } = 512;
 
+    /// <summary>Most threads a call may use; -1 for all cores.</summary>
+    public int MaxDegreeOfParallelism { get; set; } = -1;
+
     /// <summary>The geometry of the statistics currently held.</summary>
     public NormGeometry Geometry { get; private set; }
 

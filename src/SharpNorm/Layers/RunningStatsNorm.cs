@@ -74,6 +74,17 @@ public abstract class RunningStatsNorm<T> where T : unmanaged, IFloatingPointIee
     /// <summary>Number of training batches seen while tracking (BatchNorm only, as in PyTorch).</summary>
     public long NumBatchesTracked { get; private set; }
 
+    /// <summary>
+    /// Most threads a call may use; -1 (default) for all cores. Results are bit-identical for any value.
+    /// </summary>
+    public int MaxDegreeOfParallelism
+    {
+        get => _engine.MaxDegreeOfParallelism;
+        set => _engine.MaxDegreeOfParallelism = value is -1 or > 0
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), value, "MaxDegreeOfParallelism must be -1 (all cores) or positive.");
+    }
+
     /// <summary>The kernel engine (tests lower its vector width).</summary>
     internal NormEngine<T> Engine => _engine;
 

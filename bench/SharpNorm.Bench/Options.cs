@@ -1,0 +1,63 @@
+namespace SharpNorm.Bench;
+
+internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int[]? Threads, int Warmup, int Runs, bool Help)
+{
+    public const string Usage =
+        """
+        usage: bench/run.sh [options]
+          --quick          few runs (3 warm-up, 5 timed) on a subset of cases: a smoke run under a minute
+          --json PATH      also write every measurement, raw samples included, as JSON
+          --filter TEXT    only the cases whose name contains TEXT (case-insensitive), e.g. InstanceNorm, 56x56
+          --threads LIST   thread counts to run, e.g. 1 or 1,2 (default: 1 and Environment.ProcessorCount)
+          --warmup N       warm-up runs per measurement (default 5; --quick 3)
+          --runs N         timed runs per measurement, median reported (default 15; --quick 5)
+        """;
+
+    public static Options Parse(string[] args)
+    {
+        bool quick = false, help = false;
+        string? json = null, filter = null;
+        int[]? threads = null;
+        int? warmup = null, runs = null;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value.");
+            switch (args[i])
+            {
+                case "--quick": quick = true; break;
+                case "--json": json = Value(); break;
+                case "--filter": filter = Value(); break;
+                case "--threads":
+                    threads = Value().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                        .Select(s => int.TryParse(s, out int t) && t > 0 ? t : throw new ArgumentException($"bad thread count '{s}'."))
+                        .Distinct().ToArray();
+                    if (threads.Length == 0) throw new ArgumentException("--threads needs at least one count.");
+                    break;
+                case "--warmup": warmup = PositiveInt(Value(), "--warmup", allowZero: true); break;
+                case "--runs": runs = PositiveInt(Value(), "--runs", allowZero: false); break;
+                case "-h" or "--help": help = true; break;
+                default: throw new ArgumentException($"unknown argument '{args[i]}'.");
+            }
+        }
+        return new Options(quick, json, filter, threads, warmup ?? (quick ? 3 : 5), runs ?? (quick ? 5 : 15), help);
+    }
+
+    private static int PositiveInt(string s, string name, bool allowZero) =>
+        int.TryParse(s, out int v) && (v > 0 || (allowZero && v == 0)) ? v : throw new ArgumentException($"{name} needs a {(allowZero ? "non-negative" : "positive")} integer, got '{s}'.");
+}
+
+internal sealed record MachineInfo(string Cpu, int Cores, string DotNet, string Os, bool Vector512, string TorchSharp, string? LibTorch)
+{
+    public static string CpuModel()
+    {
+        try
+        {
+            foreach (string line in File.ReadLines("/proc/cpuinfo"))
+                if (line.StartsWith("model name", StringComparison.Ordinal))
+                    return line[(line.IndexOf(':') + 1)..].Trim();
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return "unknown (no /proc/cpuinfo model name)";
+    }
+}

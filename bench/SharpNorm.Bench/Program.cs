@@ -1,0 +1,98 @@
+// SharpNorm.Bench: SharpNorm vs libtorch (TorchSharp) side by side in one process, plus the chain-rule backward
+// and a memory-bandwidth floor. Run through bench/run.sh (it sets up LD_PRELOAD so TorchSharp loads on Debian 12).
+//
+//   bench/run.sh [--quick] [--json PATH] [--filter TEXT] [--threads 1,2] [--warmup N] [--runs N]
+
+using System.Globalization;
+using System.Runtime.InteropServices;
+using SharpNorm.Bench;
+
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+
+Options options;
+try
+{
+    options = Options.Parse(args);
+}
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine(e.Message);
+    Console.Error.WriteLine(Options.Usage);
+    return 2;
+}
+if (options.Help)
+{
+    Console.WriteLine(Options.Usage);
+    return 0;
+}
+
+var cases = BenchCase.All(options.Quick)
+    .Where(c => options.Filter is null || c.Name.Contains(options.Filter, StringComparison.OrdinalIgnoreCase))
+    .ToList();
+if (cases.Count == 0)
+{
+    Console.Error.WriteLine($"No case matches --filter \"{options.Filter}\". Cases: {string.Join("; ", BenchCase.All(false).Select(c => c.Name))}");
+    return 2;
+}
+
+int cores = Environment.ProcessorCount;
+int[] threadCounts = options.Threads ?? (cores > 1 ? [1, cores] : [1]);
+
+var machine = new MachineInfo(
+    Cpu: MachineInfo.CpuModel(),
+    Cores: cores,
+    DotNet: RuntimeInformation.FrameworkDescription,
+    Os: RuntimeInformation.OSDescription,
+    Vector512: System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated,
+    TorchSharp: typeof(TorchSharp.torch).Assembly.GetName().Version?.ToString() ?? "?",
+    LibTorch: null);
+
+// libtorch: the first use loads the native library; if that fails, report it once and leave its columns blank.
+string? torchError = TorchRunner.TryInitialize();
+machine = machine with { LibTorch = torchError is null ? "loaded" : "unavailable: " + torchError };
+
+Console.WriteLine($"CPU: {machine.Cpu}, {cores} cores (Environment.ProcessorCount), Vector512 {(machine.Vector512 ? "accelerated" : "not accelerated")}");
+Console.WriteLine($".NET: {machine.DotNet} on {machine.Os}");
+Console.WriteLine(torchError is null
+    ? $"libtorch: TorchSharp {machine.TorchSharp} (TorchSharp-cpu 0.107.0, libtorch 2.10.0 CPU)"
+    : $"libtorch unavailable ({torchError}); its columns are left blank.");
+Console.WriteLine($"Timing: median of {options.Runs} timed runs after {options.Warmup} warm-up runs (Stopwatch per run), float32, threads {string.Join(", ", threadCounts)}" +
+                  (options.Quick ? " [--quick]" : ""));
+
+Console.Error.WriteLine("probing memory bandwidth ...");
+var bandwidth = Bandwidth.Probe(threadCounts, options.Quick);
+Console.WriteLine("Bandwidth (256 MiB float array, median): " + string.Join("; ",
+    threadCounts.Select(t => $"{t} thread{(t == 1 ? "" : "s")}: read {bandwidth.Read[t].GBs:F1} GB/s, write {bandwidth.Write[t].GBs:F1} GB/s")));
+Console.WriteLine("Floor = readBytes/readBW + writeBytes/writeBW with n = bytes of x: train fwd reads 2n, writes n; " +
+                  "train fwd+bwd reads 6n, writes 2n; eval fwd reads n, writes n. GB/s counts those bytes. " +
+                  "bwd = SharpNorm Backward+Gradient alone; chain = ChainRuleBackward (1 thread), ratio chain/bwd at 1 thread.");
+Console.WriteLine();
+
+var rows = new List<ResultRow>();
+var checks = new List<CaseCheck>();
+foreach (var benchCase in cases)
+{
+    Console.Error.WriteLine($"{benchCase.Name} ...");
+    using var runner = new CaseRunner(benchCase, options, bandwidth, torchError is null);
+    checks.Add(runner.Check());
+    foreach (int threads in threadCounts)
+        rows.AddRange(runner.Measure(threads));
+    runner.Dispose();
+    GC.Collect();
+    GC.WaitForPendingFinalizers();
+    GC.Collect();
+}
+
+Report.PrintTable(Console.Out, rows);
+Console.WriteLine();
+Report.PrintChecks(Console.Out, checks);
+
+if (options.JsonPath is not null)
+{
+    Report.WriteJson(options.JsonPath, new BenchReport(
+        DateTime.UtcNow.ToString("o", CultureInfo.InvariantCulture), machine, options.Quick, options.Warmup, options.Runs,
+        threadCounts, bandwidth.ToJson(), rows, checks));
+    Console.Error.WriteLine($"wrote {options.JsonPath}");
+}
+return 0;
