@@ -1,29 +1,46 @@
 using System.Numerics;
+using SharpNorm.Threading;
 
 namespace SharpNorm.Kernels;
 
 /// <summary>
-/// The normalization engine shared by every norm layer: statistics, the fused normalize + affine pass,
-/// and the closed-form backward with its two reductions. It owns the statistics of the last forward
-/// and all scratch buffers, so after the first call at a given size no call allocates.
+/// The normalization engine shared by every norm layer: statistics, the fused normalize + affine pass, and the
+/// closed-form backward with its two reductions, on all cores. It owns the statistics of the last forward and all
+/// scratch buffers, so after the first call at a given size no call allocates.
 /// </summary>
 /// <remarks>
-/// Per group g = (a, b) the engine keeps a center c (a value of the group, or the running mean),
-/// the mean and 1/sqrt(var + eps). Kernels work on x - c, which keeps float sums and the
-/// normalized output accurate even when the mean is large against the spread.
+/// Per group g = (a, b) the engine keeps a center c (a value of the group, or the running mean), the mean and
+/// 1/sqrt(var + eps). Kernels work on x - c, which keeps float sums and the normalized output accurate even when the
+/// mean is large against the spread. Work is cut by a <see cref="NormPlan"/> that depends on the geometry alone:
+/// results are bit-identical for any thread count. With many groups each thread takes whole groups and runs both
+/// passes of a group back to back, while its data is still in cache.
 /// </remarks>
-public sealed class NormEngine<T> where T : unmanaged, IFloatingPointIeee754<T>
+public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloatingPointIeee754<T>
 {
+    private readonly ChunkRunner _runner = new();
+    private NormPlan _plan;
     private double[] _groupMean = [];
     private double[] _groupVariance = [];
     private double[] _groupInvStd = [];
-    private T[] _center = [];   // per (a, b, j): the group's center, repeated over j
-    private T[] _p = [];        // per (a, b, j) coefficients of the apply kernels
+    private double[] _gamma = [];     // per (b, j); ones without affine
+    private double[] _beta = [];      // per (b, j); zeros without affine
+    private T[] _center = [];         // per slot k = (a, b, j): the group's center, repeated over j
+    private T[] _p = [];              // per slot: coefficients of the apply kernels
     private T[] _q = [];
     private T[] _w = [];
-    private double[] _sumDy = [];      // per (a, b, j): Σ dy
-    private double[] _sumDyXhat = [];  // per (a, b, j): Σ dy * xhat
-    private T[] _rowScratch = [];
+    private double[] _sum1 = [];      // per slot: Σ (x - c) or Σ dy
+    private double[] _sum2 = [];      // per slot: Σ (x - c)^2 or Σ dy*xhat
+    private double[] _partial1 = [];  // per unit (and column): the unit's share of _sum1
+    private double[] _partial2 = [];
+    private T[] _workerScratch = [];  // per worker: 2*W row accumulators of the column shape
+    private int _workerScratchLength;
+
+    // The running job: what Execute does with each chunk. Inputs are pinned for the duration of a run.
+    private JobKind _job;
+    private T* _x, _second, _output;
+    private int _length;
+
+    private enum JobKind { ForwardSegments, BackwardSegments, MomentUnits, GradientSumUnits, NormalizeUnits, InputGradientUnits, ScaleUnits }
 
     /// <summary>Widest vector the kernels may use, in bits (512, 256, 128; 0 for scalar code). Lower it to exercise narrower paths.</summary>
     public int MaxVectorBits { get; set; } = 512;
@@ -32,57 +49,57 @@ public sealed class NormEngine<T> where T : unmanaged, IFloatingPointIeee754<T>
     public int MaxDegreeOfParallelism { get; set; } = -1;
 
     /// <summary>The geometry of the statistics currently held.</summary>
-    public NormGeometry Geometry { get; private set; }
+    public NormGeometry Geometry => _plan.Geometry;
 
-    /// <summary>Per-group means of the last statistics computed or loaded.</summary>
+    /// <summary>Per-group means of the statistics in use.</summary>
     public ReadOnlySpan<double> GroupMean => _groupMean.AsSpan(0, Geometry.GroupCount);
 
-    /// <summary>Per-group biased variances of the last batch statistics.</summary>
+    /// <summary>Per-group biased variances of the statistics in use.</summary>
     public ReadOnlySpan<double> GroupVariance => _groupVariance.AsSpan(0, Geometry.GroupCount);
 
     /// <summary>Per-group 1/sqrt(var + eps) in use.</summary>
     public ReadOnlySpan<double> GroupInvStd => _groupInvStd.AsSpan(0, Geometry.GroupCount);
 
+    private int Threads => MaxDegreeOfParallelism == -1 ? Environment.ProcessorCount : MaxDegreeOfParallelism;
+
     /// <summary>
-    /// Computes the batch statistics of x (mean and biased variance per group) and makes them the
-    /// statistics in use with the given eps.
+    /// Training forward: the batch statistics of x (mean, biased variance) become the statistics in use, and
+    /// y = (x - mean) * invstd * gamma + beta. gamma/beta (length B*J) are empty for no affine.
     /// </summary>
-    public void UseBatchStatistics(in NormGeometry g, ReadOnlySpan<T> x, double eps)
+    public void Forward(in NormGeometry g, ReadOnlySpan<T> x, Span<T> y, ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta, double eps)
     {
         Prepare(g);
+        LoadAffine(gamma, beta);
+        _eps = eps;
         // The first element of each group is its center: close to the mean for any sane data.
         for (int a = 0; a < g.A; a++)
             for (int b = 0; b < g.B; b++)
-            {
-                T c = x[(int)g.Offset(a, 0, b, 0)];
-                _center.AsSpan(((a * g.B) + b) * g.J, g.J).Fill(c);
-            }
+                _center.AsSpan((a * g.B + b) * g.J, g.J).Fill(x[(int)g.Offset(a, 0, b, 0)]);
 
-        NormKernels<T>.PairSums<MomentsOp>(MaxVectorBits, g, x, default, _center, _sumDy, _sumDyXhat, _rowScratch);
-
-        double count = g.GroupSize;
-        for (int group = 0; group < g.GroupCount; group++)
+        if (_plan.SegmentParallel)
         {
-            double shiftedSum = 0, shiftedSquares = 0;
-            for (int j = 0; j < g.J; j++)
-            {
-                shiftedSum += _sumDy[group * g.J + j];
-                shiftedSquares += _sumDyXhat[group * g.J + j];
-            }
-            double shiftedMean = shiftedSum / count;
-            double variance = (shiftedSquares - shiftedSum * shiftedMean) / count;
-            _groupMean[group] = double.CreateTruncating(_center[group * g.J]) + shiftedMean;
-            _groupVariance[group] = variance < 0 ? 0 : variance; // rounding can dip below zero; NaN stays NaN
-            _groupInvStd[group] = 1.0 / Math.Sqrt(_groupVariance[group] + eps);
+            Run(JobKind.ForwardSegments, x, default, y, _plan.SegmentChunkCount);
+            return;
         }
+        Run(JobKind.MomentUnits, x, default, default, _plan.UnitChunkCount);
+        for (int segment = 0; segment < _plan.SegmentCount; segment++)
+        {
+            CombineSegment(segment);
+            SegmentStatistics(segment);
+            SegmentNormalizeCoefficients(segment);
+        }
+        Run(JobKind.NormalizeUnits, x, default, y, _plan.UnitChunkCount);
     }
 
     /// <summary>
-    /// Makes given per-b statistics (running mean and variance) the statistics in use for every group (a, b).
+    /// Eval forward with given per-b statistics (running mean and variance), which become the statistics in use for
+    /// every group (a, b): y = (x - mean) * invstd * gamma + beta.
     /// </summary>
-    public void UseFixedStatistics(in NormGeometry g, ReadOnlySpan<T> mean, ReadOnlySpan<T> variance, double eps)
+    public void Forward(in NormGeometry g, ReadOnlySpan<T> x, Span<T> y, ReadOnlySpan<T> mean, ReadOnlySpan<T> variance,
+        ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta, double eps)
     {
         Prepare(g);
+        LoadAffine(gamma, beta);
         for (int a = 0; a < g.A; a++)
             for (int b = 0; b < g.B; b++)
             {
@@ -92,97 +109,52 @@ public sealed class NormEngine<T> where T : unmanaged, IFloatingPointIeee754<T>
                 _groupInvStd[group] = 1.0 / Math.Sqrt(_groupVariance[group] + eps);
                 _center.AsSpan(group * g.J, g.J).Fill(mean[b]);
             }
-    }
-
-    /// <summary>y = (x - mean) * invstd * gamma + beta in one pass; gamma/beta (length B*J) may be empty for no affine.</summary>
-    public void Normalize(ReadOnlySpan<T> x, Span<T> y, ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta)
-    {
-        NormGeometry g = Geometry;
-        for (int group = 0; group < g.GroupCount; group++)
-        {
-            double invStd = _groupInvStd[group];
-            for (int j = 0; j < g.J; j++)
-            {
-                int k = group * g.J + j, parameter = (group % g.B) * g.J + j;
-                double scale = gamma.IsEmpty ? invStd : double.CreateTruncating(gamma[parameter]) * invStd;
-                double shift = beta.IsEmpty ? 0 : double.CreateTruncating(beta[parameter]);
-                // y = (x - c) * scale + (beta + (c - mean) * scale)
-                _p[k] = T.CreateTruncating(scale);
-                _q[k] = T.CreateTruncating(shift + (double.CreateTruncating(_center[k]) - _groupMean[group]) * scale);
-            }
-        }
-        NormKernels<T>.Apply<NormalizeOp>(MaxVectorBits, g, x, default, y, _center, _p, _q, _q);
+        for (int segment = 0; segment < _plan.SegmentCount; segment++) SegmentNormalizeCoefficients(segment);
+        Run(JobKind.NormalizeUnits, x, default, y, _plan.UnitChunkCount);
     }
 
     /// <summary>
-    /// The backward reductions Σ dy and Σ dy * xhat per (a, b, j), in one pass over x and dy.
-    /// They are both the parameter gradients (summed over a) and the terms of the input gradient.
+    /// dx for the statistics in use, given dy. With <paramref name="throughStatistics"/> (statistics of this batch)
+    /// the full closed form dx = gamma*invstd/M * (M*dy - Σdy - xhat*Σ dy*xhat), whose two reductions are kept for
+    /// <see cref="AccumulateParameterGradients"/>; otherwise (fixed statistics) dx = gamma*invstd*dy.
     /// </summary>
+    public void Backward(ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx, ReadOnlySpan<T> gamma, bool throughStatistics)
+    {
+        LoadGamma(gamma);
+        if (!throughStatistics)
+        {
+            for (int k = 0; k < Geometry.CoefficientCount; k++)
+                _p[k] = T.CreateTruncating(_gamma[Parameter(k)] * _groupInvStd[k / Geometry.J]);
+            Run(JobKind.ScaleUnits, dy, default, dx, _plan.UnitChunkCount);
+            return;
+        }
+        if (_plan.SegmentParallel)
+        {
+            Run(JobKind.BackwardSegments, x, dy, dx, _plan.SegmentChunkCount);
+            return;
+        }
+        Run(JobKind.GradientSumUnits, x, dy, default, _plan.UnitChunkCount);
+        for (int segment = 0; segment < _plan.SegmentCount; segment++)
+        {
+            CombineSegment(segment);
+            SegmentGradientSums(segment);
+            SegmentInputGradientCoefficients(segment);
+        }
+        Run(JobKind.InputGradientUnits, x, dy, dx, _plan.UnitChunkCount);
+    }
+
+    /// <summary>The backward reductions Σ dy and Σ dy*xhat per slot alone (for parameter gradients without Backward).</summary>
     public void ComputeGradientSums(ReadOnlySpan<T> x, ReadOnlySpan<T> dy)
     {
-        NormGeometry g = Geometry;
-        NormKernels<T>.PairSums<GradientSumsOp>(MaxVectorBits, g, x, dy, _center, _sumDy, _sumDyXhat, _rowScratch);
-        for (int k = 0; k < g.CoefficientCount; k++)
+        Run(JobKind.GradientSumUnits, x, dy, default, _plan.UnitChunkCount);
+        for (int segment = 0; segment < _plan.SegmentCount; segment++)
         {
-            int group = k / g.J;
-            // Σ dy * xhat = invstd * (Σ dy * (x - c) + (c - mean) * Σ dy)
-            double offset = double.CreateTruncating(_center[k]) - _groupMean[group];
-            _sumDyXhat[k] = _groupInvStd[group] * (_sumDyXhat[k] + offset * _sumDy[k]);
+            CombineSegment(segment);
+            SegmentGradientSums(segment);
         }
     }
 
-    /// <summary>
-    /// dx for the statistics in use. With <paramref name="throughStatistics"/> (statistics of this batch) the full
-    /// closed form dx = gamma*invstd/M * (M*dy - Σdy - xhat*Σ dy*xhat), which needs <see cref="ComputeGradientSums"/>
-    /// first; otherwise (fixed statistics) dx = gamma*invstd*dy.
-    /// </summary>
-    public void InputGradient(ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx, ReadOnlySpan<T> gamma, bool throughStatistics)
-    {
-        NormGeometry g = Geometry;
-        double count = g.GroupSize;
-        for (int group = 0; group < g.GroupCount; group++)
-        {
-            double invStd = _groupInvStd[group];
-            double sumG = 0, sumGXhat = 0; // Σ gamma*dy and Σ gamma*dy*xhat over the group
-            if (throughStatistics)
-            {
-                for (int j = 0; j < g.J; j++)
-                {
-                    int k = group * g.J + j;
-                    double gammaJ = gamma.IsEmpty ? 1 : double.CreateTruncating(gamma[(group % g.B) * g.J + j]);
-                    sumG += gammaJ * _sumDy[k];
-                    sumGXhat += gammaJ * _sumDyXhat[k];
-                }
-            }
-            // dx = invstd * (gamma*dy - Σg/M - xhat * Σg*xhat/M), xhat = (x - c)*invstd + (c - mean)*invstd
-            double slope = -invStd * invStd * sumGXhat / count;
-            for (int j = 0; j < g.J; j++)
-            {
-                int k = group * g.J + j;
-                double gammaJ = gamma.IsEmpty ? 1 : double.CreateTruncating(gamma[(group % g.B) * g.J + j]);
-                double offset = double.CreateTruncating(_center[k]) - _groupMean[group];
-                _p[k] = T.CreateTruncating(gammaJ * invStd);
-                _q[k] = T.CreateTruncating(slope);
-                _w[k] = T.CreateTruncating(-invStd * sumG / count + slope * offset);
-            }
-        }
-
-        if (throughStatistics)
-        {
-            NormKernels<T>.Apply<InputGradientOp>(MaxVectorBits, g, x, dy, dx, _center, _p, _q, _w);
-        }
-        else
-        {
-            // Fixed statistics: dx = p * dy, the normalize kernel on dy with a zero center and shift.
-            _center.AsSpan(0, g.CoefficientCount).CopyTo(_rowScratch.AsSpan(0, g.CoefficientCount));
-            _center.AsSpan(0, g.CoefficientCount).Clear();
-            _q.AsSpan(0, g.CoefficientCount).Clear();
-            NormKernels<T>.Apply<NormalizeOp>(MaxVectorBits, g, dy, default, dx, _center, _p, _q, _q);
-            _rowScratch.AsSpan(0, g.CoefficientCount).CopyTo(_center.AsSpan(0, g.CoefficientCount));
-        }
-    }
-
-    /// <summary>Adds the parameter gradients from the last <see cref="ComputeGradientSums"/>: dgamma += Σ dy*xhat, dbeta += Σ dy, summed over a.</summary>
+    /// <summary>Adds the parameter gradients of the last reductions: dgamma += Σ dy*xhat, dbeta += Σ dy, summed over a.</summary>
     public void AccumulateParameterGradients(Span<T> gammaGradient, Span<T> betaGradient)
     {
         NormGeometry g = Geometry;
@@ -193,28 +165,251 @@ public sealed class NormEngine<T> where T : unmanaged, IFloatingPointIeee754<T>
             for (int a = 0; a < g.A; a++)
             {
                 int k = (a * g.B + b) * g.J + j;
-                dGamma += _sumDyXhat[k];
-                dBeta += _sumDy[k];
+                dGamma += _sum2[k];
+                dBeta += _sum1[k];
             }
             gammaGradient[parameter] += T.CreateTruncating(dGamma);
             betaGradient[parameter] += T.CreateTruncating(dBeta);
         }
     }
 
+    private double _eps;
+
+    private int Parameter(int slot) => slot / Geometry.J % Geometry.B * Geometry.J + slot % Geometry.J;
+
+    private void Run(JobKind job, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int chunkCount)
+    {
+        fixed (T* px = x)
+        fixed (T* psecond = second)
+        fixed (T* poutput = output)
+        {
+            _job = job;
+            _x = px;
+            _second = psecond;
+            _output = poutput;
+            _length = x.Length;
+            _runner.Run(this, chunkCount, Threads);
+            _x = _second = _output = null;
+        }
+    }
+
+    void IChunkJob.Execute(int chunk, int worker)
+    {
+        var x = new ReadOnlySpan<T>(_x, _length);
+        var second = new ReadOnlySpan<T>(_second, _second == null ? 0 : _length);
+        var output = new Span<T>(_output, _output == null ? 0 : _length);
+        if (_job is JobKind.ForwardSegments or JobKind.BackwardSegments)
+        {
+            int first = chunk * _plan.SegmentsPerChunk, end = Math.Min(_plan.SegmentCount, first + _plan.SegmentsPerChunk);
+            for (int segment = first; segment < end; segment++)
+            {
+                int u0 = segment * _plan.UnitsPerSegment, u1 = u0 + _plan.UnitsPerSegment;
+                if (_job == JobKind.ForwardSegments)
+                {
+                    SumUnits<MomentsOp>(x, default, u0, u1, worker);
+                    CombineSegment(segment);
+                    SegmentStatistics(segment);
+                    SegmentNormalizeCoefficients(segment);
+                    ApplyUnits<NormalizeOp>(x, default, output, u0, u1);
+                }
+                else
+                {
+                    SumUnits<GradientSumsOp>(x, second, u0, u1, worker);
+                    CombineSegment(segment);
+                    SegmentGradientSums(segment);
+                    SegmentInputGradientCoefficients(segment);
+                    ApplyUnits<InputGradientOp>(x, second, output, u0, u1);
+                }
+            }
+            return;
+        }
+
+        int begin = chunk * _plan.UnitsPerChunk, stop = Math.Min(_plan.UnitCount, begin + _plan.UnitsPerChunk);
+        switch (_job)
+        {
+            case JobKind.MomentUnits: SumUnits<MomentsOp>(x, default, begin, stop, worker); break;
+            case JobKind.GradientSumUnits: SumUnits<GradientSumsOp>(x, second, begin, stop, worker); break;
+            case JobKind.NormalizeUnits: ApplyUnits<NormalizeOp>(x, default, output, begin, stop); break;
+            case JobKind.InputGradientUnits: ApplyUnits<InputGradientOp>(x, second, output, begin, stop); break;
+            case JobKind.ScaleUnits: ApplyUnits<ScaleOp>(x, default, output, begin, stop); break;
+        }
+    }
+
+    /// <summary>Each unit's two sums into its own partial slots.</summary>
+    private void SumUnits<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, int firstUnit, int endUnit, int worker) where TOp : struct, IPairSumOp
+    {
+        if (_plan.IsColumn)
+        {
+            int width = _plan.SlotsPerSegment;
+            Span<T> scratch = _workerScratch.AsSpan(worker * _workerScratchLength, _workerScratchLength);
+            for (int unit = firstUnit; unit < endUnit; unit++)
+            {
+                int a = unit / _plan.UnitsPerSlot;
+                NormKernels<T>.RowUnitSums<TOp>(MaxVectorBits, _plan, x, second, _center.AsSpan(a * width, width), unit,
+                    _partial1.AsSpan(unit * width, width), _partial2.AsSpan(unit * width, width), scratch);
+            }
+            return;
+        }
+        for (int unit = firstUnit; unit < endUnit; unit++)
+        {
+            NormKernels<T>.RunUnitSums<TOp>(MaxVectorBits, _plan, x, second, _center[unit / _plan.UnitsPerSlot], unit,
+                out _partial1[unit], out _partial2[unit]);
+        }
+    }
+
+    private void ApplyUnits<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int firstUnit, int endUnit) where TOp : struct, IApplyOp
+    {
+        if (_plan.IsColumn)
+        {
+            int width = _plan.SlotsPerSegment;
+            for (int unit = firstUnit; unit < endUnit; unit++)
+            {
+                int row = unit / _plan.UnitsPerSlot * width;
+                NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, unit,
+                    _center.AsSpan(row, width), _p.AsSpan(row, width), _q.AsSpan(row, width), _w.AsSpan(row, width));
+            }
+            return;
+        }
+        for (int unit = firstUnit; unit < endUnit; unit++)
+        {
+            int k = unit / _plan.UnitsPerSlot;
+            NormKernels<T>.RunUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, unit, _center[k], _p[k], _q[k], _w[k]);
+        }
+    }
+
+    /// <summary>Per slot of the segment: the unit partials added in unit order.</summary>
+    private void CombineSegment(int segment)
+    {
+        int slots = _plan.SlotsPerSegment, firstSlot = segment * slots, units = _plan.UnitsPerSlot;
+        for (int s = 0; s < slots; s++)
+        {
+            int k = firstSlot + s;
+            double sum1 = 0, sum2 = 0;
+            for (int piece = 0; piece < units; piece++)
+            {
+                // Run shape: unit k*units + piece. Column shape: unit segment*units + piece, column s.
+                int index = _plan.IsColumn ? (segment * units + piece) * slots + s : k * units + piece;
+                sum1 += _partial1[index];
+                sum2 += _partial2[index];
+            }
+            _sum1[k] = sum1;
+            _sum2[k] = sum2;
+        }
+    }
+
+    private (int first, int count) SegmentGroups(int segment)
+    {
+        int groups = _plan.SlotsPerSegment / Geometry.J;
+        return (segment * groups, groups);
+    }
+
+    /// <summary>Mean, biased variance and invstd of the segment's groups from the shifted moments.</summary>
+    private void SegmentStatistics(int segment)
+    {
+        NormGeometry g = Geometry;
+        double count = g.GroupSize;
+        var (first, groups) = SegmentGroups(segment);
+        for (int group = first; group < first + groups; group++)
+        {
+            double shiftedSum = 0, shiftedSquares = 0;
+            for (int j = 0; j < g.J; j++)
+            {
+                shiftedSum += _sum1[group * g.J + j];
+                shiftedSquares += _sum2[group * g.J + j];
+            }
+            double shiftedMean = shiftedSum / count;
+            double variance = (shiftedSquares - shiftedSum * shiftedMean) / count;
+            _groupMean[group] = double.CreateTruncating(_center[group * g.J]) + shiftedMean;
+            _groupVariance[group] = variance < 0 ? 0 : variance; // rounding can dip below zero; NaN stays NaN
+            _groupInvStd[group] = 1.0 / Math.Sqrt(_groupVariance[group] + _eps);
+        }
+    }
+
+    /// <summary>y = (x - c) * p + q with p = gamma*invstd, q = beta + (c - mean)*p.</summary>
+    private void SegmentNormalizeCoefficients(int segment)
+    {
+        int slots = _plan.SlotsPerSegment;
+        for (int k = segment * slots; k < (segment + 1) * slots; k++)
+        {
+            int group = k / Geometry.J, parameter = Parameter(k);
+            double scale = _gamma[parameter] * _groupInvStd[group];
+            _p[k] = T.CreateTruncating(scale);
+            _q[k] = T.CreateTruncating(_beta[parameter] + (double.CreateTruncating(_center[k]) - _groupMean[group]) * scale);
+        }
+    }
+
+    /// <summary>Turns Σ dy*(x - c) into Σ dy*xhat = invstd * (Σ dy*(x - c) + (c - mean) * Σ dy).</summary>
+    private void SegmentGradientSums(int segment)
+    {
+        int slots = _plan.SlotsPerSegment;
+        for (int k = segment * slots; k < (segment + 1) * slots; k++)
+        {
+            int group = k / Geometry.J;
+            double offset = double.CreateTruncating(_center[k]) - _groupMean[group];
+            _sum2[k] = _groupInvStd[group] * (_sum2[k] + offset * _sum1[k]);
+        }
+    }
+
+    /// <summary>
+    /// dx = invstd * (g - Σg/M - xhat * Σ g*xhat / M) with g = gamma*dy, as dx = p*dy + q*(x - c) + w:
+    /// p = gamma*invstd, q = -invstd² Σg*xhat / M, w = -invstd Σg / M + q (c - mean).
+    /// </summary>
+    private void SegmentInputGradientCoefficients(int segment)
+    {
+        NormGeometry g = Geometry;
+        double count = g.GroupSize;
+        var (first, groups) = SegmentGroups(segment);
+        for (int group = first; group < first + groups; group++)
+        {
+            double invStd = _groupInvStd[group], sumG = 0, sumGXhat = 0;
+            for (int j = 0; j < g.J; j++)
+            {
+                int k = group * g.J + j;
+                sumG += _gamma[Parameter(k)] * _sum1[k];
+                sumGXhat += _gamma[Parameter(k)] * _sum2[k];
+            }
+            double slope = -invStd * invStd * sumGXhat / count;
+            for (int j = 0; j < g.J; j++)
+            {
+                int k = group * g.J + j;
+                double offset = double.CreateTruncating(_center[k]) - _groupMean[group];
+                _p[k] = T.CreateTruncating(_gamma[Parameter(k)] * invStd);
+                _q[k] = T.CreateTruncating(slope);
+                _w[k] = T.CreateTruncating(-invStd * sumG / count + slope * offset);
+            }
+        }
+    }
+
+    private void LoadAffine(ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta)
+    {
+        LoadGamma(gamma);
+        for (int i = 0; i < Geometry.ParameterCount; i++) _beta[i] = beta.IsEmpty ? 0 : double.CreateTruncating(beta[i]);
+    }
+
+    private void LoadGamma(ReadOnlySpan<T> gamma)
+    {
+        for (int i = 0; i < Geometry.ParameterCount; i++) _gamma[i] = gamma.IsEmpty ? 1 : double.CreateTruncating(gamma[i]);
+    }
+
     private void Prepare(in NormGeometry g)
     {
-        Geometry = g;
+        if (g != _plan.Geometry || _groupMean.Length == 0) _plan = new NormPlan(g);
         Grow(ref _groupMean, g.GroupCount);
         Grow(ref _groupVariance, g.GroupCount);
         Grow(ref _groupInvStd, g.GroupCount);
-        int coefficients = g.CoefficientCount;
-        Grow(ref _center, coefficients);
-        Grow(ref _p, coefficients);
-        Grow(ref _q, coefficients);
-        Grow(ref _w, coefficients);
-        Grow(ref _sumDy, coefficients);
-        Grow(ref _sumDyXhat, coefficients);
-        Grow(ref _rowScratch, Math.Max(2 * g.B * g.J, coefficients));
+        Grow(ref _gamma, g.ParameterCount);
+        Grow(ref _beta, g.ParameterCount);
+        int slots = g.CoefficientCount;
+        Grow(ref _center, slots);
+        Grow(ref _p, slots);
+        Grow(ref _q, slots);
+        Grow(ref _w, slots);
+        Grow(ref _sum1, slots);
+        Grow(ref _sum2, slots);
+        Grow(ref _partial1, _plan.PartialCount);
+        Grow(ref _partial2, _plan.PartialCount);
+        _workerScratchLength = _plan.IsColumn ? 2 * _plan.SlotsPerSegment : 0;
+        Grow(ref _workerScratch, Math.Max(1, Threads) * _workerScratchLength);
     }
 
     private static void Grow<TElement>(ref TElement[] buffer, int length)

@@ -1,6 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace SharpNorm.Kernels;
 
@@ -86,103 +87,123 @@ internal readonly struct InputGradientOp : IApplyOp
         => TSimd.MultiplyAdd(p, dy, TSimd.MultiplyAdd(q, TSimd.Subtract(x, center), w));
 }
 
+/// <summary>Scaling alone: out = x * p (the input gradient through fixed statistics, applied to dy).</summary>
+internal readonly struct ScaleOp : IApplyOp
+{
+    public static bool ReadsSecond => false;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TVector Apply<T, TSimd, TVector>(TVector x, TVector second, TVector center, TVector p, TVector q, TVector w)
+        where T : unmanaged, IFloatingPointIeee754<T>
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+        => TSimd.MultiplyAdd(x, p, TSimd.Zero);
+}
+
 /// <summary>
-/// The two loop shapes of the engine, written once and specialized per vector width and op:
-/// a <em>run</em> shape that vectorizes along the contiguous s-run of each (a, r, b, j), and a
-/// <em>column</em> shape (s-runs of one element) that vectorizes across the (b, j) row.
-/// Loops visit memory in storage order and each sum is accumulated in a fixed order, so results
-/// depend on the problem alone.
+/// The two loop shapes of the engine, written once and specialized per vector width and op: a <em>run</em> shape that
+/// vectorizes along the contiguous s-runs of a slot k = (a, b, j), and a <em>column</em> shape (s-runs of one element)
+/// that vectorizes across the row of W = B*J slots. Each entry point does one unit of a <see cref="NormPlan"/>;
+/// inside a unit the order of every sum is fixed, so results depend on the problem alone.
 /// </summary>
 internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
-    /// <summary>Vector lanes accumulate this many elements (run shape) or rows (column shape) in T before the partial sum moves into double.</summary>
+    /// <summary>Vector lanes accumulate this many elements of a run in T before the partial sum moves into double.</summary>
     private const int RunBlock = 2048;
-    private const int RowBlock = 64;
 
-    /// <summary>
-    /// For every (a, b, j): sum1 = Σ f1, sum2 = Σ f2 over (r, s), with the op's element-wise f.
-    /// <paramref name="rowScratch"/> needs 2*B*J elements in the column shape.
-    /// </summary>
-    public static void PairSums<TOp>(int maxVectorBits, in NormGeometry g, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
-        ReadOnlySpan<T> center, Span<double> sum1, Span<double> sum2, Span<T> rowScratch)
+    /// <summary>Run shape: the op's two sums over unit u of slot k (whose center is given), in double.</summary>
+    public static void RunUnitSums<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
+        T center, int unit, out double sum1, out double sum2)
         where TOp : struct, IPairSumOp
     {
-        sum1[..g.CoefficientCount].Clear();
-        sum2[..g.CoefficientCount].Clear();
+        sum1 = 0;
+        sum2 = 0;
         if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
-            PairSums<TOp, Simd512<T>, System.Runtime.Intrinsics.Vector512<T>>(g, x, second, center, sum1, sum2, rowScratch);
+            RunUnitSums<TOp, Simd512<T>, Vector512<T>>(plan, x, second, center, unit, ref sum1, ref sum2);
         else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
-            PairSums<TOp, Simd256<T>, System.Runtime.Intrinsics.Vector256<T>>(g, x, second, center, sum1, sum2, rowScratch);
+            RunUnitSums<TOp, Simd256<T>, Vector256<T>>(plan, x, second, center, unit, ref sum1, ref sum2);
         else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
-            PairSums<TOp, Simd128<T>, System.Runtime.Intrinsics.Vector128<T>>(g, x, second, center, sum1, sum2, rowScratch);
+            RunUnitSums<TOp, Simd128<T>, Vector128<T>>(plan, x, second, center, unit, ref sum1, ref sum2);
         else
-            PairSums<TOp, SimdScalar<T>, T>(g, x, second, center, sum1, sum2, rowScratch);
+            RunUnitSums<TOp, SimdScalar<T>, T>(plan, x, second, center, unit, ref sum1, ref sum2);
     }
 
-    /// <summary>For every element: out = op(x, second) with the coefficients of its (a, b, j).</summary>
-    public static void Apply<TOp>(int maxVectorBits, in NormGeometry g, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+    /// <summary>Run shape: output = op(x, second) over unit u, with the coefficients of its slot.</summary>
+    public static void RunUnitApply<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
+        int unit, T center, T p, T q, T w)
         where TOp : struct, IApplyOp
     {
         if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
-            Apply<TOp, Simd512<T>, System.Runtime.Intrinsics.Vector512<T>>(g, x, second, output, center, p, q, w);
+            RunUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, unit, center, p, q, w);
         else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
-            Apply<TOp, Simd256<T>, System.Runtime.Intrinsics.Vector256<T>>(g, x, second, output, center, p, q, w);
+            RunUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, unit, center, p, q, w);
         else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
-            Apply<TOp, Simd128<T>, System.Runtime.Intrinsics.Vector128<T>>(g, x, second, output, center, p, q, w);
+            RunUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, unit, center, p, q, w);
         else
-            Apply<TOp, SimdScalar<T>, T>(g, x, second, output, center, p, q, w);
+            RunUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, unit, center, p, q, w);
     }
 
-    private static void PairSums<TOp, TSimd, TVector>(in NormGeometry g, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
-        ReadOnlySpan<T> center, Span<double> sum1, Span<double> sum2, Span<T> rowScratch)
+    /// <summary>
+    /// Column shape: the op's two sums over the rows of unit u, per column, written to partial1/partial2 (W each).
+    /// <paramref name="scratch"/> holds 2*W elements.
+    /// </summary>
+    public static void RowUnitSums<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
+        ReadOnlySpan<T> center, int unit, Span<double> partial1, Span<double> partial2, Span<T> scratch)
+        where TOp : struct, IPairSumOp
+    {
+        if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
+            RowUnitSums<TOp, Simd512<T>, Vector512<T>>(plan, x, second, center, unit, partial1, partial2, scratch);
+        else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
+            RowUnitSums<TOp, Simd256<T>, Vector256<T>>(plan, x, second, center, unit, partial1, partial2, scratch);
+        else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
+            RowUnitSums<TOp, Simd128<T>, Vector128<T>>(plan, x, second, center, unit, partial1, partial2, scratch);
+        else
+            RowUnitSums<TOp, SimdScalar<T>, T>(plan, x, second, center, unit, partial1, partial2, scratch);
+    }
+
+    /// <summary>Column shape: output = op(x, second) over the rows of unit u, with per-column coefficient rows (W each).</summary>
+    public static void RowUnitApply<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
+        int unit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        where TOp : struct, IApplyOp
+    {
+        if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
+            RowUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, unit, center, p, q, w);
+        else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
+            RowUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, unit, center, p, q, w);
+        else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
+            RowUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, unit, center, p, q, w);
+        else
+            RowUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, unit, center, p, q, w);
+    }
+
+    /// <summary>The slot of a run-shape unit and the element ranges it covers: runs [rBegin, rEnd) from sBegin, sLength long.</summary>
+    private static (int a, int b, int j, int rBegin, int rEnd, int sBegin, int sLength) RunUnit(in NormPlan plan, int unit)
+    {
+        NormGeometry g = plan.Geometry;
+        int k = unit / plan.UnitsPerSlot, piece = unit % plan.UnitsPerSlot;
+        int j = k % g.J, group = k / g.J, b = group % g.B, a = group / g.B;
+        if (plan.SlicesPerRun == 1)
+        {
+            int rBegin = piece * plan.RunsPerUnit;
+            return (a, b, j, rBegin, Math.Min(g.R, rBegin + plan.RunsPerUnit), 0, g.S);
+        }
+        int r = piece / plan.SlicesPerRun, sBegin = piece % plan.SlicesPerRun * plan.SliceLength;
+        return (a, b, j, r, r + 1, sBegin, Math.Min(plan.SliceLength, g.S - sBegin));
+    }
+
+    private static void RunUnitSums<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
+        T center, int unit, ref double sum1, ref double sum2)
         where TOp : struct, IPairSumOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
     {
         ref T x0 = ref MemoryMarshal.GetReference(x);
         ref T second0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(second) : ref x0;
-        int width = g.B * g.J;
-
-        if (!g.IsColumnShape)
+        var (a, b, j, rBegin, rEnd, sBegin, sLength) = RunUnit(plan, unit);
+        for (int r = rBegin; r < rEnd; r++)
         {
-            for (int a = 0; a < g.A; a++)
-                for (int r = 0; r < g.R; r++)
-                    for (int b = 0; b < g.B; b++)
-                        for (int j = 0; j < g.J; j++)
-                        {
-                            int k = (a * g.B + b) * g.J + j;
-                            nint offset = g.Offset(a, r, b, j);
-                            RunSums<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
-                                g.S, center[k], ref sum1[k], ref sum2[k]);
-                        }
-            return;
-        }
-
-        Span<T> block1 = rowScratch[..width];
-        Span<T> block2 = rowScratch.Slice(width, width);
-        for (int a = 0; a < g.A; a++)
-        {
-            ReadOnlySpan<T> rowCenter = center.Slice(a * width, width);
-            Span<double> total1 = sum1.Slice(a * width, width);
-            Span<double> total2 = sum2.Slice(a * width, width);
-            for (int r0 = 0; r0 < g.R; r0 += RowBlock)
-            {
-                block1.Clear();
-                block2.Clear();
-                int rowEnd = Math.Min(g.R, r0 + RowBlock);
-                for (int r = r0; r < rowEnd; r++)
-                {
-                    nint offset = ((nint)a * g.R + r) * width;
-                    RowSums<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset), width,
-                        ref MemoryMarshal.GetReference(rowCenter), ref MemoryMarshal.GetReference(block1), ref MemoryMarshal.GetReference(block2));
-                }
-                for (int c = 0; c < width; c++)
-                {
-                    total1[c] += double.CreateTruncating(block1[c]);
-                    total2[c] += double.CreateTruncating(block2[c]);
-                }
-            }
+            nint offset = plan.Geometry.Offset(a, r, b, j) + sBegin;
+            RunSums<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset), sLength, center, ref sum1, ref sum2);
         }
     }
 
@@ -198,22 +219,65 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         while (i < n)
         {
             int blockEnd = Math.Min(n, i + RunBlock);
-            TVector s1 = TSimd.Zero, s2 = TSimd.Zero;
+            // Two accumulator pairs hide the add latency; they are combined in a fixed order.
+            TVector s1 = TSimd.Zero, s2 = TSimd.Zero, t1 = TSimd.Zero, t2 = TSimd.Zero;
+            for (; i <= blockEnd - 2 * TSimd.Count; i += 2 * TSimd.Count)
+            {
+                TVector x1 = TSimd.Load(ref x, i), x2 = TSimd.Load(ref x, i + TSimd.Count);
+                TVector o1 = TOp.ReadsSecond ? TSimd.Load(ref second, i) : x1;
+                TVector o2 = TOp.ReadsSecond ? TSimd.Load(ref second, i + TSimd.Count) : x2;
+                TOp.Step<T, TSimd, TVector>(x1, o1, c, ref s1, ref s2);
+                TOp.Step<T, TSimd, TVector>(x2, o2, c, ref t1, ref t2);
+            }
             for (; i <= blockEnd - TSimd.Count; i += TSimd.Count)
             {
                 TVector xv = TSimd.Load(ref x, i);
                 TVector ov = TOp.ReadsSecond ? TSimd.Load(ref second, i) : xv;
                 TOp.Step<T, TSimd, TVector>(xv, ov, c, ref s1, ref s2);
             }
-            T t1 = TSimd.Sum(s1), t2 = TSimd.Sum(s2);
+            T u1 = TSimd.Sum(TSimd.Add(s1, t1)), u2 = TSimd.Sum(TSimd.Add(s2, t2));
             for (; i < blockEnd; i++)
             {
                 T xs = Unsafe.Add(ref x, i);
                 T os = TOp.ReadsSecond ? Unsafe.Add(ref second, i) : xs;
-                TOp.Step<T, SimdScalar<T>, T>(xs, os, center, ref t1, ref t2);
+                TOp.Step<T, SimdScalar<T>, T>(xs, os, center, ref u1, ref u2);
             }
-            total1 += double.CreateTruncating(t1);
-            total2 += double.CreateTruncating(t2);
+            total1 += double.CreateTruncating(u1);
+            total2 += double.CreateTruncating(u2);
+        }
+    }
+
+    private static void RowUnitSums<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
+        ReadOnlySpan<T> center, int unit, Span<double> partial1, Span<double> partial2, Span<T> scratch)
+        where TOp : struct, IPairSumOp
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        NormGeometry g = plan.Geometry;
+        int width = g.B * g.J;
+        ref T x0 = ref MemoryMarshal.GetReference(x);
+        ref T second0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(second) : ref x0;
+        Span<T> block1 = scratch[..width], block2 = scratch.Slice(width, width);
+        int a = unit / plan.UnitsPerSlot, rBegin = unit % plan.UnitsPerSlot * plan.RowsPerUnit;
+        int rEnd = Math.Min(g.R, rBegin + plan.RowsPerUnit);
+        partial1[..width].Clear();
+        partial2[..width].Clear();
+        for (int r0 = rBegin; r0 < rEnd; r0 += NormPlan.RowBlock)
+        {
+            block1.Clear();
+            block2.Clear();
+            int blockEnd = Math.Min(rEnd, r0 + NormPlan.RowBlock);
+            for (int r = r0; r < blockEnd; r++)
+            {
+                nint offset = ((nint)a * g.R + r) * width;
+                RowSums<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset), width,
+                    ref MemoryMarshal.GetReference(center), ref MemoryMarshal.GetReference(block1), ref MemoryMarshal.GetReference(block2));
+            }
+            for (int c = 0; c < width; c++)
+            {
+                partial1[c] += double.CreateTruncating(block1[c]);
+                partial2[c] += double.CreateTruncating(block2[c]);
+            }
         }
     }
 
@@ -242,8 +306,8 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         }
     }
 
-    private static void Apply<TOp, TSimd, TVector>(in NormGeometry g, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+    private static void RunUnitApply<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
+        int unit, T center, T p, T q, T w)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
@@ -251,36 +315,12 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         ref T x0 = ref MemoryMarshal.GetReference(x);
         ref T second0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(second) : ref x0;
         ref T out0 = ref MemoryMarshal.GetReference(output);
-        ref T w0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(w) : ref MemoryMarshal.GetReference(q);
-
-        if (!g.IsColumnShape)
+        var (a, b, j, rBegin, rEnd, sBegin, sLength) = RunUnit(plan, unit);
+        for (int r = rBegin; r < rEnd; r++)
         {
-            for (int a = 0; a < g.A; a++)
-                for (int r = 0; r < g.R; r++)
-                    for (int b = 0; b < g.B; b++)
-                        for (int j = 0; j < g.J; j++)
-                        {
-                            int k = (a * g.B + b) * g.J + j;
-                            nint offset = g.Offset(a, r, b, j);
-                            ApplyRun<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
-                                ref Unsafe.Add(ref out0, offset), g.S, center[k], p[k], q[k], Unsafe.Add(ref w0, k));
-                        }
-            return;
-        }
-
-        int width = g.B * g.J;
-        for (int a = 0; a < g.A; a++)
-        {
-            ref T c0 = ref Unsafe.Add(ref MemoryMarshal.GetReference(center), a * width);
-            ref T p0 = ref Unsafe.Add(ref MemoryMarshal.GetReference(p), a * width);
-            ref T q0 = ref Unsafe.Add(ref MemoryMarshal.GetReference(q), a * width);
-            ref T wa = ref Unsafe.Add(ref w0, a * width);
-            for (int r = 0; r < g.R; r++)
-            {
-                nint offset = ((nint)a * g.R + r) * width;
-                ApplyRow<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
-                    ref Unsafe.Add(ref out0, offset), width, ref c0, ref p0, ref q0, ref wa);
-            }
+            nint offset = plan.Geometry.Offset(a, r, b, j) + sBegin;
+            ApplyRun<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
+                ref Unsafe.Add(ref out0, offset), sLength, center, p, q, w);
         }
     }
 
@@ -303,6 +343,31 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
             T xs = Unsafe.Add(ref x, i);
             T os = TOp.ReadsSecond ? Unsafe.Add(ref second, i) : xs;
             Unsafe.Add(ref output, i) = TOp.Apply<T, SimdScalar<T>, T>(xs, os, center, p, q, w);
+        }
+    }
+
+    private static void RowUnitApply<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
+        int unit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        where TOp : struct, IApplyOp
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        NormGeometry g = plan.Geometry;
+        int width = g.B * g.J;
+        ref T x0 = ref MemoryMarshal.GetReference(x);
+        ref T second0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(second) : ref x0;
+        ref T out0 = ref MemoryMarshal.GetReference(output);
+        ref T c0 = ref MemoryMarshal.GetReference(center);
+        ref T p0 = ref MemoryMarshal.GetReference(p);
+        ref T q0 = ref MemoryMarshal.GetReference(q);
+        ref T w0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(w) : ref q0;
+        int a = unit / plan.UnitsPerSlot, rBegin = unit % plan.UnitsPerSlot * plan.RowsPerUnit;
+        int rEnd = Math.Min(g.R, rBegin + plan.RowsPerUnit);
+        for (int r = rBegin; r < rEnd; r++)
+        {
+            nint offset = ((nint)a * g.R + r) * width;
+            ApplyRow<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
+                ref Unsafe.Add(ref out0, offset), width, ref c0, ref p0, ref q0, ref w0);
         }
     }
 

@@ -146,14 +146,13 @@ public abstract class RunningStatsNorm<T> where T : unmanaged, IFloatingPointIee
         // Validation is complete: from here on nothing throws, so state changes are all-or-nothing.
         if (useBatchStatistics)
         {
-            _engine.UseBatchStatistics(g, input, Eps);
+            _engine.Forward(g, input, output, GammaOrEmpty(), BetaOrEmpty(), Eps);
             if (Training && TrackRunningStats) UpdateRunningStatistics(g);
         }
         else
         {
-            _engine.UseFixedStatistics(g, TensorData.Flat(RunningMean!), TensorData.Flat(RunningVar!), Eps);
+            _engine.Forward(g, input, output, TensorData.Flat(RunningMean!), TensorData.Flat(RunningVar!), GammaOrEmpty(), BetaOrEmpty(), Eps);
         }
-        _engine.Normalize(input, output, GammaOrEmpty(), BetaOrEmpty());
 
         if (_forwardShape.Length != x.Rank) _forwardShape = new nint[x.Rank];
         x.Lengths.CopyTo(_forwardShape);
@@ -185,12 +184,9 @@ public abstract class RunningStatsNorm<T> where T : unmanaged, IFloatingPointIee
         ReadOnlySpan<T> gradOutput = TensorData.Flat(dy, "dy");
         Span<T> gradInput = TensorData.Flat(dx, "dx");
 
-        if (_forwardUsedBatchStatistics)
-        {
-            _engine.ComputeGradientSums(input, gradOutput);
-            _gradientSumsKey = GradientSumsKey.Of(input, gradOutput, _forwardVersion);
-        }
-        _engine.InputGradient(input, gradOutput, gradInput, GammaOrEmpty(), _forwardUsedBatchStatistics);
+        _engine.Backward(input, gradOutput, gradInput, GammaOrEmpty(), _forwardUsedBatchStatistics);
+        // With batch statistics Backward made the parameter-gradient reductions too.
+        if (_forwardUsedBatchStatistics) _gradientSumsKey = GradientSumsKey.Of(input, gradOutput, _forwardVersion);
     }
 
     /// <summary>Accumulates dL/dgamma and dL/dbeta into Weight.Gradient and Bias.Gradient.</summary>

@@ -1,0 +1,49 @@
+using System.Numerics.Tensors;
+using SharpNorm.Layers;
+using SharpNorm.Tests.Support;
+using Xunit;
+
+namespace SharpNorm.Tests.Kernels;
+
+/// <summary>The span overloads allocate nothing once the layer has seen a shape: buffers are owned and reused.</summary>
+public class AllocationTests
+{
+    public static TheoryData<NormKind, nint[], int> Shapes() => new()
+    {
+        { NormKind.BatchNorm, [8, 16, 56, 56], -1 },
+        { NormKind.BatchNorm, [4, 3, 300, 300], -1 },
+        { NormKind.BatchNorm, [4096, 64], -1 },
+        { NormKind.InstanceNorm, [64, 64, 7, 7], -1 },
+        { NormKind.BatchNorm, [8, 16, 56, 56], 1 },
+    };
+
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void SpanOverloadsAllocateNothingPerCall(NormKind kind, nint[] shape, int threads)
+    {
+        RunningStatsNorm<float> layer = LayerFactory.Create<float>(kind, (int)shape[1], affine: true, trackRunningStats: true);
+        layer.MaxDegreeOfParallelism = threads;
+        var random = new Gaussian(3);
+        Tensor<float> x = random.Tensor<float>(shape), dy = random.Tensor<float>(shape);
+        Tensor<float> y = Tensor.Create(new float[x.FlattenedLength], shape), dx = Tensor.Create(new float[x.FlattenedLength], shape);
+
+        void Step()
+        {
+            layer.Training = true;
+            layer.Forward(x.AsReadOnlyTensorSpan(), y.AsTensorSpan());
+            layer.Backward(x.AsReadOnlyTensorSpan(), dy.AsReadOnlyTensorSpan(), dx.AsTensorSpan());
+            layer.ZeroGrad();
+            layer.Gradient(x.AsReadOnlyTensorSpan(), dy.AsReadOnlyTensorSpan());
+            layer.Gradient(dx.AsReadOnlyTensorSpan(), dy.AsReadOnlyTensorSpan()); // not Backward's tensors: computes its own sums
+            layer.Training = false;
+            layer.Forward(x.AsReadOnlyTensorSpan(), y.AsTensorSpan());
+            layer.Backward(x.AsReadOnlyTensorSpan(), dy.AsReadOnlyTensorSpan(), dx.AsTensorSpan());
+        }
+
+        for (int i = 0; i < 5; i++) Step();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 10; i++) Step();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated == 0, $"{allocated} bytes allocated in 10 steps");
+    }
+}
