@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
 using SharpNorm.Threading;
 
 namespace SharpNorm.Kernels;
@@ -201,6 +202,11 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         if (_job is JobKind.ForwardSegments or JobKind.BackwardSegments)
         {
             int first = chunk * _plan.SegmentsPerChunk, end = Math.Min(_plan.SegmentCount, first + _plan.SegmentsPerChunk);
+            if (_plan.WholeGroupUnits)
+            {
+                WholeGroups(x, second, output, first, end);
+                return;
+            }
             for (int segment = first; segment < end; segment++)
             {
                 int u0 = segment * _plan.UnitsPerSegment, u1 = u0 + _plan.UnitsPerSegment;
@@ -235,46 +241,86 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         }
     }
 
+    private void WholeGroups(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int firstGroup, int endGroup)
+    {
+        if (MaxVectorBits >= 512 && Simd512<T>.IsUsable)
+            WholeGroups<Simd512<T>, System.Runtime.Intrinsics.Vector512<T>>(x, second, output, firstGroup, endGroup);
+        else if (MaxVectorBits >= 256 && Simd256<T>.IsUsable)
+            WholeGroups<Simd256<T>, System.Runtime.Intrinsics.Vector256<T>>(x, second, output, firstGroup, endGroup);
+        else if (MaxVectorBits >= 128 && Simd128<T>.IsUsable)
+            WholeGroups<Simd128<T>, System.Runtime.Intrinsics.Vector128<T>>(x, second, output, firstGroup, endGroup);
+        else
+            WholeGroups<SimdScalar<T>, T>(x, second, output, firstGroup, endGroup);
+    }
+
+    /// <summary>
+    /// Forward or backward of whole small groups (one unit each), both passes back to back: the per-unit machinery
+    /// costs more than the work when groups are a few dozen elements (InstanceNorm on 7x7 maps). The sums are the
+    /// same, in the same order, as the unit path's.
+    /// </summary>
+    private void WholeGroups<TSimd, TVector>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int firstGroup, int endGroup)
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        NormGeometry g = Geometry;
+        bool forward = _job == JobKind.ForwardSegments;
+        ref T x0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(x);
+        ref T dy0 = ref forward ? ref x0 : ref System.Runtime.InteropServices.MemoryMarshal.GetReference(second);
+        ref T out0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(output);
+        for (int group = firstGroup; group < endGroup; group++)
+        {
+            int a = group / g.B, b = group % g.B;
+            T c = _center[group];
+            double sum1 = 0, sum2 = 0;
+            for (int r = 0; r < g.R; r++)
+            {
+                nint offset = g.Offset(a, r, b, 0);
+                if (forward)
+                    NormKernels<T>.RunSums<MomentsOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref x0, offset), g.S, c, ref sum1, ref sum2);
+                else
+                    NormKernels<T>.RunSums<GradientSumsOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref dy0, offset), g.S, c, ref sum1, ref sum2);
+            }
+            _sum1[group] = sum1;
+            _sum2[group] = sum2;
+            if (forward)
+            {
+                SegmentStatistics(group);
+                SegmentNormalizeCoefficients(group);
+            }
+            else
+            {
+                SegmentGradientSums(group);
+                SegmentInputGradientCoefficients(group);
+            }
+            for (int r = 0; r < g.R; r++)
+            {
+                nint offset = g.Offset(a, r, b, 0);
+                if (forward)
+                    NormKernels<T>.ApplyRun<NormalizeOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref x0, offset),
+                        ref Unsafe.Add(ref out0, offset), g.S, c, _p[group], _q[group], T.Zero);
+                else
+                    NormKernels<T>.ApplyRun<InputGradientOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref dy0, offset),
+                        ref Unsafe.Add(ref out0, offset), g.S, c, _p[group], _q[group], _w[group]);
+            }
+        }
+    }
+
     /// <summary>Each unit's two sums into its own partial slots.</summary>
     private void SumUnits<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, int firstUnit, int endUnit, int worker) where TOp : struct, IPairSumOp
     {
         if (_plan.IsColumn)
-        {
-            int width = _plan.SlotsPerSegment;
-            Span<T> scratch = _workerScratch.AsSpan(worker * _workerScratchLength, _workerScratchLength);
-            for (int unit = firstUnit; unit < endUnit; unit++)
-            {
-                int a = unit / _plan.UnitsPerSlot;
-                NormKernels<T>.RowUnitSums<TOp>(MaxVectorBits, _plan, x, second, _center.AsSpan(a * width, width), unit,
-                    _partial1.AsSpan(unit * width, width), _partial2.AsSpan(unit * width, width), scratch);
-            }
-            return;
-        }
-        for (int unit = firstUnit; unit < endUnit; unit++)
-        {
-            NormKernels<T>.RunUnitSums<TOp>(MaxVectorBits, _plan, x, second, _center[unit / _plan.UnitsPerSlot], unit,
-                out _partial1[unit], out _partial2[unit]);
-        }
+            NormKernels<T>.RowUnitSums<TOp>(MaxVectorBits, _plan, x, second, _center, firstUnit, endUnit, _partial1, _partial2,
+                _workerScratch.AsSpan(worker * _workerScratchLength, _workerScratchLength));
+        else
+            NormKernels<T>.RunUnitSums<TOp>(MaxVectorBits, _plan, x, second, _center, firstUnit, endUnit, _partial1, _partial2);
     }
 
     private void ApplyUnits<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int firstUnit, int endUnit) where TOp : struct, IApplyOp
     {
         if (_plan.IsColumn)
-        {
-            int width = _plan.SlotsPerSegment;
-            for (int unit = firstUnit; unit < endUnit; unit++)
-            {
-                int row = unit / _plan.UnitsPerSlot * width;
-                NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, unit,
-                    _center.AsSpan(row, width), _p.AsSpan(row, width), _q.AsSpan(row, width), _w.AsSpan(row, width));
-            }
-            return;
-        }
-        for (int unit = firstUnit; unit < endUnit; unit++)
-        {
-            int k = unit / _plan.UnitsPerSlot;
-            NormKernels<T>.RunUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, unit, _center[k], _p[k], _q[k], _w[k]);
-        }
+            NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w);
+        else
+            NormKernels<T>.RunUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w);
     }
 
     /// <summary>Per slot of the segment: the unit partials added in unit order.</summary>

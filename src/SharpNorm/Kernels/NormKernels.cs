@@ -111,69 +111,67 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
     /// <summary>Vector lanes accumulate this many elements of a run in T before the partial sum moves into double.</summary>
     private const int RunBlock = 2048;
 
-    /// <summary>Run shape: the op's two sums over unit u of slot k (whose center is given), in double.</summary>
+    /// <summary>Run shape: for units [firstUnit, endUnit), the op's two sums of each unit in double, into partial1/2[unit].</summary>
     public static void RunUnitSums<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
-        T center, int unit, out double sum1, out double sum2)
+        ReadOnlySpan<T> center, int firstUnit, int endUnit, Span<double> partial1, Span<double> partial2)
         where TOp : struct, IPairSumOp
     {
-        sum1 = 0;
-        sum2 = 0;
         if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
-            RunUnitSums<TOp, Simd512<T>, Vector512<T>>(plan, x, second, center, unit, ref sum1, ref sum2);
+            RunUnitSums<TOp, Simd512<T>, Vector512<T>>(plan, x, second, center, firstUnit, endUnit, partial1, partial2);
         else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
-            RunUnitSums<TOp, Simd256<T>, Vector256<T>>(plan, x, second, center, unit, ref sum1, ref sum2);
+            RunUnitSums<TOp, Simd256<T>, Vector256<T>>(plan, x, second, center, firstUnit, endUnit, partial1, partial2);
         else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
-            RunUnitSums<TOp, Simd128<T>, Vector128<T>>(plan, x, second, center, unit, ref sum1, ref sum2);
+            RunUnitSums<TOp, Simd128<T>, Vector128<T>>(plan, x, second, center, firstUnit, endUnit, partial1, partial2);
         else
-            RunUnitSums<TOp, SimdScalar<T>, T>(plan, x, second, center, unit, ref sum1, ref sum2);
+            RunUnitSums<TOp, SimdScalar<T>, T>(plan, x, second, center, firstUnit, endUnit, partial1, partial2);
     }
 
-    /// <summary>Run shape: output = op(x, second) over unit u, with the coefficients of its slot.</summary>
+    /// <summary>Run shape: for units [firstUnit, endUnit), output = op(x, second) with the coefficients of each unit's slot.</summary>
     public static void RunUnitApply<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        int unit, T center, T p, T q, T w)
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
         where TOp : struct, IApplyOp
     {
         if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
-            RunUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, unit, center, p, q, w);
+            RunUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
         else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
-            RunUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, unit, center, p, q, w);
+            RunUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
         else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
-            RunUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, unit, center, p, q, w);
+            RunUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
         else
-            RunUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, unit, center, p, q, w);
+            RunUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
     }
 
     /// <summary>
-    /// Column shape: the op's two sums over the rows of unit u, per column, written to partial1/partial2 (W each).
-    /// <paramref name="scratch"/> holds 2*W elements.
+    /// Column shape: for units [firstUnit, endUnit), the op's two sums over each unit's rows, per column, into
+    /// partial1/2[unit*W + column]. <paramref name="scratch"/> holds 2*W elements.
     /// </summary>
     public static void RowUnitSums<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
-        ReadOnlySpan<T> center, int unit, Span<double> partial1, Span<double> partial2, Span<T> scratch)
+        ReadOnlySpan<T> center, int firstUnit, int endUnit, Span<double> partial1, Span<double> partial2, Span<T> scratch)
         where TOp : struct, IPairSumOp
     {
         if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
-            RowUnitSums<TOp, Simd512<T>, Vector512<T>>(plan, x, second, center, unit, partial1, partial2, scratch);
+            RowUnitSums<TOp, Simd512<T>, Vector512<T>>(plan, x, second, center, firstUnit, endUnit, partial1, partial2, scratch);
         else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
-            RowUnitSums<TOp, Simd256<T>, Vector256<T>>(plan, x, second, center, unit, partial1, partial2, scratch);
+            RowUnitSums<TOp, Simd256<T>, Vector256<T>>(plan, x, second, center, firstUnit, endUnit, partial1, partial2, scratch);
         else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
-            RowUnitSums<TOp, Simd128<T>, Vector128<T>>(plan, x, second, center, unit, partial1, partial2, scratch);
+            RowUnitSums<TOp, Simd128<T>, Vector128<T>>(plan, x, second, center, firstUnit, endUnit, partial1, partial2, scratch);
         else
-            RowUnitSums<TOp, SimdScalar<T>, T>(plan, x, second, center, unit, partial1, partial2, scratch);
+            RowUnitSums<TOp, SimdScalar<T>, T>(plan, x, second, center, firstUnit, endUnit, partial1, partial2, scratch);
     }
 
-    /// <summary>Column shape: output = op(x, second) over the rows of unit u, with per-column coefficient rows (W each).</summary>
+    /// <summary>Column shape: for units [firstUnit, endUnit), output = op(x, second) with per-column coefficients (W per a).</summary>
     public static void RowUnitApply<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        int unit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
         where TOp : struct, IApplyOp
     {
         if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
-            RowUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, unit, center, p, q, w);
+            RowUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
         else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
-            RowUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, unit, center, p, q, w);
+            RowUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
         else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
-            RowUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, unit, center, p, q, w);
+            RowUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
         else
-            RowUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, unit, center, p, q, w);
+            RowUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
     }
 
     /// <summary>The slot of a run-shape unit and the element ranges it covers: runs [rBegin, rEnd) from sBegin, sLength long.</summary>
@@ -192,24 +190,31 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
     }
 
     private static void RunUnitSums<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
-        T center, int unit, ref double sum1, ref double sum2)
+        ReadOnlySpan<T> center, int firstUnit, int endUnit, Span<double> partial1, Span<double> partial2)
         where TOp : struct, IPairSumOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
     {
         ref T x0 = ref MemoryMarshal.GetReference(x);
         ref T second0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(second) : ref x0;
-        var (a, b, j, rBegin, rEnd, sBegin, sLength) = RunUnit(plan, unit);
-        for (int r = rBegin; r < rEnd; r++)
+        for (int unit = firstUnit; unit < endUnit; unit++)
         {
-            nint offset = plan.Geometry.Offset(a, r, b, j) + sBegin;
-            RunSums<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset), sLength, center, ref sum1, ref sum2);
+            var (a, b, j, rBegin, rEnd, sBegin, sLength) = RunUnit(plan, unit);
+            T c = center[unit / plan.UnitsPerSlot];
+            double sum1 = 0, sum2 = 0;
+            for (int r = rBegin; r < rEnd; r++)
+            {
+                nint offset = plan.Geometry.Offset(a, r, b, j) + sBegin;
+                RunSums<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset), sLength, c, ref sum1, ref sum2);
+            }
+            partial1[unit] = sum1;
+            partial2[unit] = sum2;
         }
     }
 
     /// <summary>Sums of one contiguous run of n elements, moved into the double totals block by block.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void RunSums<TOp, TSimd, TVector>(ref T x, ref T second, int n, T center, ref double total1, ref double total2)
+    internal static void RunSums<TOp, TSimd, TVector>(ref T x, ref T second, int n, T center, ref double total1, ref double total2)
         where TOp : struct, IPairSumOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
@@ -248,6 +253,21 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
     }
 
     private static void RowUnitSums<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
+        ReadOnlySpan<T> center, int firstUnit, int endUnit, Span<double> partials1, Span<double> partials2, Span<T> scratch)
+        where TOp : struct, IPairSumOp
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        int width = plan.Geometry.B * plan.Geometry.J;
+        for (int unit = firstUnit; unit < endUnit; unit++)
+        {
+            int a = unit / plan.UnitsPerSlot;
+            RowUnitSums<TOp, TSimd, TVector>(plan, x, second, center.Slice(a * width, width), unit,
+                partials1.Slice(unit * width, width), partials2.Slice(unit * width, width), scratch);
+        }
+    }
+
+    private static void RowUnitSums<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
         ReadOnlySpan<T> center, int unit, Span<double> partial1, Span<double> partial2, Span<T> scratch)
         where TOp : struct, IPairSumOp
         where TSimd : ISimd<T, TVector>
@@ -260,8 +280,8 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         Span<T> block1 = scratch[..width], block2 = scratch.Slice(width, width);
         int a = unit / plan.UnitsPerSlot, rBegin = unit % plan.UnitsPerSlot * plan.RowsPerUnit;
         int rEnd = Math.Min(g.R, rBegin + plan.RowsPerUnit);
-        partial1[..width].Clear();
-        partial2[..width].Clear();
+        partial1.Clear();
+        partial2.Clear();
         for (int r0 = rBegin; r0 < rEnd; r0 += NormPlan.RowBlock)
         {
             block1.Clear();
@@ -307,7 +327,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
     }
 
     private static void RunUnitApply<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        int unit, T center, T p, T q, T w)
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
@@ -315,17 +335,22 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         ref T x0 = ref MemoryMarshal.GetReference(x);
         ref T second0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(second) : ref x0;
         ref T out0 = ref MemoryMarshal.GetReference(output);
-        var (a, b, j, rBegin, rEnd, sBegin, sLength) = RunUnit(plan, unit);
-        for (int r = rBegin; r < rEnd; r++)
+        for (int unit = firstUnit; unit < endUnit; unit++)
         {
-            nint offset = plan.Geometry.Offset(a, r, b, j) + sBegin;
-            ApplyRun<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
-                ref Unsafe.Add(ref out0, offset), sLength, center, p, q, w);
+            var (a, b, j, rBegin, rEnd, sBegin, sLength) = RunUnit(plan, unit);
+            int k = unit / plan.UnitsPerSlot;
+            T wk = TOp.ReadsSecond ? w[k] : T.Zero;
+            for (int r = rBegin; r < rEnd; r++)
+            {
+                nint offset = plan.Geometry.Offset(a, r, b, j) + sBegin;
+                ApplyRun<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
+                    ref Unsafe.Add(ref out0, offset), sLength, center[k], p[k], q[k], wk);
+            }
         }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void ApplyRun<TOp, TSimd, TVector>(ref T x, ref T second, ref T output, int n, T center, T p, T q, T w)
+    internal static void ApplyRun<TOp, TSimd, TVector>(ref T x, ref T second, ref T output, int n, T center, T p, T q, T w)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
@@ -343,6 +368,21 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
             T xs = Unsafe.Add(ref x, i);
             T os = TOp.ReadsSecond ? Unsafe.Add(ref second, i) : xs;
             Unsafe.Add(ref output, i) = TOp.Apply<T, SimdScalar<T>, T>(xs, os, center, p, q, w);
+        }
+    }
+
+    private static void RowUnitApply<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        where TOp : struct, IApplyOp
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        int width = plan.Geometry.B * plan.Geometry.J;
+        for (int unit = firstUnit; unit < endUnit; unit++)
+        {
+            int row = unit / plan.UnitsPerSlot * width;
+            RowUnitApply<TOp, TSimd, TVector>(plan, x, second, output, unit, center.Slice(row, width), p.Slice(row, width),
+                q.Slice(row, width), TOp.ReadsSecond ? w.Slice(row, width) : default);
         }
     }
 

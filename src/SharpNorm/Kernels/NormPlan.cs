@@ -87,6 +87,9 @@ internal readonly struct NormPlan
     public int SegmentsPerChunk { get; }
     public int UnitsPerChunk { get; }
 
+    /// <summary>Run shape where one unit is one whole group (J = 1): segments take a lean path with no partials.</summary>
+    public bool WholeGroupUnits => !IsColumn && Geometry.J == 1 && UnitsPerSlot == 1;
+
     public int SegmentChunkCount => (SegmentCount + SegmentsPerChunk - 1) / SegmentsPerChunk;
     public int UnitChunkCount => (UnitCount + UnitsPerChunk - 1) / UnitsPerChunk;
 
