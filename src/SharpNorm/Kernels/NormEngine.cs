@@ -264,14 +264,15 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     {
         NormGeometry g = Geometry;
         bool forward = _job == JobKind.ForwardSegments;
+        double count = g.GroupSize;
         ref T x0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(x);
         ref T dy0 = ref forward ? ref x0 : ref System.Runtime.InteropServices.MemoryMarshal.GetReference(second);
         ref T out0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(output);
+        int a = firstGroup / g.B, b = firstGroup % g.B;
         for (int group = firstGroup; group < endGroup; group++)
         {
-            int a = group / g.B, b = group % g.B;
             T c = _center[group];
-            double sum1 = 0, sum2 = 0;
+            double center = double.CreateTruncating(c), sum1 = 0, sum2 = 0;
             for (int r = 0; r < g.R; r++)
             {
                 nint offset = g.Offset(a, r, b, 0);
@@ -280,28 +281,34 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
                 else
                     NormKernels<T>.RunSums<GradientSumsOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref dy0, offset), g.S, c, ref sum1, ref sum2);
             }
-            _sum1[group] = sum1;
-            _sum2[group] = sum2;
+
+            T p, q, w = T.Zero;
             if (forward)
             {
-                SegmentStatistics(group);
-                SegmentNormalizeCoefficients(group);
+                var (mean, variance, invStd) = Statistics(sum1, sum2, center, count, _eps);
+                (_groupMean[group], _groupVariance[group], _groupInvStd[group]) = (mean, variance, invStd);
+                (p, q) = NormalizeCoefficients(_gamma[b], _beta[b], invStd, center, mean);
             }
             else
             {
-                SegmentGradientSums(group);
-                SegmentInputGradientCoefficients(group);
+                double mean = _groupMean[group], invStd = _groupInvStd[group];
+                sum2 = SumDyXhat(sum1, sum2, center - mean, invStd);
+                (p, q, w) = InputGradientCoefficients(_gamma[b], invStd, _gamma[b] * sum1, _gamma[b] * sum2, count, center - mean);
             }
+            _sum1[group] = sum1;
+            _sum2[group] = sum2;
+
             for (int r = 0; r < g.R; r++)
             {
                 nint offset = g.Offset(a, r, b, 0);
                 if (forward)
                     NormKernels<T>.ApplyRun<NormalizeOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref x0, offset),
-                        ref Unsafe.Add(ref out0, offset), g.S, c, _p[group], _q[group], T.Zero);
+                        ref Unsafe.Add(ref out0, offset), g.S, c, p, q, w);
                 else
                     NormKernels<T>.ApplyRun<InputGradientOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref dy0, offset),
-                        ref Unsafe.Add(ref out0, offset), g.S, c, _p[group], _q[group], _w[group]);
+                        ref Unsafe.Add(ref out0, offset), g.S, c, p, q, w);
             }
+            if (++b == g.B) { b = 0; a++; }
         }
     }
 
@@ -327,16 +334,31 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     private void CombineSegment(int segment)
     {
         int slots = _plan.SlotsPerSegment, firstSlot = segment * slots, units = _plan.UnitsPerSlot;
-        for (int s = 0; s < slots; s++)
+        if (_plan.IsColumn)
         {
-            int k = firstSlot + s;
+            // Unit (segment, piece) holds one partial per column; walk them row by row for locality.
+            Span<double> sum1 = _sum1.AsSpan(firstSlot, slots), sum2 = _sum2.AsSpan(firstSlot, slots);
+            sum1.Clear();
+            sum2.Clear();
+            for (int piece = 0; piece < units; piece++)
+            {
+                int row = (segment * units + piece) * slots;
+                ReadOnlySpan<double> partial1 = _partial1.AsSpan(row, slots), partial2 = _partial2.AsSpan(row, slots);
+                for (int s = 0; s < slots; s++)
+                {
+                    sum1[s] += partial1[s];
+                    sum2[s] += partial2[s];
+                }
+            }
+            return;
+        }
+        for (int k = firstSlot; k < firstSlot + slots; k++)
+        {
             double sum1 = 0, sum2 = 0;
             for (int piece = 0; piece < units; piece++)
             {
-                // Run shape: unit k*units + piece. Column shape: unit segment*units + piece, column s.
-                int index = _plan.IsColumn ? (segment * units + piece) * slots + s : k * units + piece;
-                sum1 += _partial1[index];
-                sum2 += _partial2[index];
+                sum1 += _partial1[k * units + piece];
+                sum2 += _partial2[k * units + piece];
             }
             _sum1[k] = sum1;
             _sum2[k] = sum2;
@@ -353,7 +375,6 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     private void SegmentStatistics(int segment)
     {
         NormGeometry g = Geometry;
-        double count = g.GroupSize;
         var (first, groups) = SegmentGroups(segment);
         for (int group = first; group < first + groups; group++)
         {
@@ -363,67 +384,82 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
                 shiftedSum += _sum1[group * g.J + j];
                 shiftedSquares += _sum2[group * g.J + j];
             }
-            double shiftedMean = shiftedSum / count;
-            double variance = (shiftedSquares - shiftedSum * shiftedMean) / count;
-            _groupMean[group] = double.CreateTruncating(_center[group * g.J]) + shiftedMean;
-            _groupVariance[group] = variance < 0 ? 0 : variance; // rounding can dip below zero; NaN stays NaN
-            _groupInvStd[group] = 1.0 / Math.Sqrt(_groupVariance[group] + _eps);
+            (_groupMean[group], _groupVariance[group], _groupInvStd[group]) =
+                Statistics(shiftedSum, shiftedSquares, double.CreateTruncating(_center[group * g.J]), g.GroupSize, _eps);
         }
     }
 
-    /// <summary>y = (x - c) * p + q with p = gamma*invstd, q = beta + (c - mean)*p.</summary>
     private void SegmentNormalizeCoefficients(int segment)
     {
         int slots = _plan.SlotsPerSegment;
         for (int k = segment * slots; k < (segment + 1) * slots; k++)
         {
             int group = k / Geometry.J, parameter = Parameter(k);
-            double scale = _gamma[parameter] * _groupInvStd[group];
-            _p[k] = T.CreateTruncating(scale);
-            _q[k] = T.CreateTruncating(_beta[parameter] + (double.CreateTruncating(_center[k]) - _groupMean[group]) * scale);
+            (_p[k], _q[k]) = NormalizeCoefficients(_gamma[parameter], _beta[parameter], _groupInvStd[group],
+                double.CreateTruncating(_center[k]), _groupMean[group]);
         }
     }
 
-    /// <summary>Turns Σ dy*(x - c) into Σ dy*xhat = invstd * (Σ dy*(x - c) + (c - mean) * Σ dy).</summary>
     private void SegmentGradientSums(int segment)
     {
         int slots = _plan.SlotsPerSegment;
         for (int k = segment * slots; k < (segment + 1) * slots; k++)
         {
             int group = k / Geometry.J;
-            double offset = double.CreateTruncating(_center[k]) - _groupMean[group];
-            _sum2[k] = _groupInvStd[group] * (_sum2[k] + offset * _sum1[k]);
+            _sum2[k] = SumDyXhat(_sum1[k], _sum2[k], double.CreateTruncating(_center[k]) - _groupMean[group], _groupInvStd[group]);
         }
     }
 
-    /// <summary>
-    /// dx = invstd * (g - Σg/M - xhat * Σ g*xhat / M) with g = gamma*dy, as dx = p*dy + q*(x - c) + w:
-    /// p = gamma*invstd, q = -invstd² Σg*xhat / M, w = -invstd Σg / M + q (c - mean).
-    /// </summary>
     private void SegmentInputGradientCoefficients(int segment)
     {
         NormGeometry g = Geometry;
-        double count = g.GroupSize;
         var (first, groups) = SegmentGroups(segment);
         for (int group = first; group < first + groups; group++)
         {
-            double invStd = _groupInvStd[group], sumG = 0, sumGXhat = 0;
+            double sumG = 0, sumGXhat = 0; // Σ gamma*dy and Σ gamma*dy*xhat over the group
             for (int j = 0; j < g.J; j++)
             {
                 int k = group * g.J + j;
                 sumG += _gamma[Parameter(k)] * _sum1[k];
                 sumGXhat += _gamma[Parameter(k)] * _sum2[k];
             }
-            double slope = -invStd * invStd * sumGXhat / count;
             for (int j = 0; j < g.J; j++)
             {
                 int k = group * g.J + j;
-                double offset = double.CreateTruncating(_center[k]) - _groupMean[group];
-                _p[k] = T.CreateTruncating(_gamma[Parameter(k)] * invStd);
-                _q[k] = T.CreateTruncating(slope);
-                _w[k] = T.CreateTruncating(-invStd * sumG / count + slope * offset);
+                (_p[k], _q[k], _w[k]) = InputGradientCoefficients(_gamma[Parameter(k)], _groupInvStd[group], sumG, sumGXhat,
+                    g.GroupSize, double.CreateTruncating(_center[k]) - _groupMean[group]);
             }
         }
+    }
+
+    /// <summary>Mean, biased variance and 1/sqrt(var + eps) from Σ (x - c) and Σ (x - c)² over count elements.</summary>
+    private static (double mean, double variance, double invStd) Statistics(double shiftedSum, double shiftedSquares, double center, double count, double eps)
+    {
+        double shiftedMean = shiftedSum / count;
+        double variance = (shiftedSquares - shiftedSum * shiftedMean) / count;
+        if (variance < 0) variance = 0; // rounding can dip below zero; NaN stays NaN
+        return (center + shiftedMean, variance, 1.0 / Math.Sqrt(variance + eps));
+    }
+
+    /// <summary>y = (x - c) * p + q with p = gamma*invstd, q = beta + (c - mean)*p.</summary>
+    private static (T p, T q) NormalizeCoefficients(double gamma, double beta, double invStd, double center, double mean)
+    {
+        double scale = gamma * invStd;
+        return (T.CreateTruncating(scale), T.CreateTruncating(beta + (center - mean) * scale));
+    }
+
+    /// <summary>Σ dy*xhat = invstd * (Σ dy*(x - c) + (c - mean) * Σ dy).</summary>
+    private static double SumDyXhat(double sumDy, double sumDyCentered, double centerOffset, double invStd) =>
+        invStd * (sumDyCentered + centerOffset * sumDy);
+
+    /// <summary>
+    /// dx = invstd * (g - Σg/M - xhat * Σ g*xhat / M) with g = gamma*dy, written dx = p*dy + q*(x - c) + w:
+    /// p = gamma*invstd, q = -invstd² Σg*xhat / M, w = -invstd Σg / M + q (c - mean).
+    /// </summary>
+    private static (T p, T q, T w) InputGradientCoefficients(double gamma, double invStd, double sumG, double sumGXhat, double count, double centerOffset)
+    {
+        double slope = -invStd * invStd * sumGXhat / count;
+        return (T.CreateTruncating(gamma * invStd), T.CreateTruncating(slope), T.CreateTruncating(-invStd * sumG / count + slope * centerOffset));
     }
 
     private void LoadAffine(ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta)

@@ -287,7 +287,14 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
             block1.Clear();
             block2.Clear();
             int blockEnd = Math.Min(rEnd, r0 + NormPlan.RowBlock);
-            for (int r = r0; r < blockEnd; r++)
+            int r = r0;
+            for (; r <= blockEnd - 4; r += 4)
+            {
+                nint offset = ((nint)a * g.R + r) * width;
+                RowSums4<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset), width,
+                    ref MemoryMarshal.GetReference(center), ref MemoryMarshal.GetReference(block1), ref MemoryMarshal.GetReference(block2));
+            }
+            for (; r < blockEnd; r++)
             {
                 nint offset = ((nint)a * g.R + r) * width;
                 RowSums<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset), width,
@@ -299,6 +306,36 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
                 partial2[c] += double.CreateTruncating(block2[c]);
             }
         }
+    }
+
+    /// <summary>Adds four consecutive rows into per-column T partial sums, in row order, loading each accumulator once.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void RowSums4<TOp, TSimd, TVector>(ref T x, ref T second, int width, ref T center, ref T block1, ref T block2)
+        where TOp : struct, IPairSumOp
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        int c = 0;
+        for (; c <= width - TSimd.Count; c += TSimd.Count)
+        {
+            TVector cv = TSimd.Load(ref center, c);
+            TVector s1 = TSimd.Load(ref block1, c), s2 = TSimd.Load(ref block2, c);
+            for (int row = 0; row < 4; row++)
+            {
+                TVector xv = TSimd.Load(ref x, row * width + c);
+                TVector ov = TOp.ReadsSecond ? TSimd.Load(ref second, row * width + c) : xv;
+                TOp.Step<T, TSimd, TVector>(xv, ov, cv, ref s1, ref s2);
+            }
+            TSimd.Store(s1, ref block1, c);
+            TSimd.Store(s2, ref block2, c);
+        }
+        for (; c < width; c++)
+            for (int row = 0; row < 4; row++)
+            {
+                T xs = Unsafe.Add(ref x, row * width + c);
+                T os = TOp.ReadsSecond ? Unsafe.Add(ref second, row * width + c) : xs;
+                TOp.Step<T, SimdScalar<T>, T>(xs, os, Unsafe.Add(ref center, c), ref Unsafe.Add(ref block1, c), ref Unsafe.Add(ref block2, c));
+            }
     }
 
     /// <summary>Adds one row's elements into per-column T partial sums.</summary>
@@ -403,16 +440,23 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         ref T w0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(w) : ref q0;
         int a = unit / plan.UnitsPerSlot, rBegin = unit % plan.UnitsPerSlot * plan.RowsPerUnit;
         int rEnd = Math.Min(g.R, rBegin + plan.RowsPerUnit);
-        for (int r = rBegin; r < rEnd; r++)
+        int r = rBegin;
+        for (; r <= rEnd - 4; r += 4)
         {
             nint offset = ((nint)a * g.R + r) * width;
-            ApplyRow<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
+            ApplyRow<TOp, TSimd, TVector>(4, ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
+                ref Unsafe.Add(ref out0, offset), width, ref c0, ref p0, ref q0, ref w0);
+        }
+        for (; r < rEnd; r++)
+        {
+            nint offset = ((nint)a * g.R + r) * width;
+            ApplyRow<TOp, TSimd, TVector>(1, ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
                 ref Unsafe.Add(ref out0, offset), width, ref c0, ref p0, ref q0, ref w0);
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void ApplyRow<TOp, TSimd, TVector>(ref T x, ref T second, ref T output, int width, ref T center, ref T p, ref T q, ref T w)
+    /// <summary>Applies the op to <paramref name="rows"/> consecutive rows, loading each column's coefficients once.</summary>
+    private static void ApplyRow<TOp, TSimd, TVector>(int rows, ref T x, ref T second, ref T output, int width, ref T center, ref T p, ref T q, ref T w)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
@@ -420,17 +464,24 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         int c = 0;
         for (; c <= width - TSimd.Count; c += TSimd.Count)
         {
-            TVector xv = TSimd.Load(ref x, c);
-            TVector ov = TOp.ReadsSecond ? TSimd.Load(ref second, c) : xv;
+            TVector cv = TSimd.Load(ref center, c), pv = TSimd.Load(ref p, c), qv = TSimd.Load(ref q, c);
             TVector wv = TOp.ReadsSecond ? TSimd.Load(ref w, c) : TSimd.Zero;
-            TSimd.Store(TOp.Apply<T, TSimd, TVector>(xv, ov, TSimd.Load(ref center, c), TSimd.Load(ref p, c), TSimd.Load(ref q, c), wv), ref output, c);
+            for (int row = 0; row < rows; row++)
+            {
+                TVector xv = TSimd.Load(ref x, row * width + c);
+                TVector ov = TOp.ReadsSecond ? TSimd.Load(ref second, row * width + c) : xv;
+                TSimd.Store(TOp.Apply<T, TSimd, TVector>(xv, ov, cv, pv, qv, wv), ref output, row * width + c);
+            }
         }
         for (; c < width; c++)
         {
-            T xs = Unsafe.Add(ref x, c);
-            T os = TOp.ReadsSecond ? Unsafe.Add(ref second, c) : xs;
             T ws = TOp.ReadsSecond ? Unsafe.Add(ref w, c) : T.Zero;
-            Unsafe.Add(ref output, c) = TOp.Apply<T, SimdScalar<T>, T>(xs, os, Unsafe.Add(ref center, c), Unsafe.Add(ref p, c), Unsafe.Add(ref q, c), ws);
+            for (int row = 0; row < rows; row++)
+            {
+                T xs = Unsafe.Add(ref x, row * width + c);
+                T os = TOp.ReadsSecond ? Unsafe.Add(ref second, row * width + c) : xs;
+                Unsafe.Add(ref output, row * width + c) = TOp.Apply<T, SimdScalar<T>, T>(xs, os, Unsafe.Add(ref center, c), Unsafe.Add(ref p, c), Unsafe.Add(ref q, c), ws);
+            }
         }
     }
 }
