@@ -1,6 +1,6 @@
 namespace SharpNorm.Bench;
 
-internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int[]? Threads, int Warmup, int Runs, bool Help)
+internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int[]? Threads, int Warmup, int Runs, int WaitIdleSeconds, bool MallocReuse, bool Help)
 {
     public const string Usage =
         """
@@ -11,20 +11,25 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
           --threads LIST   thread counts to run, e.g. 1 or 1,2 (default: 1 and Environment.ProcessorCount)
           --warmup N       warm-up runs per measurement (default 5; --quick 3)
           --runs N         timed runs per measurement, median reported (default 15; --quick 5)
+          --malloc-reuse   keep freed memory in glibc's heap (no mmap for large blocks): libtorch then reuses its
+                           output buffers instead of faulting in fresh pages on every call (tensors > 32 MiB)
+          --wait-idle S    first wait up to S seconds for other processes to leave the CPUs idle (shared machines)
         """;
 
     public static Options Parse(string[] args)
     {
-        bool quick = false, help = false;
+        bool quick = false, help = false, mallocReuse = false;
         string? json = null, filter = null;
         int[]? threads = null;
         int? warmup = null, runs = null;
+        int waitIdle = 0;
         for (int i = 0; i < args.Length; i++)
         {
             string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value.");
             switch (args[i])
             {
                 case "--quick": quick = true; break;
+                case "--malloc-reuse": mallocReuse = true; break;
                 case "--json": json = Value(); break;
                 case "--filter": filter = Value(); break;
                 case "--threads":
@@ -35,18 +40,19 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                     break;
                 case "--warmup": warmup = PositiveInt(Value(), "--warmup", allowZero: true); break;
                 case "--runs": runs = PositiveInt(Value(), "--runs", allowZero: false); break;
+                case "--wait-idle": waitIdle = PositiveInt(Value(), "--wait-idle", allowZero: true); break;
                 case "-h" or "--help": help = true; break;
                 default: throw new ArgumentException($"unknown argument '{args[i]}'.");
             }
         }
-        return new Options(quick, json, filter, threads, warmup ?? (quick ? 3 : 5), runs ?? (quick ? 5 : 15), help);
+        return new Options(quick, json, filter, threads, warmup ?? (quick ? 3 : 5), runs ?? (quick ? 5 : 15), waitIdle, mallocReuse, help);
     }
 
     private static int PositiveInt(string s, string name, bool allowZero) =>
         int.TryParse(s, out int v) && (v > 0 || (allowZero && v == 0)) ? v : throw new ArgumentException($"{name} needs a {(allowZero ? "non-negative" : "positive")} integer, got '{s}'.");
 }
 
-internal sealed record MachineInfo(string Cpu, int Cores, string DotNet, string Os, bool Vector512, string TorchSharp, string? LibTorch)
+internal sealed record MachineInfo(string Cpu, int Cores, string DotNet, string Os, bool Vector512, string TorchSharp, string? LibTorch, string? Malloc = null)
 {
     public static string CpuModel()
     {

@@ -1,0 +1,170 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SharpNorm.Bench;
+
+/// <summary>
+/// The libtorch side of one case, driven as a libtorch user would: torch.nn.functional.batch_norm / instance_norm
+/// on float32 tensors, no_grad for forward-only, autograd (x, weight, bias requiring grad; y.backward(dy)) for
+/// forward+backward, grads set to None between runs (PyTorch's zero_grad default), temporaries in a dispose scope.
+/// </summary>
+internal sealed class TorchRunner : IDisposable
+{
+    private const double Momentum = 0.1, Eps = 1e-5;
+
+    private readonly BenchCase _case;
+    private readonly Tensor _x, _dy, _weight, _bias, _runningMean, _runningVar;
+    private readonly List<Tensor> _dyList;
+
+    [DllImport("libc", EntryPoint = "mallopt")]
+    private static extern int MallOpt(int param, int value);
+
+    /// <summary>
+    /// glibc malloc tuned so that large blocks come from the heap and stay there (M_MMAP_MAX 0, M_TRIM_THRESHOLD
+    /// max): libtorch then reuses freed output/gradient buffers instead of mmap-ing fresh pages each call, whose
+    /// first-touch page faults can dominate its time for tensors above glibc's 32 MiB mmap threshold. Opt-in
+    /// (--malloc-reuse); by default libtorch runs as it comes. Null on success, else why not.
+    /// </summary>
+    public static string? KeepFreedMemoryInHeap()
+    {
+        const int M_TRIM_THRESHOLD = -1, M_MMAP_MAX = -4;
+        try
+        {
+            if (!OperatingSystem.IsLinux()) return "only on Linux (glibc)";
+            return MallOpt(M_MMAP_MAX, 0) == 1 && MallOpt(M_TRIM_THRESHOLD, int.MaxValue) == 1 ? null : "mallopt refused";
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return e.Message;
+        }
+    }
+
+    /// <summary>Loads libtorch; null on success, else the reason it cannot be used.</summary>
+    public static string? TryInitialize()
+    {
+        // TorchSharp prints a long load trace to the console when the native library fails to load; keep it out.
+        TextWriter stdout = Console.Out, stderr = Console.Error;
+        Console.SetOut(TextWriter.Null);
+        Console.SetError(TextWriter.Null);
+        try
+        {
+            torch.set_num_threads(1);
+            using var t = torch.ones(4, ScalarType.Float32);
+            using var s = t.sum();
+            if (s.item<float>() != 4f) return "a trivial sum returned a wrong value";
+            return null;
+        }
+        catch (Exception e)
+        {
+            Exception inner = e;
+            while (inner is TypeInitializationException or TargetInvocationException && inner.InnerException is not null)
+                inner = inner.InnerException;
+            string message = inner.Message.ReplaceLineEndings(" ").Trim();
+            return $"{inner.GetType().Name}: {(message.Length > 300 ? message[..300] + "..." : message)}";
+        }
+        finally
+        {
+            Console.SetOut(stdout);
+            Console.SetError(stderr);
+        }
+    }
+
+    public TorchRunner(BenchCase benchCase, float[] x, float[] dy, float[] gamma, float[] beta)
+    {
+        _case = benchCase;
+        _x = Copy(x, benchCase.Shape).requires_grad_(true);
+        _dy = Copy(dy, benchCase.Shape);
+        long[] channels = [benchCase.Channels];
+        _weight = Copy(gamma, channels).requires_grad_(true);
+        _bias = Copy(beta, channels).requires_grad_(true);
+        _runningMean = torch.zeros(channels, ScalarType.Float32);
+        _runningVar = torch.ones(channels, ScalarType.Float32);
+        _dyList = [_dy];
+    }
+
+    /// <summary>An independent libtorch tensor holding a copy of the values.</summary>
+    private static Tensor Copy(float[] values, long[] shape)
+    {
+        using var view = torch.tensor(values, shape, ScalarType.Float32);
+        return view.clone();
+    }
+
+    public static void SetThreads(int threads) => torch.set_num_threads(threads);
+
+    private Tensor Forward(bool training) => _case.Layer == LayerKind.BatchNorm
+        ? nn.functional.batch_norm(_x, _runningMean, _runningVar, _weight, _bias, training: training, momentum: Momentum, eps: Eps)
+        : nn.functional.instance_norm(_x, _runningMean, _runningVar, _weight, _bias, use_input_stats: training, momentum: Momentum, eps: Eps);
+
+    /// <summary>Forward only, under no_grad: training (batch statistics, running stats updated) or eval.</summary>
+    public Sample MeasureForward(bool training, int warmup, int runs)
+    {
+        using var noGrad = torch.no_grad();
+        return Timing.Measure(() =>
+        {
+            using var scope = torch.NewDisposeScope();
+            Forward(training);
+        }, warmup, runs);
+    }
+
+    /// <summary>Training forward + y.backward(dy) with autograd; gradients set to None before each run (untimed).</summary>
+    public Sample MeasureForwardBackward(int warmup, int runs) =>
+        Timing.Measure(() =>
+        {
+            using var scope = torch.NewDisposeScope();
+            Tensor y = Forward(training: true);
+            y.backward(_dyList);
+        }, warmup, runs, beforeEach: ClearGrads);
+
+    public void ClearGrads()
+    {
+        foreach (Tensor t in new[] { _x, _weight, _bias })
+        {
+            Tensor? grad = t.grad;
+            if (grad is null) continue;
+            t.grad = null;
+            grad.Dispose();
+        }
+    }
+
+    /// <summary>One training forward+backward from fresh running statistics; the largest differences from SharpNorm's results.</summary>
+    public (double Y, double Dx, double DGamma, double DBeta, double RunningMean, double RunningVar) Compare(
+        float[] y, float[] dx, float[] dgamma, float[] dbeta, float[] runningMean, float[] runningVar)
+    {
+        ClearGrads();
+        using var scope = torch.NewDisposeScope();
+        _runningMean.zero_();
+        _runningVar.fill_(1.0);
+        Tensor yt = Forward(training: true);
+        yt.backward(_dyList);
+        long[] channels = [_case.Channels];
+        var result = (
+            MaxAbsDiff(yt.detach(), y, _case.Shape),
+            MaxAbsDiff(_x.grad!, dx, _case.Shape),
+            MaxAbsDiff(_weight.grad!, dgamma, channels),
+            MaxAbsDiff(_bias.grad!, dbeta, channels),
+            MaxAbsDiff(_runningMean, runningMean, channels),
+            MaxAbsDiff(_runningVar, runningVar, channels));
+        ClearGrads();
+        return result;
+    }
+
+    private static double MaxAbsDiff(Tensor t, float[] values, long[] shape)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        Tensor other = torch.tensor(values, shape, ScalarType.Float32);
+        return (t - other).abs().max().item<float>();
+    }
+
+    private bool _disposed;
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        ClearGrads();
+        foreach (Tensor t in new[] { _x, _dy, _weight, _bias, _runningMean, _runningVar }) t.Dispose();
+    }
+}
