@@ -18,7 +18,7 @@ namespace SharpNorm.Kernels;
 /// </remarks>
 public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloatingPointIeee754<T>
 {
-    private readonly ChunkRunner _runner = new();
+    private readonly ChunkRunner _runner = ChunkRunner.Shared;
     private NormPlan _plan;
     private double[] _groupMean = [];
     private double[] _groupVariance = [];
@@ -89,7 +89,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
             SegmentStatistics(segment);
             SegmentNormalizeCoefficients(segment);
         }
-        Run(JobKind.NormalizeUnits, x, default, y, _plan.UnitChunkCount);
+        Run(JobKind.NormalizeUnits, x, default, y, _plan.ApplyChunkCount);
     }
 
     /// <summary>
@@ -101,17 +101,27 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     {
         Prepare(g);
         LoadAffine(gamma, beta);
-        for (int a = 0; a < g.A; a++)
-            for (int b = 0; b < g.B; b++)
-            {
-                int group = a * g.B + b;
-                _groupMean[group] = double.CreateTruncating(mean[b]);
-                _groupVariance[group] = double.CreateTruncating(variance[b]);
-                _groupInvStd[group] = 1.0 / Math.Sqrt(_groupVariance[group] + eps);
-                _center.AsSpan(group * g.J, g.J).Fill(mean[b]);
-            }
-        for (int segment = 0; segment < _plan.SegmentCount; segment++) SegmentNormalizeCoefficients(segment);
-        Run(JobKind.NormalizeUnits, x, default, y, _plan.UnitChunkCount);
+        // Statistics and coefficients depend on (b, j) alone: compute them for a = 0 and copy them to every a.
+        for (int b = 0; b < g.B; b++)
+        {
+            _groupMean[b] = double.CreateTruncating(mean[b]);
+            _groupVariance[b] = double.CreateTruncating(variance[b]);
+            _groupInvStd[b] = 1.0 / Math.Sqrt(_groupVariance[b] + eps);
+            _center.AsSpan(b * g.J, g.J).Fill(mean[b]);
+            for (int k = b * g.J; k < (b + 1) * g.J; k++)
+                (_p[k], _q[k]) = NormalizeCoefficients(_gamma[k], _beta[k], _groupInvStd[b], _groupMean[b], _groupMean[b]);
+        }
+        for (int a = 1; a < g.A; a++)
+        {
+            _groupMean.AsSpan(0, g.B).CopyTo(_groupMean.AsSpan(a * g.B));
+            _groupVariance.AsSpan(0, g.B).CopyTo(_groupVariance.AsSpan(a * g.B));
+            _groupInvStd.AsSpan(0, g.B).CopyTo(_groupInvStd.AsSpan(a * g.B));
+            int slots = g.B * g.J;
+            _center.AsSpan(0, slots).CopyTo(_center.AsSpan(a * slots));
+            _p.AsSpan(0, slots).CopyTo(_p.AsSpan(a * slots));
+            _q.AsSpan(0, slots).CopyTo(_q.AsSpan(a * slots));
+        }
+        Run(JobKind.NormalizeUnits, x, default, y, _plan.ApplyChunkCount);
     }
 
     /// <summary>
@@ -126,7 +136,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         {
             for (int k = 0; k < Geometry.CoefficientCount; k++)
                 _p[k] = T.CreateTruncating(_gamma[Parameter(k)] * _groupInvStd[k / Geometry.J]);
-            Run(JobKind.ScaleUnits, dy, default, dx, _plan.UnitChunkCount);
+            Run(JobKind.ScaleUnits, dy, default, dx, _plan.ApplyChunkCount);
             return;
         }
         if (_plan.SegmentParallel)
@@ -141,7 +151,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
             SegmentGradientSums(segment);
             SegmentInputGradientCoefficients(segment);
         }
-        Run(JobKind.InputGradientUnits, x, dy, dx, _plan.UnitChunkCount);
+        Run(JobKind.InputGradientUnits, x, dy, dx, _plan.ApplyChunkCount);
     }
 
     /// <summary>The backward reductions Σ dy and Σ dy*xhat per slot alone (for parameter gradients without Backward).</summary>
@@ -235,9 +245,9 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         {
             case JobKind.MomentUnits: SumUnits<MomentsOp>(x, default, begin, stop, worker); break;
             case JobKind.GradientSumUnits: SumUnits<GradientSumsOp>(x, second, begin, stop, worker); break;
-            case JobKind.NormalizeUnits: ApplyUnits<NormalizeOp>(x, default, output, begin, stop); break;
-            case JobKind.InputGradientUnits: ApplyUnits<InputGradientOp>(x, second, output, begin, stop); break;
-            case JobKind.ScaleUnits: ApplyUnits<ScaleOp>(x, default, output, begin, stop); break;
+            case JobKind.NormalizeUnits: ApplyInStorageOrder<NormalizeOp>(x, default, output, chunk); break;
+            case JobKind.InputGradientUnits: ApplyInStorageOrder<InputGradientOp>(x, second, output, chunk); break;
+            case JobKind.ScaleUnits: ApplyInStorageOrder<ScaleOp>(x, default, output, chunk); break;
         }
     }
 
@@ -320,6 +330,16 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
                 _workerScratch.AsSpan(worker * _workerScratchLength, _workerScratchLength));
         else
             NormKernels<T>.RunUnitSums<TOp>(MaxVectorBits, _plan, x, second, _center, firstUnit, endUnit, _partial1, _partial2);
+    }
+
+    /// <summary>An element-wise pass over one chunk of the plan's storage-order apply units.</summary>
+    private void ApplyInStorageOrder<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int chunk) where TOp : struct, IApplyOp
+    {
+        int first = chunk * _plan.ApplyUnitsPerChunk, end = Math.Min(_plan.ApplyUnitCount, first + _plan.ApplyUnitsPerChunk);
+        if (_plan.IsColumn)
+            NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, first, end, _center, _p, _q, _w);
+        else
+            NormKernels<T>.RunApplyInStorageOrder<TOp>(MaxVectorBits, _plan, x, second, output, first, end, _center, _p, _q, _w);
     }
 
     private void ApplyUnits<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int firstUnit, int endUnit) where TOp : struct, IApplyOp

@@ -141,6 +141,21 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
             RunUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
     }
 
+    /// <summary>Run shape, storage order: for apply units [firstUnit, endUnit) of the plan, output = op(x, second) with each run's slot coefficients.</summary>
+    public static void RunApplyInStorageOrder<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        where TOp : struct, IApplyOp
+    {
+        if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
+            RunApplyInStorageOrder<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+        else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
+            RunApplyInStorageOrder<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+        else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
+            RunApplyInStorageOrder<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+        else
+            RunApplyInStorageOrder<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+    }
+
     /// <summary>
     /// Column shape: for units [firstUnit, endUnit), the op's two sums over each unit's rows, per column, into
     /// partial1/2[unit*W + column]. <paramref name="scratch"/> holds 2*W elements.
@@ -361,6 +376,65 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
             T os = TOp.ReadsSecond ? Unsafe.Add(ref second, c) : xs;
             TOp.Step<T, SimdScalar<T>, T>(xs, os, Unsafe.Add(ref center, c), ref Unsafe.Add(ref block1, c), ref Unsafe.Add(ref block2, c));
         }
+    }
+
+    private static void RunApplyInStorageOrder<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        where TOp : struct, IApplyOp
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        NormGeometry g = plan.Geometry;
+        ref T x0 = ref MemoryMarshal.GetReference(x);
+        ref T second0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(second) : ref x0;
+        ref T out0 = ref MemoryMarshal.GetReference(output);
+        long totalRuns = (long)g.A * g.R * g.B * g.J;
+        long firstRun, endRun;
+        int sBegin = 0, sLength = g.S;
+        if (plan.ApplySlicesPerRun == 1)
+        {
+            firstRun = (long)firstUnit * plan.ApplyRunsPerUnit;
+            endRun = Math.Min(totalRuns, (long)endUnit * plan.ApplyRunsPerUnit);
+        }
+        else
+        {
+            // A unit is one slice of one run; take the chunk's units one at a time.
+            for (int unit = firstUnit; unit < endUnit; unit++)
+            {
+                long run = unit / plan.ApplySlicesPerRun;
+                sBegin = unit % plan.ApplySlicesPerRun * plan.ApplySliceLength;
+                sLength = Math.Min(plan.ApplySliceLength, g.S - sBegin);
+                int k = SlotOfRun(g, run);
+                nint offset = (nint)(run * g.S + sBegin);
+                ApplyRun<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
+                    ref Unsafe.Add(ref out0, offset), sLength, center[k], p[k], q[k], TOp.ReadsSecond ? w[k] : T.Zero);
+            }
+            return;
+        }
+
+        // Runs in storage order: (a, r, b, j) counts up with j fastest.
+        long t = firstRun;
+        int j = (int)(t % g.J); t /= g.J;
+        int b = (int)(t % g.B); t /= g.B;
+        int r = (int)(t % g.R);
+        int a = (int)(t / g.R);
+        for (long run = firstRun; run < endRun; run++)
+        {
+            int k = (a * g.B + b) * g.J + j;
+            nint offset = (nint)(run * g.S);
+            ApplyRun<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
+                ref Unsafe.Add(ref out0, offset), g.S, center[k], p[k], q[k], TOp.ReadsSecond ? w[k] : T.Zero);
+            if (++j == g.J) { j = 0; if (++b == g.B) { b = 0; if (++r == g.R) { r = 0; a++; } } }
+        }
+    }
+
+    private static int SlotOfRun(in NormGeometry g, long run)
+    {
+        int j = (int)(run % g.J);
+        long t = run / g.J;
+        int b = (int)(t % g.B);
+        int a = (int)(t / g.B / g.R);
+        return (a * g.B + b) * g.J + j;
     }
 
     private static void RunUnitApply<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,

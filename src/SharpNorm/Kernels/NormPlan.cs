@@ -58,11 +58,36 @@ internal readonly struct NormPlan
             UnitCount = g.CoefficientCount * UnitsPerSlot;
         }
 
+        // Element-wise passes outside segments walk runs in storage order, whatever slot they belong to.
+        long totalRuns = (long)g.A * g.R * g.B * g.J;
+        if (IsColumn)
+        {
+            ApplyUnitCount = UnitCount;
+            ApplyUnitsPerChunk = 0; // set below, as UnitsPerChunk
+        }
+        else if (g.S <= UnitElements)
+        {
+            ApplyRunsPerUnit = Math.Max(1, UnitElements / g.S);
+            ApplySlicesPerRun = 1;
+            ApplySliceLength = g.S;
+            ApplyUnitCount = (int)((totalRuns + ApplyRunsPerUnit - 1) / ApplyRunsPerUnit);
+        }
+        else
+        {
+            ApplyRunsPerUnit = 1;
+            ApplySlicesPerRun = SlicesPerRun;
+            ApplySliceLength = SliceLength;
+            ApplyUnitCount = checked((int)(totalRuns * SlicesPerRun));
+        }
+
         long segmentElements = g.Length / Math.Max(SegmentCount, 1);
         long unitElements = g.Length / Math.Max(UnitCount, 1);
         SegmentParallel = SegmentCount >= MinSegmentsForSegmentParallel;
         SegmentsPerChunk = (int)Math.Clamp(ChunkElements / Math.Max(segmentElements, 1), 1, SegmentCount);
         UnitsPerChunk = (int)Math.Clamp(ChunkElements / Math.Max(unitElements, 1), 1, UnitCount);
+        ApplyUnitsPerChunk = IsColumn
+            ? UnitsPerChunk
+            : (int)Math.Clamp(ChunkElements / Math.Max(g.Length / Math.Max(ApplyUnitCount, 1), 1), 1, ApplyUnitCount);
     }
 
     public NormGeometry Geometry { get; }
@@ -89,6 +114,14 @@ internal readonly struct NormPlan
 
     /// <summary>Run shape where one unit is one whole group (J = 1): segments take a lean path with no partials.</summary>
     public bool WholeGroupUnits => !IsColumn && Geometry.J == 1 && UnitsPerSlot == 1;
+
+    // Element-wise passes in storage order (run shape): units of whole runs, or slices of one long run.
+    public int ApplyRunsPerUnit { get; }
+    public int ApplySlicesPerRun { get; }
+    public int ApplySliceLength { get; }
+    public int ApplyUnitCount { get; }
+    public int ApplyUnitsPerChunk { get; }
+    public int ApplyChunkCount => (ApplyUnitCount + ApplyUnitsPerChunk - 1) / ApplyUnitsPerChunk;
 
     public int SegmentChunkCount => (SegmentCount + SegmentsPerChunk - 1) / SegmentsPerChunk;
     public int UnitChunkCount => (UnitCount + UnitsPerChunk - 1) / UnitsPerChunk;

@@ -1,62 +1,159 @@
+using System.Diagnostics;
+
 namespace SharpNorm.Threading;
 
 /// <summary>A unit of parallel work split into numbered chunks; each chunk runs exactly once, on some worker.</summary>
 internal interface IChunkJob
 {
     /// <param name="chunk">Which chunk, 0..chunkCount-1.</param>
-    /// <param name="worker">Which worker runs it, 0..workers-1: an index into per-worker scratch.</param>
+    /// <param name="worker">Which worker runs it, 0..threads-1: an index into per-worker scratch.</param>
     void Execute(int chunk, int worker);
 }
 
 /// <summary>
-/// Runs the chunks of a job on the calling thread and up to <c>threads - 1</c> thread-pool workers, without
-/// allocating: the runner is its own reusable work item. Which worker runs which chunk varies from run to run,
-/// so jobs must make results independent of it (each chunk writes its own outputs).
+/// Runs the chunks of a job on the calling thread and up to <c>threads - 1</c> helper threads of its own, and allocates
+/// nothing per run. Helpers spin briefly after a job before they sleep, so the back-to-back passes of a normalization
+/// (a few hundred microseconds each) do not pay a thread wake-up each. Which worker runs which chunk varies from run to
+/// run, so jobs make results independent of it (each chunk writes its own outputs). One job runs at a time: a caller
+/// that finds the pool busy (another thread's layer) runs its job alone, with the same results.
 /// </summary>
-internal sealed class ChunkRunner : IThreadPoolWorkItem
+internal sealed class ChunkRunner
 {
-    private readonly ManualResetEventSlim _workersDone = new(false);
+    /// <summary>The pool all engines share: helpers are a process-wide resource, like OpenMP's.</summary>
+    public static ChunkRunner Shared { get; } = new();
+
+    private static readonly long SpinTicks = Stopwatch.Frequency / 10_000; // 100 µs
+
+    private readonly SemaphoreSlim _done = new(0);
+    private readonly object _threadsLock = new();
+    private Helper[] _helperThreads = [];
+    private int _busy;
+    // The published job: generation in the high half, helper count in the low half, read by helpers in one load so
+    // that they never pair one job's generation with another's helper count.
+    private long _ticket;
     private IChunkJob? _job;
     private int _chunkCount;
     private int _nextChunk;
-    private int _nextWorker;
-    private int _activeWorkers;
+    private int _pending;
+    private Exception? _failure;
 
     /// <summary>Runs chunks 0..chunkCount-1 of <paramref name="job"/> on at most <paramref name="threads"/> threads.</summary>
     public void Run(IChunkJob job, int chunkCount, int threads)
     {
         int helpers = Math.Min(threads, chunkCount) - 1;
-        if (helpers <= 0)
+        if (helpers > 0) EnsureHelpers(helpers); // even when busy now: threads are created on first need, not later
+        if (helpers <= 0 || Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
         {
             for (int chunk = 0; chunk < chunkCount; chunk++) job.Execute(chunk, 0);
             return;
         }
 
-        _job = job;
-        _chunkCount = chunkCount;
-        _nextChunk = 0;
-        _nextWorker = 0;
-        _activeWorkers = helpers;
-        _workersDone.Reset();
-        for (int i = 0; i < helpers; i++) ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+        try
+        {
+            _job = job;
+            _chunkCount = chunkCount;
+            _nextChunk = 0;
+            _pending = helpers;
+            _failure = null;
+            long generation = (Volatile.Read(ref _ticket) >> 32) + 1;
+            Interlocked.Exchange(ref _ticket, (generation << 32) | (uint)helpers); // publishes the fields above
+            Helper[] helperThreads = _helperThreads;
+            for (int i = 0; i < helpers; i++) helperThreads[i].WakeIfSleeping();
 
-        RunChunks(job, worker: 0);
-        // Every helper must have left before the job's buffers are reused by the next call.
-        if (Volatile.Read(ref _activeWorkers) != 0) _workersDone.Wait();
-        _job = null;
-    }
+            RunChunks(job, worker: 0);
 
-    /// <summary>Helper entry point: runs chunks until none are left.</summary>
-    void IThreadPoolWorkItem.Execute()
-    {
-        int worker = Interlocked.Increment(ref _nextWorker);
-        RunChunks(_job!, worker);
-        if (Interlocked.Decrement(ref _activeWorkers) == 0) _workersDone.Set();
+            // The last helper to finish releases _done once per job; spin for it first, then take that permit.
+            long spinUntil = Stopwatch.GetTimestamp() + SpinTicks;
+            while (Volatile.Read(ref _pending) != 0 && Stopwatch.GetTimestamp() < spinUntil) Thread.SpinWait(16);
+            _done.Wait();
+            _job = null;
+            if (_failure is { } failure) throw new AggregateException("A normalization kernel failed on a helper thread.", failure);
+        }
+        finally
+        {
+            Volatile.Write(ref _busy, 0);
+        }
     }
 
     private void RunChunks(IChunkJob job, int worker)
     {
         int chunk;
         while ((chunk = Interlocked.Increment(ref _nextChunk) - 1) < _chunkCount) job.Execute(chunk, worker);
+    }
+
+    private void EnsureHelpers(int helpers)
+    {
+        if (Volatile.Read(ref _helperThreads).Length >= helpers) return;
+        lock (_threadsLock)
+        {
+            var grown = new Helper[Math.Max(helpers, _helperThreads.Length)];
+            _helperThreads.CopyTo(grown, 0);
+            for (int i = _helperThreads.Length; i < grown.Length; i++)
+            {
+                // A new helper must take part in the job about to be published: it starts from the generation before it.
+                var helper = grown[i] = new Helper();
+                int index = i + 1;
+                long generation = Volatile.Read(ref _ticket) >> 32;
+                new Thread(() => HelperLoop(helper, index, generation)) { IsBackground = true, Name = $"SharpNorm worker {index}" }.Start();
+            }
+            Volatile.Write(ref _helperThreads, grown);
+        }
+    }
+
+    private void HelperLoop(Helper helper, int index, long seen)
+    {
+        while (true)
+        {
+            long ticket = Volatile.Read(ref _ticket);
+            long spinUntil = Stopwatch.GetTimestamp() + SpinTicks;
+            while (ticket >> 32 == seen)
+            {
+                if (Stopwatch.GetTimestamp() < spinUntil) Thread.SpinWait(16);
+                else
+                {
+                    helper.Sleep(this, seen);
+                    spinUntil = Stopwatch.GetTimestamp() + SpinTicks;
+                }
+                ticket = Volatile.Read(ref _ticket);
+            }
+            seen = ticket >> 32;
+            if (index > (int)(uint)ticket) continue; // this job wants fewer helpers
+
+            try
+            {
+                RunChunks(_job!, index);
+            }
+            catch (Exception e)
+            {
+                Interlocked.CompareExchange(ref _failure, e, null);
+                Volatile.Write(ref _nextChunk, int.MaxValue / 2); // let the others stop early
+            }
+            if (Interlocked.Decrement(ref _pending) == 0) _done.Release();
+        }
+    }
+
+    /// <summary>One helper thread's own wake-up: a permit meant for it cannot be taken by another.</summary>
+    private sealed class Helper
+    {
+        private readonly SemaphoreSlim _wake = new(0);
+        private int _sleeping;
+
+        /// <summary>Sleeps unless a job after generation <paramref name="seen"/> is published once the helper has said it sleeps.</summary>
+        public void Sleep(ChunkRunner runner, long seen)
+        {
+            Interlocked.Exchange(ref _sleeping, 1);
+            if (Volatile.Read(ref runner._ticket) >> 32 == seen)
+            {
+                _wake.Wait();
+                return;
+            }
+            // A job came meanwhile. Take the announcement back; if a waker already took it, consume its permit.
+            if (Interlocked.Exchange(ref _sleeping, 0) == 0) _wake.Wait();
+        }
+
+        public void WakeIfSleeping()
+        {
+            if (Interlocked.Exchange(ref _sleeping, 0) == 1) _wake.Release();
+        }
     }
 }
