@@ -72,16 +72,12 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         Prepare(g);
         LoadAffine(gamma, beta);
         _eps = eps;
-        // The first element of each group is its center: close to the mean for any sane data.
-        for (int a = 0; a < g.A; a++)
-            for (int b = 0; b < g.B; b++)
-                _center.AsSpan((a * g.B + b) * g.J, g.J).Fill(x[(int)g.Offset(a, 0, b, 0)]);
-
         if (_plan.SegmentParallel)
         {
             Run(JobKind.ForwardSegments, x, default, y, _plan.SegmentChunkCount);
             return;
         }
+        for (int segment = 0; segment < _plan.SegmentCount; segment++) SetCenters(x, segment);
         Run(JobKind.MomentUnits, x, default, default, _plan.UnitChunkCount);
         for (int segment = 0; segment < _plan.SegmentCount; segment++)
         {
@@ -222,6 +218,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
                 int u0 = segment * _plan.UnitsPerSegment, u1 = u0 + _plan.UnitsPerSegment;
                 if (_job == JobKind.ForwardSegments)
                 {
+                    SetCenters(x, segment);
                     SumUnits<MomentsOp>(x, default, u0, u1, worker);
                     CombineSegment(segment);
                     SegmentStatistics(segment);
@@ -268,6 +265,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     /// costs more than the work when groups are a few dozen elements (InstanceNorm on 7x7 maps). The sums are the
     /// same, in the same order, as the unit path's.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void WholeGroups<TSimd, TVector>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int firstGroup, int endGroup)
         where TSimd : ISimd<T, TVector>
         where TVector : struct
@@ -281,7 +279,8 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         int a = firstGroup / g.B, b = firstGroup % g.B;
         for (int group = firstGroup; group < endGroup; group++)
         {
-            T c = _center[group];
+            T c = forward ? x[(int)g.Offset(a, 0, b, 0)] : _center[group];
+            _center[group] = c;
             double center = double.CreateTruncating(c), sum1 = 0, sum2 = 0;
             for (int r = 0; r < g.R; r++)
             {
@@ -348,6 +347,15 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
             NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w);
         else
             NormKernels<T>.RunUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w);
+    }
+
+    /// <summary>The center of each group of the segment is its first element: close to the mean for any sane data.</summary>
+    private void SetCenters(ReadOnlySpan<T> x, int segment)
+    {
+        NormGeometry g = Geometry;
+        var (first, groups) = SegmentGroups(segment);
+        for (int group = first; group < first + groups; group++)
+            _center.AsSpan(group * g.J, g.J).Fill(x[(int)g.Offset(group / g.B, 0, group % g.B, 0)]);
     }
 
     /// <summary>Per slot of the segment: the unit partials added in unit order.</summary>

@@ -204,6 +204,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         return (a, b, j, r, r + 1, sBegin, Math.Min(plan.SliceLength, g.S - sBegin));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunUnitSums<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
         ReadOnlySpan<T> center, int firstUnit, int endUnit, Span<double> partial1, Span<double> partial2)
         where TOp : struct, IPairSumOp
@@ -267,6 +268,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RowUnitSums<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
         ReadOnlySpan<T> center, int firstUnit, int endUnit, Span<double> partials1, Span<double> partials2, Span<T> scratch)
         where TOp : struct, IPairSumOp
@@ -282,6 +284,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RowUnitSums<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second,
         ReadOnlySpan<T> center, int unit, Span<double> partial1, Span<double> partial2, Span<T> scratch)
         where TOp : struct, IPairSumOp
@@ -378,6 +381,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunApplyInStorageOrder<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
         int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
         where TOp : struct, IApplyOp
@@ -437,6 +441,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         return (a * g.B + b) * g.J + j;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunUnitApply<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
         int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
         where TOp : struct, IApplyOp
@@ -468,6 +473,15 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
     {
         TVector cv = TSimd.Broadcast(center), pv = TSimd.Broadcast(p), qv = TSimd.Broadcast(q), wv = TSimd.Broadcast(w);
         int i = 0;
+        for (; i <= n - 4 * TSimd.Count; i += 4 * TSimd.Count)
+        {
+            for (int u = 0; u < 4; u++)
+            {
+                TVector xu = TSimd.Load(ref x, i + u * TSimd.Count);
+                TVector ou = TOp.ReadsSecond ? TSimd.Load(ref second, i + u * TSimd.Count) : xu;
+                TSimd.Store(TOp.Apply<T, TSimd, TVector>(xu, ou, cv, pv, qv, wv), ref output, i + u * TSimd.Count);
+            }
+        }
         for (; i <= n - TSimd.Count; i += TSimd.Count)
         {
             TVector xv = TSimd.Load(ref x, i);
@@ -482,6 +496,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RowUnitApply<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
         int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
         where TOp : struct, IApplyOp
@@ -497,6 +512,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RowUnitApply<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
         int unit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
         where TOp : struct, IApplyOp

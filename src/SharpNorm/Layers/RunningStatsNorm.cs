@@ -22,6 +22,7 @@ public abstract class RunningStatsNorm<T> where T : unmanaged, IFloatingPointIee
     private long _forwardVersion;
     // Backward's reductions are Gradient's too: remember which (x, dy) they were computed for.
     private GradientSumsKey _gradientSumsKey;
+    private readonly double[] _runningScratch;
 
     protected RunningStatsNorm(int numFeatures, double eps, double? momentum, bool affine, bool trackRunningStats)
     {
@@ -32,6 +33,7 @@ public abstract class RunningStatsNorm<T> where T : unmanaged, IFloatingPointIee
             throw new ArgumentOutOfRangeException(nameof(momentum), momentum, "momentum must lie in [0, 1], or be null for a cumulative moving average.");
 
         NumFeatures = numFeatures;
+        _runningScratch = trackRunningStats ? new double[2 * numFeatures] : [];
         Eps = eps;
         Momentum = momentum;
         Affine = affine;
@@ -232,18 +234,21 @@ public abstract class RunningStatsNorm<T> where T : unmanaged, IFloatingPointIee
         ReadOnlySpan<double> mean = _engine.GroupMean, variance = _engine.GroupVariance;
         double count = g.GroupSize, unbias = count / (count - 1);
         // One update per group, averaged over a (InstanceNorm's instances), as ATen's instance_norm does.
-        for (int b = 0; b < g.B; b++)
-        {
-            double oldMean = double.CreateTruncating(runningMean[b]), oldVar = double.CreateTruncating(runningVar[b]);
-            double newMean = 0, newVar = 0;
-            for (int a = 0; a < g.A; a++)
+        // Groups are visited in storage order (a outer); each channel's terms are still added in order of a.
+        Span<double> newMean = _runningScratch.AsSpan(0, g.B), newVar = _runningScratch.AsSpan(g.B, g.B);
+        newMean.Clear();
+        newVar.Clear();
+        for (int a = 0; a < g.A; a++)
+            for (int b = 0; b < g.B; b++)
             {
                 int group = a * g.B + b;
-                newMean += factor * mean[group] + (1 - factor) * oldMean;
-                newVar += factor * variance[group] * unbias + (1 - factor) * oldVar;
+                newMean[b] += factor * mean[group] + (1 - factor) * double.CreateTruncating(runningMean[b]);
+                newVar[b] += factor * variance[group] * unbias + (1 - factor) * double.CreateTruncating(runningVar[b]);
             }
-            runningMean[b] = T.CreateTruncating(newMean / g.A);
-            runningVar[b] = T.CreateTruncating(newVar / g.A);
+        for (int b = 0; b < g.B; b++)
+        {
+            runningMean[b] = T.CreateTruncating(newMean[b] / g.A);
+            runningVar[b] = T.CreateTruncating(newVar[b] / g.A);
         }
     }
 
