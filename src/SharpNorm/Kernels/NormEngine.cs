@@ -40,6 +40,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     private JobKind _job;
     private T* _x, _second, _output;
     private int _length;
+    private int _items, _itemsPerChunk;
 
     private enum JobKind { ForwardSegments, BackwardSegments, MomentUnits, GradientSumUnits, NormalizeUnits, InputGradientUnits, ScaleUnits }
 
@@ -67,6 +68,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     /// Training forward: the batch statistics of x (mean, biased variance) become the statistics in use, and
     /// y = (x - mean) * invstd * gamma + beta. gamma/beta (length B*J) are empty for no affine.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Forward(in NormGeometry g, ReadOnlySpan<T> x, Span<T> y, ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta, double eps)
     {
         Prepare(g);
@@ -74,24 +76,25 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         _eps = eps;
         if (_plan.SegmentParallel)
         {
-            Run(JobKind.ForwardSegments, x, default, y, _plan.SegmentChunkCount);
+            Run(JobKind.ForwardSegments, x, default, y);
             return;
         }
         for (int segment = 0; segment < _plan.SegmentCount; segment++) SetCenters(x, segment);
-        Run(JobKind.MomentUnits, x, default, default, _plan.UnitChunkCount);
+        Run(JobKind.MomentUnits, x, default, default);
         for (int segment = 0; segment < _plan.SegmentCount; segment++)
         {
             CombineSegment(segment);
             SegmentStatistics(segment);
             SegmentNormalizeCoefficients(segment);
         }
-        Run(JobKind.NormalizeUnits, x, default, y, _plan.ApplyChunkCount);
+        Run(JobKind.NormalizeUnits, x, default, y);
     }
 
     /// <summary>
     /// Eval forward with given per-b statistics (running mean and variance), which become the statistics in use for
     /// every group (a, b): y = (x - mean) * invstd * gamma + beta.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Forward(in NormGeometry g, ReadOnlySpan<T> x, Span<T> y, ReadOnlySpan<T> mean, ReadOnlySpan<T> variance,
         ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta, double eps)
     {
@@ -117,7 +120,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
             _p.AsSpan(0, slots).CopyTo(_p.AsSpan(a * slots));
             _q.AsSpan(0, slots).CopyTo(_q.AsSpan(a * slots));
         }
-        Run(JobKind.NormalizeUnits, x, default, y, _plan.ApplyChunkCount);
+        Run(JobKind.NormalizeUnits, x, default, y);
     }
 
     /// <summary>
@@ -125,6 +128,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     /// the full closed form dx = gamma*invstd/M * (M*dy - Σdy - xhat*Σ dy*xhat), whose two reductions are kept for
     /// <see cref="AccumulateParameterGradients"/>; otherwise (fixed statistics) dx = gamma*invstd*dy.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Backward(ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx, ReadOnlySpan<T> gamma, bool throughStatistics)
     {
         LoadGamma(gamma);
@@ -132,28 +136,29 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         {
             for (int k = 0; k < Geometry.CoefficientCount; k++)
                 _p[k] = T.CreateTruncating(_gamma[Parameter(k)] * _groupInvStd[k / Geometry.J]);
-            Run(JobKind.ScaleUnits, dy, default, dx, _plan.ApplyChunkCount);
+            Run(JobKind.ScaleUnits, dy, default, dx);
             return;
         }
         if (_plan.SegmentParallel)
         {
-            Run(JobKind.BackwardSegments, x, dy, dx, _plan.SegmentChunkCount);
+            Run(JobKind.BackwardSegments, x, dy, dx);
             return;
         }
-        Run(JobKind.GradientSumUnits, x, dy, default, _plan.UnitChunkCount);
+        Run(JobKind.GradientSumUnits, x, dy, default);
         for (int segment = 0; segment < _plan.SegmentCount; segment++)
         {
             CombineSegment(segment);
             SegmentGradientSums(segment);
             SegmentInputGradientCoefficients(segment);
         }
-        Run(JobKind.InputGradientUnits, x, dy, dx, _plan.ApplyChunkCount);
+        Run(JobKind.InputGradientUnits, x, dy, dx);
     }
 
     /// <summary>The backward reductions Σ dy and Σ dy*xhat per slot alone (for parameter gradients without Backward).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void ComputeGradientSums(ReadOnlySpan<T> x, ReadOnlySpan<T> dy)
     {
-        Run(JobKind.GradientSumUnits, x, dy, default, _plan.UnitChunkCount);
+        Run(JobKind.GradientSumUnits, x, dy, default);
         for (int segment = 0; segment < _plan.SegmentCount; segment++)
         {
             CombineSegment(segment);
@@ -162,6 +167,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     }
 
     /// <summary>Adds the parameter gradients of the last reductions: dgamma += Σ dy*xhat, dbeta += Σ dy, summed over a.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void AccumulateParameterGradients(Span<T> gammaGradient, Span<T> betaGradient)
     {
         NormGeometry g = Geometry;
@@ -184,8 +190,22 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
 
     private int Parameter(int slot) => slot / Geometry.J % Geometry.B * Geometry.J + slot % Geometry.J;
 
-    private void Run(JobKind job, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int chunkCount)
+    /// <summary>
+    /// Runs a job over the plan's segments or units. Each thread takes one contiguous share of them (one stream per core
+    /// for the prefetchers); shares never go below the plan's chunk size, so small problems stay on one thread.
+    /// Which thread computes which unit never changes a result: every unit writes its own outputs.
+    /// </summary>
+    private void Run(JobKind job, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output)
     {
+        (int items, int grain) = job switch
+        {
+            JobKind.ForwardSegments or JobKind.BackwardSegments => (_plan.SegmentCount, _plan.SegmentsPerChunk),
+            JobKind.MomentUnits or JobKind.GradientSumUnits => (_plan.UnitCount, _plan.UnitsPerChunk),
+            _ => (_plan.ApplyUnitCount, _plan.ApplyUnitsPerChunk),
+        };
+        int chunkCount = Math.Clamp((items + grain - 1) / grain, 1, Math.Max(1, Threads));
+        _items = items;
+        _itemsPerChunk = (items + chunkCount - 1) / chunkCount;
         fixed (T* px = x)
         fixed (T* psecond = second)
         fixed (T* poutput = output)
@@ -200,14 +220,15 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     void IChunkJob.Execute(int chunk, int worker)
     {
         var x = new ReadOnlySpan<T>(_x, _length);
         var second = new ReadOnlySpan<T>(_second, _second == null ? 0 : _length);
         var output = new Span<T>(_output, _output == null ? 0 : _length);
+        int first = chunk * _itemsPerChunk, end = Math.Min(_items, first + _itemsPerChunk);
         if (_job is JobKind.ForwardSegments or JobKind.BackwardSegments)
         {
-            int first = chunk * _plan.SegmentsPerChunk, end = Math.Min(_plan.SegmentCount, first + _plan.SegmentsPerChunk);
             if (_plan.WholeGroupUnits)
             {
                 WholeGroups(x, second, output, first, end);
@@ -237,14 +258,13 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
             return;
         }
 
-        int begin = chunk * _plan.UnitsPerChunk, stop = Math.Min(_plan.UnitCount, begin + _plan.UnitsPerChunk);
         switch (_job)
         {
-            case JobKind.MomentUnits: SumUnits<MomentsOp>(x, default, begin, stop, worker); break;
-            case JobKind.GradientSumUnits: SumUnits<GradientSumsOp>(x, second, begin, stop, worker); break;
-            case JobKind.NormalizeUnits: ApplyInStorageOrder<NormalizeOp>(x, default, output, chunk); break;
-            case JobKind.InputGradientUnits: ApplyInStorageOrder<InputGradientOp>(x, second, output, chunk); break;
-            case JobKind.ScaleUnits: ApplyInStorageOrder<ScaleOp>(x, default, output, chunk); break;
+            case JobKind.MomentUnits: SumUnits<MomentsOp>(x, default, first, end, worker); break;
+            case JobKind.GradientSumUnits: SumUnits<GradientSumsOp>(x, second, first, end, worker); break;
+            case JobKind.NormalizeUnits: ApplyInStorageOrder<NormalizeOp>(x, default, output, first, end); break;
+            case JobKind.InputGradientUnits: ApplyInStorageOrder<InputGradientOp>(x, second, output, first, end); break;
+            case JobKind.ScaleUnits: ApplyInStorageOrder<ScaleOp>(x, default, output, first, end); break;
         }
     }
 
@@ -331,10 +351,9 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
             NormKernels<T>.RunUnitSums<TOp>(MaxVectorBits, _plan, x, second, _center, firstUnit, endUnit, _partial1, _partial2);
     }
 
-    /// <summary>An element-wise pass over one chunk of the plan's storage-order apply units.</summary>
-    private void ApplyInStorageOrder<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int chunk) where TOp : struct, IApplyOp
+    /// <summary>An element-wise pass over the plan's storage-order apply units [first, end).</summary>
+    private void ApplyInStorageOrder<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int first, int end) where TOp : struct, IApplyOp
     {
-        int first = chunk * _plan.ApplyUnitsPerChunk, end = Math.Min(_plan.ApplyUnitCount, first + _plan.ApplyUnitsPerChunk);
         if (_plan.IsColumn)
             NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, first, end, _center, _p, _q, _w);
         else
@@ -350,6 +369,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     }
 
     /// <summary>The center of each group of the segment is its first element: close to the mean for any sane data.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void SetCenters(ReadOnlySpan<T> x, int segment)
     {
         NormGeometry g = Geometry;
@@ -359,6 +379,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     }
 
     /// <summary>Per slot of the segment: the unit partials added in unit order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void CombineSegment(int segment)
     {
         int slots = _plan.SlotsPerSegment, firstSlot = segment * slots, units = _plan.UnitsPerSlot;
@@ -400,6 +421,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     }
 
     /// <summary>Mean, biased variance and invstd of the segment's groups from the shifted moments.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void SegmentStatistics(int segment)
     {
         NormGeometry g = Geometry;
@@ -417,6 +439,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void SegmentNormalizeCoefficients(int segment)
     {
         int slots = _plan.SlotsPerSegment;
@@ -428,6 +451,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void SegmentGradientSums(int segment)
     {
         int slots = _plan.SlotsPerSegment;
@@ -438,6 +462,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void SegmentInputGradientCoefficients(int segment)
     {
         NormGeometry g = Geometry;
@@ -490,12 +515,14 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         return (T.CreateTruncating(gamma * invStd), T.CreateTruncating(slope), T.CreateTruncating(-invStd * sumG / count + slope * centerOffset));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void LoadAffine(ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta)
     {
         LoadGamma(gamma);
         for (int i = 0; i < Geometry.ParameterCount; i++) _beta[i] = beta.IsEmpty ? 0 : double.CreateTruncating(beta[i]);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void LoadGamma(ReadOnlySpan<T> gamma)
     {
         for (int i = 0; i < Geometry.ParameterCount; i++) _gamma[i] = gamma.IsEmpty ? 1 : double.CreateTruncating(gamma[i]);

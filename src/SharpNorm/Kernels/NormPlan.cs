@@ -121,10 +121,7 @@ internal readonly struct NormPlan
     public int ApplySliceLength { get; }
     public int ApplyUnitCount { get; }
     public int ApplyUnitsPerChunk { get; }
-    public int ApplyChunkCount => (ApplyUnitCount + ApplyUnitsPerChunk - 1) / ApplyUnitsPerChunk;
 
-    public int SegmentChunkCount => (SegmentCount + SegmentsPerChunk - 1) / SegmentsPerChunk;
-    public int UnitChunkCount => (UnitCount + UnitsPerChunk - 1) / UnitsPerChunk;
 
     /// <summary>Partial sums held per unit: one per run-shape unit, one per column of a column-shape unit.</summary>
     public int PartialCount => IsColumn ? UnitCount * SlotsPerSegment : UnitCount;

@@ -220,6 +220,7 @@ public abstract class RunningStatsNorm<T> where T : unmanaged, IFloatingPointIee
         _engine.AccumulateParameterGradients(TensorData.Flat(Weight!.Gradient), TensorData.Flat(Bias!.Gradient));
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private void UpdateRunningStatistics(in NormGeometry g)
     {
         double factor = Momentum ?? 0.0;
