@@ -41,6 +41,10 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     private T* _x, _second, _output;
     private int _length;
     private int _items, _itemsPerChunk;
+    private bool _streaming;
+
+    /// <summary>Outputs at least this large are written with stores that skip the caches (they would not stay there anyway).</summary>
+    internal const long StreamingStoreBytes = 32L << 20;
 
     private enum JobKind { ForwardSegments, BackwardSegments, MomentUnits, GradientSumUnits, NormalizeUnits, InputGradientUnits, ScaleUnits }
 
@@ -206,6 +210,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         int chunkCount = Math.Clamp((items + grain - 1) / grain, 1, Math.Max(1, Threads));
         _items = items;
         _itemsPerChunk = (items + chunkCount - 1) / chunkCount;
+        _streaming = !output.IsEmpty && (long)output.Length * sizeof(T) >= StreamingStoreBytes;
         fixed (T* px = x)
         fixed (T* psecond = second)
         fixed (T* poutput = output)
@@ -222,6 +227,14 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     void IChunkJob.Execute(int chunk, int worker)
+    {
+        ExecuteChunk(chunk, worker);
+        // Streaming stores are weakly ordered: make them visible before the chunk counts as done.
+        if (_streaming && System.Runtime.Intrinsics.X86.Sse.IsSupported) System.Runtime.Intrinsics.X86.Sse.StoreFence();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void ExecuteChunk(int chunk, int worker)
     {
         var x = new ReadOnlySpan<T>(_x, _length);
         var second = new ReadOnlySpan<T>(_second, _second == null ? 0 : _length);
@@ -332,10 +345,10 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
                 nint offset = g.Offset(a, r, b, 0);
                 if (forward)
                     NormKernels<T>.ApplyRun<NormalizeOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref x0, offset),
-                        ref Unsafe.Add(ref out0, offset), g.S, c, p, q, w);
+                        ref Unsafe.Add(ref out0, offset), g.S, c, p, q, w, _streaming);
                 else
                     NormKernels<T>.ApplyRun<InputGradientOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref dy0, offset),
-                        ref Unsafe.Add(ref out0, offset), g.S, c, p, q, w);
+                        ref Unsafe.Add(ref out0, offset), g.S, c, p, q, w, _streaming);
             }
             if (++b == g.B) { b = 0; a++; }
         }
@@ -357,7 +370,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         if (_plan.IsColumn)
             NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, first, end, _center, _p, _q, _w);
         else
-            NormKernels<T>.RunApplyInStorageOrder<TOp>(MaxVectorBits, _plan, x, second, output, first, end, _center, _p, _q, _w);
+            NormKernels<T>.RunApplyInStorageOrder<TOp>(MaxVectorBits, _plan, x, second, output, first, end, _center, _p, _q, _w, _streaming);
     }
 
     private void ApplyUnits<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int firstUnit, int endUnit) where TOp : struct, IApplyOp
@@ -365,7 +378,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         if (_plan.IsColumn)
             NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w);
         else
-            NormKernels<T>.RunUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w);
+            NormKernels<T>.RunUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w, _streaming);
     }
 
     /// <summary>The center of each group of the segment is its first element: close to the mean for any sane data.</summary>

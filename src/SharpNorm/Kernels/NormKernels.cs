@@ -128,32 +128,32 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
 
     /// <summary>Run shape: for units [firstUnit, endUnit), output = op(x, second) with the coefficients of each unit's slot.</summary>
     public static void RunUnitApply<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, bool streaming)
         where TOp : struct, IApplyOp
     {
         if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
-            RunUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RunUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming);
         else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
-            RunUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RunUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming);
         else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
-            RunUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RunUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming);
         else
-            RunUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RunUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming);
     }
 
     /// <summary>Run shape, storage order: for apply units [firstUnit, endUnit) of the plan, output = op(x, second) with each run's slot coefficients.</summary>
     public static void RunApplyInStorageOrder<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, bool streaming)
         where TOp : struct, IApplyOp
     {
         if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
-            RunApplyInStorageOrder<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RunApplyInStorageOrder<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming);
         else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
-            RunApplyInStorageOrder<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RunApplyInStorageOrder<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming);
         else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
-            RunApplyInStorageOrder<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RunApplyInStorageOrder<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming);
         else
-            RunApplyInStorageOrder<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RunApplyInStorageOrder<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming);
     }
 
     /// <summary>
@@ -383,7 +383,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunApplyInStorageOrder<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, bool streaming)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
@@ -411,7 +411,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
                 int k = SlotOfRun(g, run);
                 nint offset = (nint)(run * g.S + sBegin);
                 ApplyRun<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
-                    ref Unsafe.Add(ref out0, offset), sLength, center[k], p[k], q[k], TOp.ReadsSecond ? w[k] : T.Zero);
+                    ref Unsafe.Add(ref out0, offset), sLength, center[k], p[k], q[k], TOp.ReadsSecond ? w[k] : T.Zero, streaming);
             }
             return;
         }
@@ -427,7 +427,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
             int k = (a * g.B + b) * g.J + j;
             nint offset = (nint)(run * g.S);
             ApplyRun<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
-                ref Unsafe.Add(ref out0, offset), g.S, center[k], p[k], q[k], TOp.ReadsSecond ? w[k] : T.Zero);
+                ref Unsafe.Add(ref out0, offset), g.S, center[k], p[k], q[k], TOp.ReadsSecond ? w[k] : T.Zero, streaming);
             if (++j == g.J) { j = 0; if (++b == g.B) { b = 0; if (++r == g.R) { r = 0; a++; } } }
         }
     }
@@ -443,7 +443,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunUnitApply<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, bool streaming)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
@@ -460,19 +460,37 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
             {
                 nint offset = plan.Geometry.Offset(a, r, b, j) + sBegin;
                 ApplyRun<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
-                    ref Unsafe.Add(ref out0, offset), sLength, center[k], p[k], q[k], wk);
+                    ref Unsafe.Add(ref out0, offset), sLength, center[k], p[k], q[k], wk, streaming);
             }
         }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void ApplyRun<TOp, TSimd, TVector>(ref T x, ref T second, ref T output, int n, T center, T p, T q, T w)
+    internal static unsafe void ApplyRun<TOp, TSimd, TVector>(ref T x, ref T second, ref T output, int n, T center, T p, T q, T w, bool streaming = false)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
     {
         TVector cv = TSimd.Broadcast(center), pv = TSimd.Broadcast(p), qv = TSimd.Broadcast(q), wv = TSimd.Broadcast(w);
         int i = 0;
+        if (streaming && TSimd.Count > 1)
+        {
+            // Scalar steps up to the first vector-aligned output, then stores that skip the caches: no read-for-ownership
+            // of an output too large to stay in cache anyway. Scalar and vector steps compute the same bits.
+            nuint vectorBytes = (nuint)(TSimd.Count * sizeof(T));
+            for (; i < n && ((nuint)Unsafe.AsPointer(ref Unsafe.Add(ref output, i)) & (vectorBytes - 1)) != 0; i++)
+            {
+                T xs = Unsafe.Add(ref x, i);
+                T os = TOp.ReadsSecond ? Unsafe.Add(ref second, i) : xs;
+                Unsafe.Add(ref output, i) = TOp.Apply<T, SimdScalar<T>, T>(xs, os, center, p, q, w);
+            }
+            for (; i <= n - TSimd.Count; i += TSimd.Count)
+            {
+                TVector xv = TSimd.Load(ref x, i);
+                TVector ov = TOp.ReadsSecond ? TSimd.Load(ref second, i) : xv;
+                TSimd.StoreStreaming(TOp.Apply<T, TSimd, TVector>(xv, ov, cv, pv, qv, wv), ref output, i);
+            }
+        }
         for (; i <= n - 4 * TSimd.Count; i += 4 * TSimd.Count)
         {
             for (int u = 0; u < 4; u++)

@@ -20,6 +20,8 @@ internal interface ISimd<T, TVector>
     static abstract TVector Subtract(TVector a, TVector b);
     static abstract TVector Load(ref T source, nint index);
     static abstract void Store(TVector value, ref T destination, nint index);
+    /// <summary>A store that bypasses the caches; the destination must be pinned and aligned to the vector size.</summary>
+    static abstract void StoreStreaming(TVector value, ref T destination, nint index);
     /// <summary>a * b + c, fused where the hardware has it.</summary>
     static abstract TVector MultiplyAdd(TVector a, TVector b, TVector c);
     static abstract T Sum(TVector value);
@@ -40,6 +42,9 @@ internal readonly struct Simd512<T> : ISimd<T, Vector512<T>> where T : unmanaged
     public static Vector512<T> Load(ref T source, nint index) => Vector512.LoadUnsafe(ref source, (nuint)index);
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Store(Vector512<T> value, ref T destination, nint index) => value.StoreUnsafe(ref destination, (nuint)index);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe void StoreStreaming(Vector512<T> value, ref T destination, nint index) =>
+        value.StoreAlignedNonTemporal((T*)Unsafe.AsPointer(ref Unsafe.Add(ref destination, index)));
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<T> MultiplyAdd(Vector512<T> a, Vector512<T> b, Vector512<T> c)
     {
@@ -69,6 +74,9 @@ internal readonly struct Simd256<T> : ISimd<T, Vector256<T>> where T : unmanaged
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Store(Vector256<T> value, ref T destination, nint index) => value.StoreUnsafe(ref destination, (nuint)index);
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe void StoreStreaming(Vector256<T> value, ref T destination, nint index) =>
+        value.StoreAlignedNonTemporal((T*)Unsafe.AsPointer(ref Unsafe.Add(ref destination, index)));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<T> MultiplyAdd(Vector256<T> a, Vector256<T> b, Vector256<T> c)
     {
         if (typeof(T) == typeof(float))
@@ -97,6 +105,9 @@ internal readonly struct Simd128<T> : ISimd<T, Vector128<T>> where T : unmanaged
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Store(Vector128<T> value, ref T destination, nint index) => value.StoreUnsafe(ref destination, (nuint)index);
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe void StoreStreaming(Vector128<T> value, ref T destination, nint index) =>
+        value.StoreAlignedNonTemporal((T*)Unsafe.AsPointer(ref Unsafe.Add(ref destination, index)));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector128<T> MultiplyAdd(Vector128<T> a, Vector128<T> b, Vector128<T> c)
     {
         if (typeof(T) == typeof(float))
@@ -124,6 +135,8 @@ internal readonly struct SimdScalar<T> : ISimd<T, T> where T : unmanaged, IFloat
     public static T Load(ref T source, nint index) => Unsafe.Add(ref source, index);
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Store(T value, ref T destination, nint index) => Unsafe.Add(ref destination, index) = value;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void StoreStreaming(T value, ref T destination, nint index) => Unsafe.Add(ref destination, index) = value;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static T MultiplyAdd(T a, T b, T c) => T.FusedMultiplyAdd(a, b, c);
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
