@@ -3,7 +3,11 @@
 // (_BatchNorm.forward / _InstanceNorm.forward) is transcribed here on top of libtorch's
 // functional ops; the state (weight, bias, running stats, num_batches_tracked) is kept by hand.
 //
-// Usage: FixtureGen OUTPUT_DIR   (see run.sh; writes batchnorm.json and instancenorm.json)
+// It also writes fixtures for the stateless layers GroupNorm, LayerNorm and RMSNorm (functional
+// group_norm / layer_norm, and rms_norm transcribed from primitives: TorchSharp 0.107 has no rms_norm).
+//
+// Usage: FixtureGen OUTPUT_DIR   (see run.sh; writes batchnorm.json, instancenorm.json,
+//        groupnorm.json, layernorm.json and rmsnorm.json)
 
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -43,6 +47,15 @@ internal static class Program
 
         WriteLayer(Path.Combine(outDir, "batchnorm.json"), Layer.BatchNorm, BuildCases(Layer.BatchNorm, bnShapes));
         WriteLayer(Path.Combine(outDir, "instancenorm.json"), Layer.InstanceNorm, BuildCases(Layer.InstanceNorm, inShapes));
+
+        // Stateless layers: each file from its own seed, so that none depends on another's draws
+        // (and the two files above stay exactly as they were before these were added).
+        torch.manual_seed(2001);
+        WriteFile(Path.Combine(outDir, "groupnorm.json"), "GroupNorm", BuildGroupNormCases().Select(c => (Action<Utf8JsonWriter>)(w => RunGroupNormCase(w, c))));
+        torch.manual_seed(2002);
+        WriteFile(Path.Combine(outDir, "layernorm.json"), "LayerNorm", BuildLayerNormCases().Select(c => (Action<Utf8JsonWriter>)(w => RunLayerNormCase(w, c))));
+        torch.manual_seed(2003);
+        WriteFile(Path.Combine(outDir, "rmsnorm.json"), "RMSNorm", BuildRmsNormCases().Select(c => (Action<Utf8JsonWriter>)(w => RunRmsNormCase(w, c))));
         return 0;
     }
 
@@ -229,6 +242,244 @@ internal static class Program
     {
         return torch.nn.functional.instance_norm(x, runningMean, runningVar, weight, bias,
             use_input_stats: training || !track, momentum: momentum ?? 0.0, eps: eps);
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Stateless layers (GroupNorm, LayerNorm, RMSNorm): no running statistics and no training/eval
+    // difference, so every case is StatelessSteps steps with fresh x and dy, parameters fixed.
+    // ---------------------------------------------------------------------------------------------
+
+    private const int StatelessSteps = 3;
+
+    private sealed record GroupNormSpec(long[] Shape, int NumGroups, ScalarType DType, bool Affine, double Eps);
+    private sealed record LayerNormSpec(long[] Shape, long[] NormalizedShape, ScalarType DType, bool Affine, bool Bias, double Eps);
+    private sealed record RmsNormSpec(long[] Shape, long[] NormalizedShape, ScalarType DType, bool Affine, double? Eps);
+
+    private static readonly ScalarType[] DTypes = { ScalarType.Float32, ScalarType.Float64 };
+
+    private static List<GroupNormSpec> BuildGroupNormCases()
+    {
+        // (shape, groups); shapes kept small so that the five fixture files stay well under 2 MB
+        var configs = new (long[] Shape, int Groups)[]
+        {
+            (new long[] { 4, 6 }, 3),
+            (new long[] { 2, 6, 3 }, 2),
+            (new long[] { 2, 6, 2, 2 }, 3),
+            (new long[] { 2, 6, 2, 2 }, 6),       // one channel per group: instance-norm like
+            (new long[] { 2, 6, 2, 2 }, 1),       // one group: layer-norm like (over C,H,W)
+            (new long[] { 2, 4, 2, 2, 2 }, 2),
+        };
+        var cases = new List<GroupNormSpec>();
+        for (int s = 0; s < configs.Length; s++)
+            foreach (var dtype in DTypes)
+            {
+                int a = 0;
+                foreach (bool affine in new[] { true, false })
+                    cases.Add(new GroupNormSpec(configs[s].Shape, configs[s].Groups, dtype, affine, Epsilons[(s + a++) % Epsilons.Length]));
+            }
+        return cases;
+    }
+
+    private static List<LayerNormSpec> BuildLayerNormCases()
+    {
+        var configs = new (long[] Shape, long[] Normalized)[]
+        {
+            (new long[] { 2, 16 }, new long[] { 16 }),
+            (new long[] { 2, 2, 10 }, new long[] { 10 }),
+            (new long[] { 2, 2, 2, 5 }, new long[] { 2, 5 }),
+            (new long[] { 2, 3, 2, 5 }, new long[] { 3, 2, 5 }),
+        };
+        var cases = new List<LayerNormSpec>();
+        for (int s = 0; s < configs.Length; s++)
+            foreach (var dtype in DTypes)
+            {
+                int a = 0;
+                foreach (var (affine, bias) in new[] { (true, true), (true, false), (false, false) })
+                    cases.Add(new LayerNormSpec(configs[s].Shape, configs[s].Normalized, dtype, affine, bias, Epsilons[(s + a++) % Epsilons.Length]));
+            }
+        return cases;
+    }
+
+    private static List<RmsNormSpec> BuildRmsNormCases()
+    {
+        var configs = new (long[] Shape, long[] Normalized)[]
+        {
+            (new long[] { 2, 16 }, new long[] { 16 }),
+            (new long[] { 2, 2, 10 }, new long[] { 10 }),
+            (new long[] { 2, 2, 2, 5 }, new long[] { 2, 5 }),
+        };
+        var cases = new List<RmsNormSpec>();
+        foreach (var (shape, normalized) in configs)
+            foreach (var dtype in DTypes)
+                foreach (bool affine in new[] { true, false })
+                    foreach (double? eps in new double?[] { null, 1e-5 })
+                        cases.Add(new RmsNormSpec(shape, normalized, dtype, affine, eps));
+        return cases;
+    }
+
+    private static string ShapeName(long[] shape) => string.Join("x", shape);
+
+    private static void WriteFile(string path, string layer, IEnumerable<Action<Utf8JsonWriter>> cases)
+    {
+        using var stream = File.Create(path);
+        using var w = new Utf8JsonWriter(stream, new JsonWriterOptions
+        {
+            Indented = true,
+            IndentSize = 2,
+            NewLine = "\n",
+            Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+        });
+        w.WriteStartObject();
+        w.WriteString("generator", Generator);
+        w.WriteString("layer", layer);
+        w.WritePropertyName("cases");
+        w.WriteStartArray();
+        foreach (var writeCase in cases)
+        {
+            using var scope = torch.NewDisposeScope();
+            writeCase(w);
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+        w.Flush();
+        stream.WriteByte((byte)'\n');
+    }
+
+    private static void WriteNumber(Utf8JsonWriter w, string name, double? v)
+    {
+        w.WritePropertyName(name);
+        if (v is { } d) w.WriteRawValue(FormatDouble(d)); else w.WriteNullValue();
+    }
+
+    private static void WriteShape(Utf8JsonWriter w, string name, long[] shape)
+    {
+        w.WritePropertyName(name);
+        w.WriteRawValue("[" + string.Join(", ", shape) + "]");
+    }
+
+    // Initial parameters, generated in float64 and cast to the case dtype: weight ~ U[0.5, 1.5), bias ~ 0.3 N(0,1).
+    private static Tensor NewWeight(long[] shape, ScalarType dtype) =>
+        (torch.rand(shape, ScalarType.Float64) + 0.5).to_type(dtype).detach().requires_grad_(true);
+
+    private static Tensor NewBias(long[] shape, ScalarType dtype) =>
+        (torch.randn(shape, ScalarType.Float64) * 0.3).to_type(dtype).detach().requires_grad_(true);
+
+    // x = 2 N(0,1) + (0.5 k - 1), with k the index along dimension offsetDim; dy = N(0,1). Both drawn in float64.
+    private static (Tensor X, Tensor Dy) NewStepInputs(long[] shape, int offsetDim, ScalarType dtype)
+    {
+        var offShape = Enumerable.Repeat(1L, shape.Length).ToArray();
+        offShape[offsetDim] = shape[offsetDim];
+        var offsets = (torch.arange(shape[offsetDim], ScalarType.Float64) * 0.5 - 1.0).reshape(offShape);
+        var x64 = torch.randn(shape, ScalarType.Float64) * 2.0 + offsets;
+        var dy64 = torch.randn(shape, ScalarType.Float64);
+        return (x64.to_type(dtype).detach().requires_grad_(true), dy64.to_type(dtype).detach());
+    }
+
+    // Writes the steps array: for each step, fresh x/dy, y = forward(x), and this step's gradients
+    // alone for [x, params...] (params: the non-null ones, in order).
+    private static void WriteStatelessSteps(Utf8JsonWriter w, long[] shape, int offsetDim, ScalarType dtype,
+        Func<Tensor, Tensor> forward, (string Name, Tensor? Param)[] parameters)
+    {
+        w.WritePropertyName("steps");
+        w.WriteStartArray();
+        for (int step = 0; step < StatelessSteps; step++)
+        {
+            var (x, dy) = NewStepInputs(shape, offsetDim, dtype);
+            var y = forward(x);
+            var inputs = new List<Tensor> { x };
+            inputs.AddRange(parameters.Where(p => p.Param is not null).Select(p => p.Param!));
+            var grads = torch.autograd.grad(new List<Tensor> { y }, inputs, new List<Tensor> { dy });
+
+            w.WriteStartObject();
+            WriteTensor(w, "x", x);
+            WriteTensor(w, "dy", dy);
+            WriteTensor(w, "y", y);
+            WriteTensor(w, "dx", grads[0]);
+            int g = 1;
+            foreach (var (name, param) in parameters)
+                WriteTensor(w, name, param is null ? null : grads[g++]);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+    }
+
+    // torch.nn.GroupNorm.forward: F.group_norm(input, num_groups, weight, bias, eps)
+    private static void RunGroupNormCase(Utf8JsonWriter w, GroupNormSpec c)
+    {
+        long numChannels = c.Shape[1];
+        Tensor? weight = c.Affine ? NewWeight(new[] { numChannels }, c.DType) : null;
+        Tensor? bias = c.Affine ? NewBias(new[] { numChannels }, c.DType) : null;
+
+        w.WriteStartObject();
+        w.WriteString("name", $"GroupNorm/shape={ShapeName(c.Shape)}/groups={c.NumGroups}/{DTypeName(c.DType)}/"
+            + $"{(c.Affine ? "affine" : "noaffine")}/eps={FormatEps(c.Eps)}");
+        w.WriteString("dtype", DTypeName(c.DType));
+        w.WriteNumber("numGroups", c.NumGroups);
+        w.WriteNumber("numChannels", numChannels);
+        WriteNumber(w, "eps", c.Eps);
+        w.WriteBoolean("affine", c.Affine);
+        WriteTensor(w, "weight", weight);
+        WriteTensor(w, "bias", bias);
+        WriteStatelessSteps(w, c.Shape, 1, c.DType,
+            x => torch.nn.functional.group_norm(x, c.NumGroups, weight, bias, c.Eps),
+            new[] { ("dweight", weight), ("dbias", bias) });
+        w.WriteEndObject();
+    }
+
+    // torch.nn.LayerNorm.forward: F.layer_norm(input, normalized_shape, weight, bias, eps);
+    // weight exists iff elementwise_affine, bias iff elementwise_affine and bias.
+    private static void RunLayerNormCase(Utf8JsonWriter w, LayerNormSpec c)
+    {
+        Tensor? weight = c.Affine ? NewWeight(c.NormalizedShape, c.DType) : null;
+        Tensor? bias = c.Affine && c.Bias ? NewBias(c.NormalizedShape, c.DType) : null;
+
+        w.WriteStartObject();
+        w.WriteString("name", $"LayerNorm/shape={ShapeName(c.Shape)}/normalized={ShapeName(c.NormalizedShape)}/{DTypeName(c.DType)}/"
+            + $"{(c.Affine ? (c.Bias ? "affine" : "affine-nobias") : "noaffine")}/eps={FormatEps(c.Eps)}");
+        w.WriteString("dtype", DTypeName(c.DType));
+        WriteShape(w, "normalizedShape", c.NormalizedShape);
+        WriteNumber(w, "eps", c.Eps);
+        w.WriteBoolean("elementwiseAffine", c.Affine);
+        w.WriteBoolean("bias", c.Affine && c.Bias);
+        WriteTensor(w, "weight", weight);
+        WriteTensor(w, "biasValue", bias);
+        WriteStatelessSteps(w, c.Shape, c.Shape.Length - 1, c.DType,
+            x => torch.nn.functional.layer_norm(x, c.NormalizedShape, weight, bias, c.Eps),
+            new[] { ("dweight", weight), ("dbias", bias) });
+        w.WriteEndObject();
+    }
+
+    // torch.nn.RMSNorm.forward: F.rms_norm(input, normalized_shape, weight, eps). TorchSharp 0.107
+    // has no rms_norm, so this is libtorch's CPU path transcribed (at::native::rms_norm_composite,
+    // which rms_norm -> _fused_rms_norm resolves to on CPU):
+    //   y = (x * rsqrt(mean(x^2 over the normalized dims, keepdim) + eps)) * weight,
+    // eps None meaning torch.finfo(x.dtype).eps (eps is applied in x's dtype).
+    private static Tensor RmsNormForward(Tensor x, long[] normalizedShape, Tensor? weight, double eps)
+    {
+        var dims = Enumerable.Range(0, normalizedShape.Length).Select(i => (long)(x.dim() - i - 1)).ToArray();
+        var rstd = torch.rsqrt(x.pow(2).mean(dims, keepdim: true).add(eps));
+        var y = x.mul(rstd);
+        return weight is null ? y : y.mul(weight);
+    }
+
+    private static void RunRmsNormCase(Utf8JsonWriter w, RmsNormSpec c)
+    {
+        Tensor? weight = c.Affine ? NewWeight(c.NormalizedShape, c.DType) : null;
+        double epsUsed = c.Eps ?? torch.finfo(c.DType).eps;
+
+        w.WriteStartObject();
+        w.WriteString("name", $"RMSNorm/shape={ShapeName(c.Shape)}/normalized={ShapeName(c.NormalizedShape)}/{DTypeName(c.DType)}/"
+            + $"{(c.Affine ? "affine" : "noaffine")}/eps={(c.Eps is { } e ? FormatEps(e) : "null")}");
+        w.WriteString("dtype", DTypeName(c.DType));
+        WriteShape(w, "normalizedShape", c.NormalizedShape);
+        WriteNumber(w, "eps", c.Eps);
+        WriteNumber(w, "epsUsed", epsUsed);
+        w.WriteBoolean("elementwiseAffine", c.Affine);
+        WriteTensor(w, "weight", weight);
+        WriteStatelessSteps(w, c.Shape, c.Shape.Length - 1, c.DType,
+            x => RmsNormForward(x, c.NormalizedShape, weight, epsUsed),
+            new[] { ("dweight", weight) });
+        w.WriteEndObject();
     }
 
     private static void WriteTensor(Utf8JsonWriter w, string name, Tensor? t)

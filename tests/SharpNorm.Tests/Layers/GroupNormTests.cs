@@ -100,6 +100,52 @@ public class GroupNormTests
             }
     }
 
+    public static TheoryData<string, int> FixtureCases()
+    {
+        var data = new TheoryData<string, int>();
+        foreach (FixtureCase c in Fixtures.Load("groupnorm.json").Cases)
+            foreach (int bits in new[] { 512, 128, 0 })
+                data.Add(c.Name, bits);
+        return data;
+    }
+
+    /// <summary>Every libtorch case (tools/FixtureGen): ranks 2-5, 1 to C groups, affine on/off, several eps, float and double.</summary>
+    [Theory]
+    [MemberData(nameof(FixtureCases))]
+    public void MatchesLibtorch(string caseName, int maxVectorBits)
+    {
+        FixtureCase c = Fixtures.Case("groupnorm.json", caseName);
+        if (c.Dtype == "float32") RunFixture<float>(c, maxVectorBits, rtol: 2e-4, atol: 2e-5);
+        else RunFixture<double>(c, maxVectorBits, rtol: 1e-10, atol: 1e-11);
+    }
+
+    private static void RunFixture<T>(FixtureCase c, int maxVectorBits, double rtol, double atol)
+        where T : unmanaged, System.Numerics.IFloatingPointIeee754<T>
+    {
+        var layer = new GroupNorm<T>(c.NumGroups, c.NumChannels, c.Eps, c.Affine);
+        layer.Engine.MaxVectorBits = maxVectorBits;
+        if (c.Affine)
+        {
+            c.Weight!.Values<T>(c.Dtype).CopyTo(Span(layer.Weight!.Value));
+            c.Bias!.Values<T>(c.Dtype).CopyTo(Span(layer.Bias!.Value));
+        }
+        for (int s = 0; s < c.Steps.Count; s++)
+        {
+            FixtureStep step = c.Steps[s];
+            string at = $"{c.Name} step {s}";
+            var x = step.X.ToTensor<T>(c.Dtype);
+            var dy = step.Dy.ToTensor<T>(c.Dtype);
+            Check.Close(step.Y.Values<T>(c.Dtype), layer.Forward(x), rtol, atol, $"{at} y");
+            Check.Close(step.Dx.Values<T>(c.Dtype), layer.Backward(x, dy), rtol, atol, $"{at} dx");
+            if (!c.Affine) continue;
+            layer.ZeroGrad();
+            layer.Gradient(x, dy);
+            double sumAtol = atol * x.FlattenedLength;
+            Check.Close(step.Dweight!.Values<T>(c.Dtype), layer.Weight!.Gradient, rtol, sumAtol, $"{at} dweight");
+            Check.Close(step.Dbias!.Values<T>(c.Dtype), layer.Bias!.Gradient, rtol, sumAtol, $"{at} dbias");
+        }
+    }
+
     [Fact]
     public void BadArgumentsAreRejected()
     {

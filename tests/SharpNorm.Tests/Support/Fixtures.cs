@@ -30,9 +30,10 @@ public static class Fixtures
 
 public sealed record FixtureFile(string Generator, string Layer, List<FixtureCase> Cases);
 
+/// <summary>One layer configuration and its steps; fields a layer does not have stay at their defaults.</summary>
 public sealed record FixtureCase(
     string Name, string Dtype, int NumFeatures, double Eps, double? Momentum, bool Affine, bool TrackRunningStats,
-    FixtureTensor? Weight, FixtureTensor? Bias, List<FixtureStep> Steps);
+    FixtureTensor? Weight, FixtureTensor? Bias, List<FixtureStep> Steps, int NumGroups = 0, int NumChannels = 0);
 
 public sealed record FixtureStep(
     bool Training, FixtureTensor X, FixtureTensor Dy, FixtureTensor Y, FixtureTensor Dx,
