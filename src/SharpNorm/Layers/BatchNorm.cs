@@ -5,7 +5,7 @@ namespace SharpNorm.Layers;
 
 /// <summary>
 /// Batch normalization, the twin of torch.nn.BatchNorm1d/2d/3d in one class: input (N,C), (N,C,L),
-/// (N,C,H,W) or (N,C,D,H,W); statistics per channel over the batch and all spatial positions.
+/// (N,C,H,W) or (N,C,D,H,W) (or channels last); statistics per channel over the batch and all spatial positions.
 /// </summary>
 public sealed class BatchNorm<T> : RunningStatsNorm<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
@@ -14,18 +14,21 @@ public sealed class BatchNorm<T> : RunningStatsNorm<T> where T : unmanaged, IFlo
     /// <param name="momentum">Weight of the batch statistics in the running update; null for a cumulative moving average.</param>
     /// <param name="affine">Whether the layer has learnable gamma (Weight) and beta (Bias).</param>
     /// <param name="trackRunningStats">Whether the layer keeps running statistics and uses them in eval mode.</param>
-    public BatchNorm(int numFeatures, double eps = 1e-5, double? momentum = 0.1, bool affine = true, bool trackRunningStats = true)
-        : base(numFeatures, eps, momentum, affine, trackRunningStats)
+    /// <param name="layout">Channels in dimension 1 (default) or last, as PyTorch's channels_last tensors.</param>
+    public BatchNorm(int numFeatures, double eps = 1e-5, double? momentum = 0.1, bool affine = true, bool trackRunningStats = true,
+        ChannelLayout layout = ChannelLayout.First)
+        : base(numFeatures, eps, momentum, affine, trackRunningStats, layout)
     {
     }
 
     protected override string LayerName => "BatchNorm";
     protected override int MinRank => 2;
-    protected override string ShapeDescription => "(N,C), (N,C,L), (N,C,H,W) or (N,C,D,H,W)";
+    protected override string ShapeDescription =>
+        Layout == ChannelLayout.Last ? "(N,C), (N,L,C), (N,H,W,C) or (N,D,H,W,C)" : "(N,C), (N,C,L), (N,C,H,W) or (N,C,D,H,W)";
     protected override bool CountsBatches => true;
     protected override string TooFewValuesMessage => "Expected more than 1 value per channel when training";
 
-    // Statistics per channel over batch and space: x[1, N, C, 1, prod(spatial)].
-    protected override NormGeometry MapGeometry(ReadOnlySpan<nint> lengths) =>
-        new(1, (int)lengths[0], (int)lengths[1], 1, SpatialSize(lengths));
+    // Statistics per channel over batch and space: x[1, N, C, 1, spatial], or channels last x[1, N*spatial, C, 1, 1].
+    protected override NormGeometry MapGeometry(int batch, int channels, int spatial) =>
+        Layout == ChannelLayout.Last ? new(1, batch * spatial, channels, 1, 1) : new(1, batch, channels, 1, spatial);
 }

@@ -219,13 +219,23 @@ public abstract class NormLayer<T> where T : unmanaged, IFloatingPointIeee754<T>
     protected ReadOnlySpan<T> GammaOrEmpty() => Affine ? TensorData.Flat(Weight!.Value) : default;
     protected ReadOnlySpan<T> BetaOrEmpty() => Affine ? TensorData.Flat(Bias!.Value) : default;
 
-    /// <summary>Product of the dimensions after the channel dimension.</summary>
-    protected static int SpatialSize(ReadOnlySpan<nint> lengths)
+    /// <summary>Index of the channel dimension: 1, or the last one for channels-last input of rank 3 or more.</summary>
+    protected static int ChannelDimension(ReadOnlySpan<nint> lengths, ChannelLayout layout) =>
+        layout == ChannelLayout.Last && lengths.Length > 2 ? lengths.Length - 1 : 1;
+
+    /// <summary>Product of the dimensions other than batch (0) and channels.</summary>
+    protected static int SpatialSize(ReadOnlySpan<nint> lengths, ChannelLayout layout)
     {
+        int channel = ChannelDimension(lengths, layout);
         long size = 1;
-        for (int d = 2; d < lengths.Length; d++) size *= lengths[d];
+        for (int d = 1; d < lengths.Length; d++)
+            if (d != channel) size *= lengths[d];
         return checked((int)size);
     }
+
+    /// <summary>"(N, C, ...)" or "(N, ..., C)" with the expected channel count, for messages.</summary>
+    protected static string ExpectedShape(ChannelLayout layout, int channels) =>
+        layout == ChannelLayout.Last ? $"(N, ..., {channels})" : $"(N, {channels}, ...)";
 
     /// <summary>Identifies the (x, dy) memory and forward the cached gradient sums belong to.</summary>
     private readonly record struct GradientSumsKey(nint X, nint Dy, int Length, long ForwardVersion)

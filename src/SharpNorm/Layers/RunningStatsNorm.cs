@@ -14,9 +14,11 @@ public abstract class RunningStatsNorm<T> : NormLayer<T> where T : unmanaged, IF
 {
     private readonly double[] _runningScratch;
 
-    protected RunningStatsNorm(int numFeatures, double eps, double? momentum, bool affine, bool trackRunningStats)
+    protected RunningStatsNorm(int numFeatures, double eps, double? momentum, bool affine, bool trackRunningStats, ChannelLayout layout)
         : base(ValidFeatureShape(numFeatures), eps, affine)
     {
+        if (!Enum.IsDefined(layout)) throw new ArgumentOutOfRangeException(nameof(layout), layout, "layout must be First or Last.");
+        Layout = layout;
         if (momentum is double m && !(m >= 0 && m <= 1))
             throw new ArgumentOutOfRangeException(nameof(momentum), momentum, "momentum must lie in [0, 1], or be null for a cumulative moving average.");
 
@@ -36,6 +38,9 @@ public abstract class RunningStatsNorm<T> : NormLayer<T> where T : unmanaged, IF
     public double? Momentum { get; }
     public bool TrackRunningStats { get; }
 
+    /// <summary>Whether channels are dimension 1 (N, C, *) or the last dimension (N, *, C).</summary>
+    public ChannelLayout Layout { get; }
+
     /// <summary>Running mean, shape (C); null when <see cref="TrackRunningStats"/> is false.</summary>
     public Tensor<T>? RunningMean { get; }
 
@@ -46,11 +51,14 @@ public abstract class RunningStatsNorm<T> : NormLayer<T> where T : unmanaged, IF
     public long NumBatchesTracked { get; private set; }
 
     protected abstract int MinRank { get; }
+    /// <summary>The shapes the layer takes, for messages, in its layout.</summary>
     protected abstract string ShapeDescription { get; }
     /// <summary>Whether training steps increment <see cref="NumBatchesTracked"/> (and momentum null means 1/count).</summary>
     protected abstract bool CountsBatches { get; }
     protected abstract string TooFewValuesMessage { get; }
-    protected abstract NormGeometry MapGeometry(ReadOnlySpan<nint> lengths);
+    /// <summary>The engine's view of an input with <paramref name="batch"/> samples, <paramref name="channels"/> channels and
+    /// <paramref name="spatial"/> positions per channel, in <see cref="Layout"/>.</summary>
+    protected abstract NormGeometry MapGeometry(int batch, int channels, int spatial);
 
     /// <summary>Sets the running statistics to their initial values (mean 0, variance 1) and the batch count to 0.</summary>
     public void ResetRunningStats()
@@ -69,10 +77,11 @@ public abstract class RunningStatsNorm<T> : NormLayer<T> where T : unmanaged, IF
         if (lengths.Length < MinRank || lengths.Length > 5)
             throw new ArgumentException(
                 $"{LayerName} expects input of rank {MinRank} to 5, {ShapeDescription}; got rank {lengths.Length} input of shape {TensorData.Format(lengths)}.", "x");
-        if (lengths[1] != NumFeatures)
+        int channel = ChannelDimension(lengths, Layout);
+        if (lengths[channel] != NumFeatures)
             throw new ArgumentException(
-                $"{LayerName}(numFeatures: {NumFeatures}) expects {NumFeatures} channels in dimension 1, shape (N, {NumFeatures}, ...); got shape {TensorData.Format(lengths)}.", "x");
-        return MapGeometry(lengths);
+                $"{LayerName}(numFeatures: {NumFeatures}) expects {NumFeatures} channels in dimension {channel}, shape {ExpectedShape(Layout, NumFeatures)}; got shape {TensorData.Format(lengths)}.", "x");
+        return MapGeometry((int)lengths[0], NumFeatures, SpatialSize(lengths, Layout));
     }
 
     protected override void ValidateBatchStatistics(in NormGeometry g, ReadOnlySpan<nint> lengths)
