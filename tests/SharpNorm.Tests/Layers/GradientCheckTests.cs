@@ -11,8 +11,6 @@ namespace SharpNorm.Tests.Layers;
 /// </summary>
 public class GradientCheckTests
 {
-    private const double Step = 1e-6;
-
     public static TheoryData<NormKind, int, bool, bool, bool> Configurations()
     {
         var data = new TheoryData<NormKind, int, bool, bool, bool>();
@@ -69,34 +67,16 @@ public class GradientCheckTests
         }
 
         // Running statistics move on every training forward; the loss depends on them only in eval mode, where they stay put.
-        Assert.Equal(dx, NumericalGradient(Span(x), Loss), Compare);
+        Assert.Equal(dx, NumericalGradient.Central(Span(x), Loss), NumericalGradient.Agrees);
         if (affine)
         {
-            Assert.Equal(layer.Weight!.Gradient.ToArray(), NumericalGradient(Span(layer.Weight.Value), Loss), Compare);
-            Assert.Equal(layer.Bias!.Gradient.ToArray(), NumericalGradient(Span(layer.Bias.Value), Loss), Compare);
+            Assert.Equal(layer.Weight!.Gradient.ToArray(), NumericalGradient.Central(Span(layer.Weight.Value), Loss), NumericalGradient.Agrees);
+            Assert.Equal(layer.Bias!.Gradient.ToArray(), NumericalGradient.Central(Span(layer.Bias.Value), Loss), NumericalGradient.Agrees);
         }
     }
 
-    private static readonly IEqualityComparer<double> Compare =
-        EqualityComparer<double>.Create((analytic, numeric) => Math.Abs(analytic - numeric) <= 1e-6 + 1e-6 * Math.Abs(numeric));
 
-    private delegate double LossFunction();
 
-    private static double[] NumericalGradient(Span<double> variable, LossFunction loss)
-    {
-        var gradient = new double[variable.Length];
-        for (int i = 0; i < variable.Length; i++)
-        {
-            double saved = variable[i];
-            variable[i] = saved + Step;
-            double plus = loss();
-            variable[i] = saved - Step;
-            double minus = loss();
-            variable[i] = saved;
-            gradient[i] = (plus - minus) / (2 * Step);
-        }
-        return gradient;
-    }
 
     private static Span<double> Span(Tensor<double> tensor) => tensor.AsTensorSpan().GetSpan(new nint[tensor.Rank], (int)tensor.FlattenedLength);
 }

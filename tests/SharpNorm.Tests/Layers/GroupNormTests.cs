@@ -41,11 +41,11 @@ public class GroupNormTests
             return y.Select((v, i) => v * weights[i]).Sum();
         }
 
-        Assert.Equal(dx, Numerical(Span(x), Loss), Compare);
+        Assert.Equal(dx, NumericalGradient.Central(Span(x), Loss), NumericalGradient.Agrees);
         if (affine)
         {
-            Assert.Equal(layer.Weight!.Gradient.ToArray(), Numerical(Span(layer.Weight.Value), Loss), Compare);
-            Assert.Equal(layer.Bias!.Gradient.ToArray(), Numerical(Span(layer.Bias.Value), Loss), Compare);
+            Assert.Equal(layer.Weight!.Gradient.ToArray(), NumericalGradient.Central(Span(layer.Weight.Value), Loss), NumericalGradient.Agrees);
+            Assert.Equal(layer.Bias!.Gradient.ToArray(), NumericalGradient.Central(Span(layer.Bias.Value), Loss), NumericalGradient.Agrees);
         }
     }
 
@@ -186,25 +186,7 @@ public class GroupNormTests
         Assert.Equal(train, layer.Forward(x).ToArray());
     }
 
-    private static readonly IEqualityComparer<double> Compare =
-        EqualityComparer<double>.Create((analytic, numeric) => Math.Abs(analytic - numeric) <= 1e-6 + 1e-6 * Math.Abs(numeric));
 
-    private static double[] Numerical(Span<double> variable, Func<double> loss)
-    {
-        const double step = 1e-6;
-        var gradient = new double[variable.Length];
-        for (int i = 0; i < variable.Length; i++)
-        {
-            double saved = variable[i];
-            variable[i] = saved + step;
-            double plus = loss();
-            variable[i] = saved - step;
-            double minus = loss();
-            variable[i] = saved;
-            gradient[i] = (plus - minus) / (2 * step);
-        }
-        return gradient;
-    }
 
     private static Span<T> Span<T>(Tensor<T> tensor) => tensor.AsTensorSpan().GetSpan(new nint[tensor.Rank], (int)tensor.FlattenedLength);
 }
