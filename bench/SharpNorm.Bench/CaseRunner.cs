@@ -19,7 +19,8 @@ internal sealed class CaseRunner : IDisposable
     private readonly Options _options;
     private readonly Bandwidth _bandwidth;
     private readonly NormGeometry _geometry;
-    private readonly RunningStatsNorm<float> _layer;
+    private readonly NormLayer<float> _layer;
+    private readonly RunningStatsNorm<float>? _runningStatsLayer; // null for GroupNorm (no running statistics)
     private readonly float[] _xData, _dyData, _yData, _dxData, _gamma, _beta;
     private readonly Tensor<float> _x, _dy, _y, _dx;
     private readonly TorchRunner? _torch;
@@ -35,7 +36,7 @@ internal sealed class CaseRunner : IDisposable
         _geometry = benchCase.Geometry;
         int length = checked((int)benchCase.Elements), channels = benchCase.Channels;
 
-        (_xData, _dyData) = Inputs.Create(benchCase.Shape, seed: 20240601);
+        (_xData, _dyData) = Inputs.Create(benchCase.StorageShape, channelDimension: benchCase.ChannelsLast ? benchCase.StorageShape.Length - 1 : 1, seed: 20240601);
         _yData = new float[length];
         _dxData = new float[length];
         _gamma = new float[channels];
@@ -46,15 +47,20 @@ internal sealed class CaseRunner : IDisposable
             _beta[c] = 0.1f * (c % 5) - 0.2f;
         }
 
-        nint[] lengths = benchCase.Shape.Select(d => (nint)d).ToArray();
+        nint[] lengths = benchCase.StorageShape.Select(d => (nint)d).ToArray();
         _x = Tensor.Create(_xData, lengths);
         _dy = Tensor.Create(_dyData, lengths);
         _y = Tensor.Create(_yData, lengths);
         _dx = Tensor.Create(_dxData, lengths);
 
-        _layer = benchCase.Layer == LayerKind.BatchNorm
-            ? new BatchNorm<float>(numFeatures: channels)
-            : new InstanceNorm<float>(channels, affine: true, trackRunningStats: true);
+        ChannelLayout layout = benchCase.ChannelsLast ? ChannelLayout.Last : ChannelLayout.First;
+        _layer = benchCase.Layer switch
+        {
+            LayerKind.BatchNorm => new BatchNorm<float>(numFeatures: channels, layout: layout),
+            LayerKind.InstanceNorm => new InstanceNorm<float>(channels, affine: true, trackRunningStats: true, layout: layout),
+            _ => new GroupNorm<float>(numGroups: benchCase.Groups, numChannels: channels, layout: layout),
+        };
+        _runningStatsLayer = _layer as RunningStatsNorm<float>;
         _gamma.CopyTo(Flat(_layer.Weight!.Value));
         _beta.CopyTo(Flat(_layer.Bias!.Value));
 
@@ -99,7 +105,7 @@ internal sealed class CaseRunner : IDisposable
     public CaseCheck Check()
     {
         _layer.MaxDegreeOfParallelism = 1;
-        _layer.ResetRunningStats();
+        _runningStatsLayer?.ResetRunningStats();
         _layer.Training = true;
         SharpForwardBackward();
         long allocated = GC.GetAllocatedBytesForCurrentThread();
@@ -109,7 +115,7 @@ internal sealed class CaseRunner : IDisposable
         _layer.Training = true;
         allocated = GC.GetAllocatedBytesForCurrentThread() - allocated;
         // State after exactly one training step again, for the comparisons below.
-        _layer.ResetRunningStats();
+        _runningStatsLayer?.ResetRunningStats();
         SharpForwardBackward();
 
         ComputeGroupStatistics();
@@ -127,7 +133,8 @@ internal sealed class CaseRunner : IDisposable
             TorchRunner.SetThreads(1);
             (y, dx, dgamma, dbeta, runningMean, runningVar) = _torch.Compare(_yData, _dxData,
                 Flat(_layer.Weight!.Gradient).ToArray(), Flat(_layer.Bias!.Gradient).ToArray(),
-                Flat(_layer.RunningMean!).ToArray(), Flat(_layer.RunningVar!).ToArray());
+                _runningStatsLayer is null ? null : Flat(_runningStatsLayer.RunningMean!).ToArray(),
+                _runningStatsLayer is null ? null : Flat(_runningStatsLayer.RunningVar!).ToArray());
         }
         return new CaseCheck(_case.Name, y, dx, dgamma, dbeta, runningMean, runningVar, chainDx, dxScale, allocated);
     }
@@ -265,14 +272,15 @@ internal sealed class CaseRunner : IDisposable
     public void Dispose() => _torch?.Dispose();
 }
 
-/// <summary>Deterministic inputs: x ~ 2·N(0,1) + a per-channel offset, dy ~ N(0,1).</summary>
+/// <summary>Deterministic inputs: x ~ 2·N(0,1) + a per-channel offset, dy ~ N(0,1); channels in dimension
+/// <paramref name="channelDimension"/> of the stored <paramref name="shape"/> (1, or the last for channels-last).</summary>
 internal static class Inputs
 {
-    public static (float[] X, float[] Dy) Create(long[] shape, ulong seed)
+    public static (float[] X, float[] Dy) Create(long[] shape, int channelDimension, ulong seed)
     {
         long elements = shape.Aggregate(1L, (a, b) => a * b);
-        int channels = (int)shape[1];
-        long inner = shape.Skip(2).Aggregate(1L, (a, b) => a * b);
+        int channels = (int)shape[channelDimension];
+        long inner = shape.Skip(channelDimension + 1).Aggregate(1L, (a, b) => a * b);
         var x = new float[elements];
         var dy = new float[elements];
         ulong state = seed;

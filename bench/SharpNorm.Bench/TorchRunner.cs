@@ -6,8 +6,8 @@ using static TorchSharp.torch;
 namespace SharpNorm.Bench;
 
 /// <summary>
-/// The libtorch side of one case, driven as a libtorch user would: torch.nn.functional.batch_norm / instance_norm
-/// on float32 tensors, no_grad for forward-only, autograd (x, weight, bias requiring grad; y.backward(dy)) for
+/// The libtorch side of one case, driven as a libtorch user would: torch.nn.functional.batch_norm / instance_norm /
+/// group_norm on float32 tensors (x and dy as torch.channels_last tensors for channels-last cases), no_grad for forward-only, autograd (x, weight, bias requiring grad; y.backward(dy)) for
 /// forward+backward, grads set to None between runs (PyTorch's zero_grad default), temporaries in a dispose scope.
 /// </summary>
 internal sealed class TorchRunner : IDisposable
@@ -71,11 +71,13 @@ internal sealed class TorchRunner : IDisposable
         }
     }
 
+    /// <param name="x">x as stored: (N, C, *spatial), or (N, *spatial, C) for a channels-last case.</param>
+    /// <param name="dy">dy, stored like x.</param>
     public TorchRunner(BenchCase benchCase, float[] x, float[] dy, float[] gamma, float[] beta)
     {
         _case = benchCase;
-        _x = Copy(x, benchCase.Shape).requires_grad_(true);
-        _dy = Copy(dy, benchCase.Shape);
+        _x = Logical(x).requires_grad_(true);
+        _dy = Logical(dy);
         long[] channels = [benchCase.Channels];
         _weight = Copy(gamma, channels).requires_grad_(true);
         _bias = Copy(beta, channels).requires_grad_(true);
@@ -83,6 +85,36 @@ internal sealed class TorchRunner : IDisposable
         _runningVar = torch.ones(channels, ScalarType.Float32);
         _dyList = [_dy];
     }
+
+    /// <summary>
+    /// The values (stored in the case's order) as an independent libtorch tensor of the logical NCHW shape. Channels-last:
+    /// the (N, *spatial, C) tensor permuted to (N, C, *spatial) and cloned, which preserves its strides: the same
+    /// tensor as PyTorch's x.contiguous(memory_format=torch.channels_last) (TorchSharp 0.107 exposes no memory_format
+    /// argument on contiguous), checked here by its strides.
+    /// </summary>
+    private Tensor Logical(float[] values)
+    {
+        if (!_case.ChannelsLast) return Copy(values, _case.Shape);
+        using var stored = Copy(values, _case.StorageShape);
+        using var view = stored.permute(ToLogical(_case.Shape.Length));
+        Tensor t = view.clone();
+        long[] expected = new long[_case.Shape.Length], actual = t.stride();
+        long step = 1;
+        foreach (int d in (int[])[1, .. Enumerable.Range(2, _case.Shape.Length - 2).Reverse(), 0])
+        {
+            expected[d] = step;
+            step *= _case.Shape[d];
+        }
+        if (!actual.SequenceEqual(expected) || !t.shape.SequenceEqual(_case.Shape))
+            throw new InvalidOperationException($"channels-last libtorch tensor has shape [{string.Join(", ", t.shape)}], strides [{string.Join(", ", actual)}]; expected strides [{string.Join(", ", expected)}].");
+        return t;
+    }
+
+    /// <summary>Dimension order taking (N, *spatial, C) to (N, C, *spatial).</summary>
+    private static long[] ToLogical(int rank) => [0, rank - 1, .. Enumerable.Range(1, rank - 2).Select(d => (long)d)];
+
+    /// <summary>Dimension order taking (N, C, *spatial) to (N, *spatial, C).</summary>
+    private static long[] ToStored(int rank) => [0, .. Enumerable.Range(2, rank - 2).Select(d => (long)d), 1];
 
     /// <summary>An independent libtorch tensor holding a copy of the values.</summary>
     private static Tensor Copy(float[] values, long[] shape)
@@ -93,9 +125,13 @@ internal sealed class TorchRunner : IDisposable
 
     public static void SetThreads(int threads) => torch.set_num_threads(threads);
 
-    private Tensor Forward(bool training) => _case.Layer == LayerKind.BatchNorm
-        ? nn.functional.batch_norm(_x, _runningMean, _runningVar, _weight, _bias, training: training, momentum: Momentum, eps: Eps)
-        : nn.functional.instance_norm(_x, _runningMean, _runningVar, _weight, _bias, use_input_stats: training, momentum: Momentum, eps: Eps);
+    private Tensor Forward(bool training) => _case.Layer switch
+    {
+        LayerKind.BatchNorm => nn.functional.batch_norm(_x, _runningMean, _runningVar, _weight, _bias, training: training, momentum: Momentum, eps: Eps),
+        LayerKind.InstanceNorm => nn.functional.instance_norm(_x, _runningMean, _runningVar, _weight, _bias, use_input_stats: training, momentum: Momentum, eps: Eps),
+        // No running statistics: training and eval compute the same.
+        _ => nn.functional.group_norm(_x, _case.Groups, _weight, _bias, Eps),
+    };
 
     /// <summary>Forward only, under no_grad: training (batch statistics, running stats updated) or eval.</summary>
     public Sample MeasureForward(bool training, int warmup, int runs)
@@ -128,9 +164,12 @@ internal sealed class TorchRunner : IDisposable
         }
     }
 
-    /// <summary>One training forward+backward from fresh running statistics; the largest differences from SharpNorm's results.</summary>
-    public (double Y, double Dx, double DGamma, double DBeta, double RunningMean, double RunningVar) Compare(
-        float[] y, float[] dx, float[] dgamma, float[] dbeta, float[] runningMean, float[] runningVar)
+    /// <summary>
+    /// One training forward+backward from fresh running statistics; the largest differences from SharpNorm's results
+    /// (y and dx stored in the case's order, compared element by element; running statistics null for GroupNorm).
+    /// </summary>
+    public (double Y, double Dx, double DGamma, double DBeta, double? RunningMean, double? RunningVar) Compare(
+        float[] y, float[] dx, float[] dgamma, float[] dbeta, float[]? runningMean, float[]? runningVar)
     {
         ClearGrads();
         using var scope = torch.NewDisposeScope();
@@ -140,15 +179,18 @@ internal sealed class TorchRunner : IDisposable
         yt.backward(_dyList);
         long[] channels = [_case.Channels];
         var result = (
-            MaxAbsDiff(yt.detach(), y, _case.Shape),
-            MaxAbsDiff(_x.grad!, dx, _case.Shape),
+            MaxAbsDiff(Stored(yt.detach()), y, _case.StorageShape),
+            MaxAbsDiff(Stored(_x.grad!), dx, _case.StorageShape),
             MaxAbsDiff(_weight.grad!, dgamma, channels),
             MaxAbsDiff(_bias.grad!, dbeta, channels),
-            MaxAbsDiff(_runningMean, runningMean, channels),
-            MaxAbsDiff(_runningVar, runningVar, channels));
+            runningMean is null ? (double?)null : MaxAbsDiff(_runningMean, runningMean, channels),
+            runningVar is null ? (double?)null : MaxAbsDiff(_runningVar, runningVar, channels));
         ClearGrads();
         return result;
     }
+
+    /// <summary>A logical NCHW result viewed in the case's storage order (a permuted view for channels-last).</summary>
+    private Tensor Stored(Tensor t) => _case.ChannelsLast ? t.permute(ToStored(_case.Shape.Length)) : t;
 
     private static double MaxAbsDiff(Tensor t, float[] values, long[] shape)
     {
