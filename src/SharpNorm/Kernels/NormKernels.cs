@@ -302,26 +302,106 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         partial2.Clear();
         for (int r0 = rBegin; r0 < rEnd; r0 += NormPlan.RowBlock)
         {
-            block1.Clear();
-            block2.Clear();
             int blockEnd = Math.Min(rEnd, r0 + NormPlan.RowBlock);
-            int r = r0;
-            for (; r <= blockEnd - 4; r += 4)
+            if (width <= NarrowRow)
             {
-                nint offset = ((nint)a * g.R + r) * width;
-                RowSums4<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset), width,
+                // Narrow rows (channels-last with few channels): columns accumulate in registers down the block.
+                nint first = ((nint)a * g.R + r0) * width;
+                NarrowRowSums<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, first), ref Unsafe.Add(ref second0, first), blockEnd - r0, width,
                     ref MemoryMarshal.GetReference(center), ref MemoryMarshal.GetReference(block1), ref MemoryMarshal.GetReference(block2));
             }
-            for (; r < blockEnd; r++)
+            else
             {
-                nint offset = ((nint)a * g.R + r) * width;
-                RowSums<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset), width,
+                block1.Clear();
+                block2.Clear();
+                WideRowSums<TOp, TSimd, TVector>(ref x0, ref second0, a, r0, blockEnd, g.R, width,
                     ref MemoryMarshal.GetReference(center), ref MemoryMarshal.GetReference(block1), ref MemoryMarshal.GetReference(block2));
             }
             for (int c = 0; c < width; c++)
             {
                 partial1[c] += double.CreateTruncating(block1[c]);
                 partial2[c] += double.CreateTruncating(block2[c]);
+            }
+        }
+    }
+
+    /// <summary>Rows no wider than this keep their column sums in registers down a block of rows.</summary>
+    private const int NarrowRow = 256;
+
+    /// <summary>
+    /// Sums down <paramref name="rows"/> rows per column into block1/block2 (overwritten), four vectors of columns at a
+    /// time held in registers. Each column is added in row order, as in the wide-row loop.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void NarrowRowSums<TOp, TSimd, TVector>(ref T x, ref T second, int rows, int width, ref T center, ref T block1, ref T block2)
+        where TOp : struct, IPairSumOp
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        int n = TSimd.Count, c = 0;
+        for (; c <= width - 4 * n; c += 4 * n)
+        {
+            TVector c0 = TSimd.Load(ref center, c), c1 = TSimd.Load(ref center, c + n), c2 = TSimd.Load(ref center, c + 2 * n), c3 = TSimd.Load(ref center, c + 3 * n);
+            TVector a0 = TSimd.Zero, a1 = TSimd.Zero, a2 = TSimd.Zero, a3 = TSimd.Zero, b0 = TSimd.Zero, b1 = TSimd.Zero, b2 = TSimd.Zero, b3 = TSimd.Zero;
+            for (int row = 0; row < rows; row++)
+            {
+                nint i = (nint)row * width + c;
+                TVector x0 = TSimd.Load(ref x, i), x1 = TSimd.Load(ref x, i + n), x2 = TSimd.Load(ref x, i + 2 * n), x3 = TSimd.Load(ref x, i + 3 * n);
+                TOp.Step<T, TSimd, TVector>(x0, TOp.ReadsSecond ? TSimd.Load(ref second, i) : x0, c0, ref a0, ref b0);
+                TOp.Step<T, TSimd, TVector>(x1, TOp.ReadsSecond ? TSimd.Load(ref second, i + n) : x1, c1, ref a1, ref b1);
+                TOp.Step<T, TSimd, TVector>(x2, TOp.ReadsSecond ? TSimd.Load(ref second, i + 2 * n) : x2, c2, ref a2, ref b2);
+                TOp.Step<T, TSimd, TVector>(x3, TOp.ReadsSecond ? TSimd.Load(ref second, i + 3 * n) : x3, c3, ref a3, ref b3);
+            }
+            TSimd.Store(a0, ref block1, c); TSimd.Store(a1, ref block1, c + n); TSimd.Store(a2, ref block1, c + 2 * n); TSimd.Store(a3, ref block1, c + 3 * n);
+            TSimd.Store(b0, ref block2, c); TSimd.Store(b1, ref block2, c + n); TSimd.Store(b2, ref block2, c + 2 * n); TSimd.Store(b3, ref block2, c + 3 * n);
+        }
+        for (; c <= width - n; c += n)
+        {
+            TVector cv = TSimd.Load(ref center, c), s1 = TSimd.Zero, s2 = TSimd.Zero;
+            for (int row = 0; row < rows; row++)
+            {
+                nint i = (nint)row * width + c;
+                TVector xv = TSimd.Load(ref x, i);
+                TOp.Step<T, TSimd, TVector>(xv, TOp.ReadsSecond ? TSimd.Load(ref second, i) : xv, cv, ref s1, ref s2);
+            }
+            TSimd.Store(s1, ref block1, c);
+            TSimd.Store(s2, ref block2, c);
+        }
+        for (; c < width; c++)
+        {
+            T cs = Unsafe.Add(ref center, c), s1 = T.Zero, s2 = T.Zero;
+            for (int row = 0; row < rows; row++)
+            {
+                nint i = (nint)row * width + c;
+                T xs = Unsafe.Add(ref x, i);
+                TOp.Step<T, SimdScalar<T>, T>(xs, TOp.ReadsSecond ? Unsafe.Add(ref second, i) : xs, cs, ref s1, ref s2);
+            }
+            Unsafe.Add(ref block1, c) = s1;
+            Unsafe.Add(ref block2, c) = s2;
+        }
+    }
+
+    /// <summary>Rows [r0, blockEnd) of a added into block1/block2, four rows per pass over the columns.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void WideRowSums<TOp, TSimd, TVector>(ref T x0, ref T second0, int a, int r0, int blockEnd, int rowsPerA, int width,
+        ref T center, ref T block1, ref T block2)
+        where TOp : struct, IPairSumOp
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        {
+            int r = r0;
+            for (; r <= blockEnd - 4; r += 4)
+            {
+                nint offset = ((nint)a * rowsPerA + r) * width;
+                RowSums4<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset), width,
+                    ref center, ref block1, ref block2);
+            }
+            for (; r < blockEnd; r++)
+            {
+                nint offset = ((nint)a * rowsPerA + r) * width;
+                RowSums<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset), width,
+                    ref center, ref block1, ref block2);
             }
         }
     }
@@ -548,6 +628,13 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         ref T w0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(w) : ref q0;
         int a = unit / plan.UnitsPerSlot, rBegin = unit % plan.UnitsPerSlot * plan.RowsPerUnit;
         int rEnd = Math.Min(g.R, rBegin + plan.RowsPerUnit);
+        if (width <= NarrowRow)
+        {
+            nint first = ((nint)a * g.R + rBegin) * width;
+            NarrowRowApply<TOp, TSimd, TVector>(rEnd - rBegin, ref Unsafe.Add(ref x0, first), ref Unsafe.Add(ref second0, first),
+                ref Unsafe.Add(ref out0, first), width, ref c0, ref p0, ref q0, ref w0);
+            return;
+        }
         int r = rBegin;
         for (; r <= rEnd - 4; r += 4)
         {
@@ -563,14 +650,45 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
         }
     }
 
-    /// <summary>Applies the op to <paramref name="rows"/> consecutive rows, loading each column's coefficients once.</summary>
-    private static void ApplyRow<TOp, TSimd, TVector>(int rows, ref T x, ref T second, ref T output, int width, ref T center, ref T p, ref T q, ref T w)
+    /// <summary>Narrow rows: four vectors of columns at a time keep their coefficients in registers down all the rows.</summary>
+    private static void NarrowRowApply<TOp, TSimd, TVector>(int rows, ref T x, ref T second, ref T output, int width, ref T center, ref T p, ref T q, ref T w)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
     {
+        int n = TSimd.Count, c = 0;
+        for (; c <= width - 4 * n; c += 4 * n)
+        {
+            TVector c0 = TSimd.Load(ref center, c), c1 = TSimd.Load(ref center, c + n), c2 = TSimd.Load(ref center, c + 2 * n), c3 = TSimd.Load(ref center, c + 3 * n);
+            TVector p0 = TSimd.Load(ref p, c), p1 = TSimd.Load(ref p, c + n), p2 = TSimd.Load(ref p, c + 2 * n), p3 = TSimd.Load(ref p, c + 3 * n);
+            TVector q0 = TSimd.Load(ref q, c), q1 = TSimd.Load(ref q, c + n), q2 = TSimd.Load(ref q, c + 2 * n), q3 = TSimd.Load(ref q, c + 3 * n);
+            TVector w0 = TOp.ReadsSecond ? TSimd.Load(ref w, c) : TSimd.Zero, w1 = TOp.ReadsSecond ? TSimd.Load(ref w, c + n) : TSimd.Zero;
+            TVector w2 = TOp.ReadsSecond ? TSimd.Load(ref w, c + 2 * n) : TSimd.Zero, w3 = TOp.ReadsSecond ? TSimd.Load(ref w, c + 3 * n) : TSimd.Zero;
+            for (int row = 0; row < rows; row++)
+            {
+                nint i = (nint)row * width + c;
+                TVector x0 = TSimd.Load(ref x, i), x1 = TSimd.Load(ref x, i + n), x2 = TSimd.Load(ref x, i + 2 * n), x3 = TSimd.Load(ref x, i + 3 * n);
+                TSimd.Store(TOp.Apply<T, TSimd, TVector>(x0, TOp.ReadsSecond ? TSimd.Load(ref second, i) : x0, c0, p0, q0, w0), ref output, i);
+                TSimd.Store(TOp.Apply<T, TSimd, TVector>(x1, TOp.ReadsSecond ? TSimd.Load(ref second, i + n) : x1, c1, p1, q1, w1), ref output, i + n);
+                TSimd.Store(TOp.Apply<T, TSimd, TVector>(x2, TOp.ReadsSecond ? TSimd.Load(ref second, i + 2 * n) : x2, c2, p2, q2, w2), ref output, i + 2 * n);
+                TSimd.Store(TOp.Apply<T, TSimd, TVector>(x3, TOp.ReadsSecond ? TSimd.Load(ref second, i + 3 * n) : x3, c3, p3, q3, w3), ref output, i + 3 * n);
+            }
+        }
+        if (c < width) ApplyRow<TOp, TSimd, TVector>(rows, ref Unsafe.Add(ref x, c), ref Unsafe.Add(ref second, c), ref Unsafe.Add(ref output, c),
+            width, ref Unsafe.Add(ref center, c), ref Unsafe.Add(ref p, c), ref Unsafe.Add(ref q, c), ref Unsafe.Add(ref w, c), width - c);
+    }
+
+    /// <summary>Applies the op to <paramref name="rows"/> consecutive rows, loading each column's coefficients once.</summary>
+    private static void ApplyRow<TOp, TSimd, TVector>(int rows, ref T x, ref T second, ref T output, int width, ref T center, ref T p, ref T q, ref T w,
+        int columns = -1)
+        where TOp : struct, IApplyOp
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        // width is the row stride; columns (default: all) how many of them to process.
+        if (columns < 0) columns = width;
         int c = 0;
-        for (; c <= width - TSimd.Count; c += TSimd.Count)
+        for (; c <= columns - TSimd.Count; c += TSimd.Count)
         {
             TVector cv = TSimd.Load(ref center, c), pv = TSimd.Load(ref p, c), qv = TSimd.Load(ref q, c);
             TVector wv = TOp.ReadsSecond ? TSimd.Load(ref w, c) : TSimd.Zero;
@@ -581,7 +699,7 @@ internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<
                 TSimd.Store(TOp.Apply<T, TSimd, TVector>(xv, ov, cv, pv, qv, wv), ref output, row * width + c);
             }
         }
-        for (; c < width; c++)
+        for (; c < columns; c++)
         {
             T ws = TOp.ReadsSecond ? Unsafe.Add(ref w, c) : T.Zero;
             for (int row = 0; row < rows; row++)

@@ -21,7 +21,8 @@ public class EngineCoverageTests
         data.Add(NormKind.BatchNorm, [1, 1, 5, 7]);        // one sample, one channel
         data.Add(NormKind.BatchNorm, [300, 1]);
         data.Add(NormKind.InstanceNorm, [1, 1, 33]);
-        data.Add(NormKind.BatchNorm, [2000, 37]);          // column shape, several row units
+        data.Add(NormKind.BatchNorm, [2000, 37]);          // column shape, several row units, narrow rows
+        data.Add(NormKind.BatchNorm, [300, 301]);          // column shape, wide rows
         data.Add(NormKind.BatchNorm, [3, 2, 270, 260]);    // runs longer than a unit: sliced
         data.Add(NormKind.InstanceNorm, [2, 2, 300, 251]); // few huge groups, sliced
         data.Add(NormKind.BatchNorm, [9, 40, 13, 11]);     // many channels: segment-parallel
