@@ -294,7 +294,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     }
 
     /// <summary>
-    /// Forward or backward of groups whose slots are one unit each, both passes back to back: the per-unit machinery
+    /// Forward or backward of whole small groups (one unit each), both passes back to back: the per-unit machinery
     /// costs more than the work when groups are a few dozen elements (InstanceNorm on 7x7 maps). The sums are the
     /// same, in the same order, as the unit path's.
     /// </summary>
@@ -312,69 +312,43 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         int a = firstGroup / g.B, b = firstGroup % g.B;
         for (int group = firstGroup; group < endGroup; group++)
         {
-            int firstSlot = group * g.J;
-            T c = forward ? x[(int)g.Offset(a, 0, b, 0)] : _center[firstSlot];
-            double center = double.CreateTruncating(c);
-
-            // Per slot (channel of the group): the two sums over its runs.
-            for (int j = 0; j < g.J; j++)
+            T c = forward ? x[(int)g.Offset(a, 0, b, 0)] : _center[group];
+            _center[group] = c;
+            double center = double.CreateTruncating(c), sum1 = 0, sum2 = 0;
+            for (int r = 0; r < g.R; r++)
             {
-                double sum1 = 0, sum2 = 0;
-                for (int r = 0; r < g.R; r++)
-                {
-                    nint offset = g.Offset(a, r, b, j);
-                    if (forward)
-                        NormKernels<T>.RunSums<MomentsOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref x0, offset), g.S, c, ref sum1, ref sum2);
-                    else
-                        NormKernels<T>.RunSums<GradientSumsOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref dy0, offset), g.S, c, ref sum1, ref sum2);
-                }
-                _center[firstSlot + j] = c;
-                _sum1[firstSlot + j] = sum1;
-                _sum2[firstSlot + j] = sum2;
+                nint offset = g.Offset(a, r, b, 0);
+                if (forward)
+                    NormKernels<T>.RunSums<MomentsOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref x0, offset), g.S, c, ref sum1, ref sum2);
+                else
+                    NormKernels<T>.RunSums<GradientSumsOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref dy0, offset), g.S, c, ref sum1, ref sum2);
             }
 
-            // Statistics or backward terms of the group, then each slot's coefficients.
+            T p, q, w = T.Zero;
             if (forward)
             {
-                double shiftedSum = 0, shiftedSquares = 0;
-                for (int j = 0; j < g.J; j++)
-                {
-                    shiftedSum += _sum1[firstSlot + j];
-                    shiftedSquares += _sum2[firstSlot + j];
-                }
-                var (mean, variance, invStd) = Statistics(shiftedSum, shiftedSquares, center, count, _eps);
+                var (mean, variance, invStd) = Statistics(sum1, sum2, center, count, _eps);
                 (_groupMean[group], _groupVariance[group], _groupInvStd[group]) = (mean, variance, invStd);
-                for (int j = 0; j < g.J; j++)
-                    (_p[firstSlot + j], _q[firstSlot + j]) = NormalizeCoefficients(_gamma[b * g.J + j], _beta[b * g.J + j], invStd, center, mean);
+                (p, q) = NormalizeCoefficients(_gamma[b], _beta[b], invStd, center, mean);
             }
             else
             {
-                double mean = _groupMean[group], invStd = _groupInvStd[group], sumG = 0, sumGXhat = 0;
-                for (int j = 0; j < g.J; j++)
-                {
-                    int k = firstSlot + j;
-                    _sum2[k] = SumDyXhat(_sum1[k], _sum2[k], center - mean, invStd);
-                    sumG += _gamma[b * g.J + j] * _sum1[k];
-                    sumGXhat += _gamma[b * g.J + j] * _sum2[k];
-                }
-                for (int j = 0; j < g.J; j++)
-                    (_p[firstSlot + j], _q[firstSlot + j], _w[firstSlot + j]) =
-                        InputGradientCoefficients(_gamma[b * g.J + j], invStd, sumG, sumGXhat, count, center - mean);
+                double mean = _groupMean[group], invStd = _groupInvStd[group];
+                sum2 = SumDyXhat(sum1, sum2, center - mean, invStd);
+                (p, q, w) = InputGradientCoefficients(_gamma[b], invStd, _gamma[b] * sum1, _gamma[b] * sum2, count, center - mean);
             }
+            _sum1[group] = sum1;
+            _sum2[group] = sum2;
 
-            for (int j = 0; j < g.J; j++)
+            for (int r = 0; r < g.R; r++)
             {
-                int k = firstSlot + j;
-                for (int r = 0; r < g.R; r++)
-                {
-                    nint offset = g.Offset(a, r, b, j);
-                    if (forward)
-                        NormKernels<T>.ApplyRun<NormalizeOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref x0, offset),
-                            ref Unsafe.Add(ref out0, offset), g.S, c, _p[k], _q[k], T.Zero, _streaming);
-                    else
-                        NormKernels<T>.ApplyRun<InputGradientOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref dy0, offset),
-                            ref Unsafe.Add(ref out0, offset), g.S, c, _p[k], _q[k], _w[k], _streaming);
-                }
+                nint offset = g.Offset(a, r, b, 0);
+                if (forward)
+                    NormKernels<T>.ApplyRun<NormalizeOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref x0, offset),
+                        ref Unsafe.Add(ref out0, offset), g.S, c, p, q, w, _streaming);
+                else
+                    NormKernels<T>.ApplyRun<InputGradientOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref dy0, offset),
+                        ref Unsafe.Add(ref out0, offset), g.S, c, p, q, w, _streaming);
             }
             if (++b == g.B) { b = 0; a++; }
         }

@@ -112,8 +112,8 @@ internal readonly struct NormPlan
     public int SegmentsPerChunk { get; }
     public int UnitsPerChunk { get; }
 
-    /// <summary>Run shape where each slot of a group is one unit: segments take a lean path with no partials.</summary>
-    public bool WholeGroupUnits => !IsColumn && UnitsPerSlot == 1;
+    /// <summary>Run shape where one unit is one whole group (J = 1): segments take a lean path with no partials.</summary>
+    public bool WholeGroupUnits => !IsColumn && Geometry.J == 1 && UnitsPerSlot == 1;
 
     // Element-wise passes in storage order (run shape): units of whole runs, or slices of one long run.
     public int ApplyRunsPerUnit { get; }
