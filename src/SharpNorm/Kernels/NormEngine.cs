@@ -16,7 +16,7 @@ namespace SharpNorm.Kernels;
 /// results are bit-identical for any thread count. With many groups each thread takes whole groups and runs both
 /// passes of a group back to back, while its data is still in cache.
 /// </remarks>
-public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloatingPointIeee754<T>
+public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged, IFloatingPointIeee754<T>
 {
     private readonly ChunkRunner _runner = ChunkRunner.Shared;
     private NormPlan _plan;
@@ -46,7 +46,11 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     /// <summary>Outputs at least this large are written with stores that skip the caches (they would not stay there anyway).</summary>
     internal const long StreamingStoreBytes = 32L << 20;
 
-    private enum JobKind { ForwardSegments, BackwardSegments, MomentUnits, GradientSumUnits, NormalizeUnits, InputGradientUnits, ScaleUnits }
+    private enum JobKind
+    {
+        ForwardSegments, BackwardSegments, MomentUnits, GradientSumUnits, NormalizeUnits, InputGradientUnits, ScaleUnits,
+        RowForward, RowNormalize, RowScale, RowBackward, RowGradientSums,
+    }
 
     /// <summary>Widest vector the kernels may use, in bits (512, 256, 128; 0 for scalar code). Lower it to exercise narrower paths.</summary>
     public int MaxVectorBits { get; set; } = 512;
@@ -71,13 +75,25 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     /// <summary>
     /// Training forward: the batch statistics of x (mean, biased variance) become the statistics in use, and
     /// y = (x - mean) * invstd * gamma + beta. gamma/beta (length B*J) are empty for no affine.
+    /// With <paramref name="subtractMean"/> false (RMSNorm; row shape only) the mean is taken as zero and the
+    /// "variance" is the mean square: y = x / sqrt(mean(x²) + eps) * gamma + beta.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public void Forward(in NormGeometry g, ReadOnlySpan<T> x, Span<T> y, ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta, double eps)
+    public void Forward(in NormGeometry g, ReadOnlySpan<T> x, Span<T> y, ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta, double eps,
+        bool subtractMean = true)
     {
+        if (!subtractMean && !g.IsRowShape)
+            throw new ArgumentException($"Normalizing without subtracting the mean needs one group per row (A, 1, 1, J, 1); got {g}.", nameof(subtractMean));
         Prepare(g);
         LoadAffine(gamma, beta);
         _eps = eps;
+        _subtractMean = subtractMean;
+        if (_plan.IsRow)
+        {
+            LoadRowAffine(gamma, beta);
+            Run(JobKind.RowForward, x, default, y);
+            return;
+        }
         if (_plan.SegmentParallel)
         {
             Run(JobKind.ForwardSegments, x, default, y);
@@ -104,6 +120,14 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     {
         Prepare(g);
         LoadAffine(gamma, beta);
+        _subtractMean = true;
+        if (_plan.IsRow)
+        {
+            LoadRowAffine(gamma, beta);
+            SetRowStatistics(double.CreateTruncating(mean[0]), double.CreateTruncating(variance[0]), eps, mean[0]);
+            Run(JobKind.RowNormalize, x, default, y);
+            return;
+        }
         // Statistics and coefficients depend on (b, j) alone: compute them for a = 0 and copy them to every a.
         for (int b = 0; b < g.B; b++)
         {
@@ -136,6 +160,13 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     public void Backward(ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx, ReadOnlySpan<T> gamma, bool throughStatistics)
     {
         LoadGamma(gamma);
+        if (_plan.IsRow)
+        {
+            LoadRowAffine(gamma, default);
+            Run(throughStatistics ? JobKind.RowBackward : JobKind.RowScale, x, dy, dx);
+            if (throughStatistics) CombineBands();
+            return;
+        }
         if (!throughStatistics)
         {
             for (int k = 0; k < Geometry.CoefficientCount; k++)
@@ -162,6 +193,12 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void ComputeGradientSums(ReadOnlySpan<T> x, ReadOnlySpan<T> dy)
     {
+        if (_plan.IsRow)
+        {
+            Run(JobKind.RowGradientSums, x, dy, default);
+            CombineBands();
+            return;
+        }
         Run(JobKind.GradientSumUnits, x, dy, default);
         for (int segment = 0; segment < _plan.SegmentCount; segment++)
         {
@@ -175,6 +212,16 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     public void AccumulateParameterGradients(Span<T> gammaGradient, Span<T> betaGradient)
     {
         NormGeometry g = Geometry;
+        if (_plan.IsRow)
+        {
+            // Already summed over the rows (a), per column.
+            for (int j = 0; j < g.J; j++)
+            {
+                gammaGradient[j] += T.CreateTruncating(_sum2[j]);
+                if (!betaGradient.IsEmpty) betaGradient[j] += T.CreateTruncating(_sum1[j]);
+            }
+            return;
+        }
         for (int parameter = 0; parameter < g.ParameterCount; parameter++)
         {
             int b = parameter / g.J, j = parameter % g.J;
@@ -186,7 +233,7 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
                 dBeta += _sum1[k];
             }
             gammaGradient[parameter] += T.CreateTruncating(dGamma);
-            betaGradient[parameter] += T.CreateTruncating(dBeta);
+            if (!betaGradient.IsEmpty) betaGradient[parameter] += T.CreateTruncating(dBeta);
         }
     }
 
@@ -203,11 +250,15 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
     {
         (int items, int grain) = job switch
         {
+            JobKind.RowForward or JobKind.RowNormalize or JobKind.RowScale => (_plan.SegmentCount, _plan.SegmentsPerChunk),
+            JobKind.RowBackward or JobKind.RowGradientSums => (_plan.BandCount, _plan.UnitsPerChunk),
             JobKind.ForwardSegments or JobKind.BackwardSegments => (_plan.SegmentCount, _plan.SegmentsPerChunk),
             JobKind.MomentUnits or JobKind.GradientSumUnits => (_plan.UnitCount, _plan.UnitsPerChunk),
             _ => (_plan.ApplyUnitCount, _plan.ApplyUnitsPerChunk),
         };
         int chunkCount = Math.Clamp((items + grain - 1) / grain, 1, Math.Max(1, Threads));
+        // MaxDegreeOfParallelism may have grown since Prepare: every worker needs its scratch.
+        Grow(ref _workerScratch, Math.Max(1, Threads) * _workerScratchLength);
         _items = items;
         _itemsPerChunk = (items + chunkCount - 1) / chunkCount;
         _streaming = !output.IsEmpty && (long)output.Length * sizeof(T) >= StreamingStoreBytes;
@@ -240,6 +291,11 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         var second = new ReadOnlySpan<T>(_second, _second == null ? 0 : _length);
         var output = new Span<T>(_output, _output == null ? 0 : _length);
         int first = chunk * _itemsPerChunk, end = Math.Min(_items, first + _itemsPerChunk);
+        if (_plan.IsRow)
+        {
+            RowChunk(x, second, output, first, end, worker);
+            return;
+        }
         if (_job is JobKind.ForwardSegments or JobKind.BackwardSegments)
         {
             if (_plan.WholeGroupUnits)
@@ -549,6 +605,20 @@ public sealed unsafe class NormEngine<T> : IChunkJob where T : unmanaged, IFloat
         Grow(ref _groupInvStd, g.GroupCount);
         Grow(ref _gamma, g.ParameterCount);
         Grow(ref _beta, g.ParameterCount);
+        if (_plan.IsRow)
+        {
+            // Per row: center (T); per column: T parameters and the dgamma/dbeta sums; per band: their partials.
+            Grow(ref _center, g.A);
+            Grow(ref _rowGamma, g.J);
+            Grow(ref _rowBeta, g.J);
+            Grow(ref _sum1, g.J);
+            Grow(ref _sum2, g.J);
+            Grow(ref _partial1, _plan.PartialCount);
+            Grow(ref _partial2, _plan.PartialCount);
+            _workerScratchLength = 2 * g.J;
+            Grow(ref _workerScratch, Math.Max(1, Threads) * _workerScratchLength);
+            return;
+        }
         int slots = g.CoefficientCount;
         Grow(ref _center, slots);
         Grow(ref _p, slots);

@@ -32,6 +32,12 @@ public readonly record struct NormGeometry(int A, int R, int B, int J, int S)
     /// </summary>
     internal bool IsColumnShape => S == 1 && R > 1;
 
+    /// <summary>
+    /// True when each group is one contiguous row of J elements whose parameters change along the row (LayerNorm,
+    /// RMSNorm): kernels then normalize row by row, reading gamma and beta alongside x.
+    /// </summary>
+    internal bool IsRowShape => R == 1 && B == 1 && S == 1;
+
     /// <summary>Offset of element (a, r, b, j, 0).</summary>
     internal nint Offset(int a, int r, int b, int j) => ((((nint)a * R + r) * B + b) * J + j) * S;
 }

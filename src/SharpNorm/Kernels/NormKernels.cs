@@ -106,7 +106,7 @@ internal readonly struct ScaleOp : IApplyOp
 /// that vectorizes across the row of W = B*J slots. Each entry point does one unit of a <see cref="NormPlan"/>;
 /// inside a unit the order of every sum is fixed, so results depend on the problem alone.
 /// </summary>
-internal static class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<T>
+internal static partial class NormKernels<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
     /// <summary>Vector lanes accumulate this many elements of a run in T before the partial sum moves into double.</summary>
     private const int RunBlock = 2048;

@@ -21,9 +21,30 @@ internal readonly struct NormPlan
     /// <summary>With at least this many segments, each segment runs all its passes on one thread, while in cache.</summary>
     private const int MinSegmentsForSegmentParallel = 16;
 
+    /// <summary>Rows of the row shape whose parameter-gradient sums are taken together (in T, then into one double partial).</summary>
+    internal const int RowsPerBand = 32;
+    /// <summary>Longest piece of a row summed on its own: a row's totals are its pieces' sums, added in order.</summary>
+    internal const int RowPieceElements = 1 << 14;
+
     public NormPlan(in NormGeometry g)
     {
         Geometry = g;
+        IsRow = g.IsRowShape;
+        if (IsRow)
+        {
+            // Row shape: rows are independent for the statistics and dx; dgamma and dbeta are summed over the rows
+            // of a band, then over the bands in order.
+            BandCount = (g.A + RowsPerBand - 1) / RowsPerBand;
+            SegmentCount = g.A;
+            SlotsPerSegment = g.J;
+            UnitCount = BandCount;
+            UnitsPerSlot = 1;
+            UnitsPerSegment = 1;
+            long rowElements = g.J;
+            SegmentsPerChunk = (int)Math.Clamp(ChunkElements / rowElements, 1, g.A);
+            UnitsPerChunk = (int)Math.Clamp(ChunkElements / (rowElements * RowsPerBand), 1, BandCount);
+            return;
+        }
         IsColumn = g.IsColumnShape;
         if (IsColumn)
         {
@@ -92,6 +113,11 @@ internal readonly struct NormPlan
 
     public NormGeometry Geometry { get; }
     public bool IsColumn { get; }
+    public bool IsRow { get; }
+
+    // Row shape
+    /// <summary>Bands of <see cref="RowsPerBand"/> rows (the last may be shorter).</summary>
+    public int BandCount { get; }
 
     // Run shape
     public int RunsPerUnit { get; }
@@ -113,7 +139,7 @@ internal readonly struct NormPlan
     public int UnitsPerChunk { get; }
 
     /// <summary>Run shape where one unit is one whole group (J = 1): segments take a lean path with no partials.</summary>
-    public bool WholeGroupUnits => !IsColumn && Geometry.J == 1 && UnitsPerSlot == 1;
+    public bool WholeGroupUnits => !IsColumn && !IsRow && Geometry.J == 1 && UnitsPerSlot == 1;
 
     // Element-wise passes in storage order (run shape): units of whole runs, or slices of one long run.
     public int ApplyRunsPerUnit { get; }
@@ -124,5 +150,5 @@ internal readonly struct NormPlan
 
 
     /// <summary>Partial sums held per unit: one per run-shape unit, one per column of a column-shape unit.</summary>
-    public int PartialCount => IsColumn ? UnitCount * SlotsPerSegment : UnitCount;
+    public int PartialCount => IsColumn || IsRow ? UnitCount * SlotsPerSegment : UnitCount;
 }

@@ -26,7 +26,8 @@ public abstract class NormLayer<T> where T : unmanaged, IFloatingPointIeee754<T>
     /// <param name="parameterShape">Shape of Weight and Bias.</param>
     /// <param name="eps">Added to the variance for numerical stability.</param>
     /// <param name="affine">Whether the layer has learnable Weight (gamma) and Bias (beta).</param>
-    protected NormLayer(ReadOnlySpan<nint> parameterShape, double eps, bool affine)
+    /// <param name="bias">Whether an affine layer has Bias (beta) besides Weight (LayerNorm's bias: false, RMSNorm).</param>
+    protected NormLayer(ReadOnlySpan<nint> parameterShape, double eps, bool affine, bool bias = true)
     {
         if (!(eps >= 0) || double.IsInfinity(eps))
             throw new ArgumentOutOfRangeException(nameof(eps), eps, "eps must be a finite number >= 0.");
@@ -35,7 +36,7 @@ public abstract class NormLayer<T> where T : unmanaged, IFloatingPointIeee754<T>
         if (affine)
         {
             Weight = new Parameter<T>("weight", parameterShape, T.One);
-            Bias = new Parameter<T>("bias", parameterShape, T.Zero);
+            if (bias) Bias = new Parameter<T>("bias", parameterShape, T.Zero);
         }
     }
 
@@ -48,7 +49,7 @@ public abstract class NormLayer<T> where T : unmanaged, IFloatingPointIeee754<T>
     /// <summary>gamma; null when <see cref="Affine"/> is false.</summary>
     public Parameter<T>? Weight { get; }
 
-    /// <summary>beta; null when <see cref="Affine"/> is false.</summary>
+    /// <summary>beta; null when <see cref="Affine"/> is false or the layer has no bias.</summary>
     public Parameter<T>? Bias { get; }
 
     /// <summary>
@@ -69,6 +70,9 @@ public abstract class NormLayer<T> where T : unmanaged, IFloatingPointIeee754<T>
 
     /// <summary>Checks rank and channels of an input (ArgumentException naming expected and actual shapes) and maps it onto the engine.</summary>
     protected abstract NormGeometry MapInput(ReadOnlySpan<nint> lengths);
+
+    /// <summary>False for RMSNorm: the mean is not subtracted and the mean square takes the variance's place.</summary>
+    protected virtual bool SubtractsMean => true;
 
     /// <summary>Whether the next Forward normalizes with the batch's own statistics (else <see cref="ForwardWithOwnStatistics"/>).</summary>
     protected virtual bool UsesBatchStatistics => true;
@@ -113,7 +117,7 @@ public abstract class NormLayer<T> where T : unmanaged, IFloatingPointIeee754<T>
         // Validation is complete: from here on nothing throws, so state changes are all-or-nothing.
         if (useBatchStatistics)
         {
-            _engine.Forward(g, input, output, GammaOrEmpty(), BetaOrEmpty(), Eps);
+            _engine.Forward(g, input, output, GammaOrEmpty(), BetaOrEmpty(), Eps, SubtractsMean);
             OnBatchStatistics(g);
         }
         else
@@ -165,7 +169,7 @@ public abstract class NormLayer<T> where T : unmanaged, IFloatingPointIeee754<T>
     }
 
     /// <summary>
-    /// Accumulates dL/dgamma = Σ dy*xhat and dL/dbeta = Σ dy (per parameter) into Weight.Gradient and Bias.Gradient,
+    /// Accumulates dL/dgamma = Σ dy*xhat and dL/dbeta = Σ dy (per parameter) into Weight.Gradient and Bias.Gradient (if any),
     /// for the last Forward on x. After Backward on the same x and dy (same memory, no Forward in between) it reuses
     /// Backward's reductions instead of reading the tensors again. Nothing to do when the layer is not affine.
     /// </summary>
@@ -182,7 +186,7 @@ public abstract class NormLayer<T> where T : unmanaged, IFloatingPointIeee754<T>
             _engine.ComputeGradientSums(input, gradOutput);
             _gradientSumsKey = key;
         }
-        _engine.AccumulateParameterGradients(TensorData.Flat(Weight!.Gradient), TensorData.Flat(Bias!.Gradient));
+        _engine.AccumulateParameterGradients(TensorData.Flat(Weight!.Gradient), Bias is null ? default : TensorData.Flat(Bias.Gradient));
     }
 
     private NormGeometry ValidateInput(ReadOnlySpan<nint> lengths, ReadOnlySpan<nint> strides)
@@ -217,7 +221,7 @@ public abstract class NormLayer<T> where T : unmanaged, IFloatingPointIeee754<T>
     }
 
     protected ReadOnlySpan<T> GammaOrEmpty() => Affine ? TensorData.Flat(Weight!.Value) : default;
-    protected ReadOnlySpan<T> BetaOrEmpty() => Affine ? TensorData.Flat(Bias!.Value) : default;
+    protected ReadOnlySpan<T> BetaOrEmpty() => Bias is null ? default : TensorData.Flat(Bias.Value);
 
     /// <summary>Index of the channel dimension: 1, or the last one for channels-last input of rank 3 or more.</summary>
     protected static int ChannelDimension(ReadOnlySpan<nint> lengths, ChannelLayout layout) =>

@@ -46,4 +46,33 @@ public class AllocationTests
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         Assert.True(allocated == 0, $"{allocated} bytes allocated in 10 steps");
     }
+
+    [Theory]
+    [InlineData(false, 1)]
+    [InlineData(false, -1)]
+    [InlineData(true, -1)]
+    public void LayerNormAndRmsNormAllocateNothingPerCall(bool rms, int threads)
+    {
+        nint[] shape = [256, 1024];
+        NormLayer<float> layer = rms ? new RMSNorm<float>(1024) : new LayerNorm<float>(1024);
+        layer.MaxDegreeOfParallelism = threads;
+        var random = new Gaussian(4);
+        Tensor<float> x = random.Tensor<float>(shape), dy = random.Tensor<float>(shape);
+        Tensor<float> y = Tensor.Create(new float[x.FlattenedLength], shape), dx = Tensor.Create(new float[x.FlattenedLength], shape);
+
+        void Step()
+        {
+            layer.Forward(x.AsReadOnlyTensorSpan(), y.AsTensorSpan());
+            layer.Backward(x.AsReadOnlyTensorSpan(), dy.AsReadOnlyTensorSpan(), dx.AsTensorSpan());
+            layer.ZeroGrad();
+            layer.Gradient(x.AsReadOnlyTensorSpan(), dy.AsReadOnlyTensorSpan());
+            layer.Gradient(dx.AsReadOnlyTensorSpan(), dy.AsReadOnlyTensorSpan());
+        }
+
+        for (int i = 0; i < 5; i++) Step();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 10; i++) Step();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated == 0, $"{allocated} bytes allocated in 10 steps");
+    }
 }

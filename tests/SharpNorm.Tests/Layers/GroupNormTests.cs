@@ -16,6 +16,7 @@ public class GroupNormTests
         { [2, 6, 4, 5], 6, true },
         { [2, 6, 4, 5], 1, true },
         { [2, 4, 2, 3, 3], 2, true },
+        { [5, 6], 1, true },         // one group, no spatial dimensions: the engine's row shape
     };
 
     [Theory]
@@ -55,6 +56,7 @@ public class GroupNormTests
         { [2, 4, 260, 260], 2 },     // few huge groups: runs sliced, unit-parallel
         { [5, 12, 33], 4 },          // odd run length: vector tails
         { [64, 32], 4 },             // no spatial dimensions
+        { [70, 32], 1 },             // one group, no spatial dimensions: the engine's row shape
     };
 
     [Theory]

@@ -57,3 +57,36 @@ public sealed record FixtureTensor(long[] Shape, string Data)
 
     public Tensor<T> ToTensor<T>(string dtype) where T : IFloatingPointIeee754<T> => Tensor.Create(Values<T>(dtype), Lengths);
 }
+
+/// <summary>LayerNorm and RMSNorm fixtures (layernorm.json, rmsnorm.json): normalized shape instead of channels.</summary>
+public static class ShapeFixtures
+{
+    private static readonly Dictionary<string, ShapeFixtureFile> Files = new();
+
+    public static ShapeFixtureFile Load(string fileName)
+    {
+        lock (Files)
+        {
+            if (!Files.TryGetValue(fileName, out ShapeFixtureFile? file))
+            {
+                string path = Path.Combine(AppContext.BaseDirectory, "Fixtures", fileName);
+                file = JsonSerializer.Deserialize<ShapeFixtureFile>(File.ReadAllText(path), new JsonSerializerOptions { PropertyNameCaseInsensitive = true })
+                       ?? throw new InvalidDataException($"{path} holds no fixture.");
+                Files[fileName] = file;
+            }
+            return file;
+        }
+    }
+
+    public static ShapeFixtureCase Case(string fileName, string name) => Load(fileName).Cases.Single(c => c.Name == name);
+}
+
+public sealed record ShapeFixtureFile(string Generator, string Layer, List<ShapeFixtureCase> Cases);
+
+/// <summary>
+/// One LayerNorm or RMSNorm configuration: <c>Bias</c> says whether LayerNorm has a bias (its values are
+/// <c>BiasValue</c>); RMSNorm's <c>Eps</c> may be null, <c>EpsUsed</c> is then PyTorch's machine epsilon.
+/// </summary>
+public sealed record ShapeFixtureCase(
+    string Name, string Dtype, int[] NormalizedShape, double? Eps, double EpsUsed, bool ElementwiseAffine, bool Bias,
+    FixtureTensor? Weight, FixtureTensor? BiasValue, List<FixtureStep> Steps);

@@ -55,4 +55,29 @@ public static class ReferenceNorm
         for (int d = 2; d < shape.Length; d++) spatial *= (int)shape[d];
         return Enumerable.Range(0, (int)shape[0] * c * spatial).Select(i => i / spatial % c).ToArray();
     }
+
+    /// <summary>RMSNorm over rows of rowLength elements, from its definition y = x / sqrt(mean(x²) + eps) * gamma.</summary>
+    public static (double[] y, double[] dx, double[] dgamma) RmsTrainingStep(double[] x, double[] dy, int rowLength, double[] gamma, double eps)
+    {
+        var y = new double[x.Length];
+        var dx = new double[x.Length];
+        var dgamma = new double[rowLength];
+        for (int start = 0; start < x.Length; start += rowLength)
+        {
+            double meanSquare = 0;
+            for (int j = 0; j < rowLength; j++) meanSquare += x[start + j] * x[start + j];
+            meanSquare /= rowLength;
+            double r = 1 / Math.Sqrt(meanSquare + eps), sumGXhat = 0;
+            for (int j = 0; j < rowLength; j++)
+            {
+                double xhat = x[start + j] * r;
+                y[start + j] = xhat * gamma[j];
+                sumGXhat += dy[start + j] * gamma[j] * xhat;
+                dgamma[j] += dy[start + j] * xhat;
+            }
+            for (int j = 0; j < rowLength; j++)
+                dx[start + j] = r * (dy[start + j] * gamma[j] - x[start + j] * r * sumGXhat / rowLength);
+        }
+        return (y, dx, dgamma);
+    }
 }
