@@ -14,7 +14,7 @@ namespace SharpNorm.Layers;
 /// Not thread-safe: one layer serves one caller at a time, like a torch.nn module.
 /// A call that throws has changed nothing: every check runs before any state is touched.
 /// </remarks>
-public abstract class NormLayer<T> where T : unmanaged, IFloatingPointIeee754<T>
+public abstract class NormLayer<T> : ILayer<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
     private readonly NormEngine<T> _engine = new();
     private nint[] _forwardShape = [];     // shape of the last Forward's input; empty before the first
@@ -86,6 +86,26 @@ public abstract class NormLayer<T> where T : unmanaged, IFloatingPointIeee754<T>
     /// <summary>Forward with the layer's own statistics (running statistics in eval mode).</summary>
     protected virtual void ForwardWithOwnStatistics(in NormGeometry g, ReadOnlySpan<T> x, Span<T> y) =>
         throw new InvalidOperationException($"{LayerName} has no statistics of its own.");
+
+    /// <summary>Weight and Bias, where the layer has them.</summary>
+    public IEnumerable<Parameter<T>> Parameters
+    {
+        get
+        {
+            if (Weight is not null) yield return Weight;
+            if (Bias is not null) yield return Bias;
+        }
+    }
+
+    /// <summary>Running statistics, where the layer keeps them.</summary>
+    public virtual IEnumerable<LayerBuffer<T>> Buffers => [];
+
+    /// <summary>The output has the input's shape; throws ArgumentException for an input the layer cannot take.</summary>
+    public nint[] OutputShape(ReadOnlySpan<nint> inputShape)
+    {
+        MapInput(inputShape);
+        return inputShape.ToArray();
+    }
 
     /// <summary>Clears the accumulated gradients of Weight and Bias.</summary>
     public void ZeroGrad()

@@ -60,6 +60,20 @@ public abstract class RunningStatsNorm<T> : NormLayer<T> where T : unmanaged, IF
     /// <paramref name="spatial"/> positions per channel, in <see cref="Layout"/>.</summary>
     protected abstract NormGeometry MapGeometry(int batch, int channels, int spatial);
 
+    /// <summary>running_mean, running_var and num_batches_tracked when tracking, as PyTorch's _NormBase registers them.</summary>
+    public override IEnumerable<LayerBuffer<T>> Buffers
+    {
+        get
+        {
+            if (!TrackRunningStats) yield break;
+            yield return new LayerBuffer<T>("running_mean", RunningMean!);
+            yield return new LayerBuffer<T>("running_var", RunningVar!);
+            yield return new LayerBuffer<T>("num_batches_tracked", () => NumBatchesTracked, value => NumBatchesTracked = value >= 0
+                ? value
+                : throw new ArgumentOutOfRangeException(nameof(value), value, "num_batches_tracked must be >= 0."));
+        }
+    }
+
     /// <summary>Sets the running statistics to their initial values (mean 0, variance 1) and the batch count to 0.</summary>
     public void ResetRunningStats()
     {

@@ -1,0 +1,270 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using SharpNorm.Threading;
+
+namespace SharpNorm.Kernels;
+
+/// <summary>
+/// Matrix product C = op(A) · op(B) (+ C), row-major with leading dimensions, the engine of Conv2d and Linear. Written
+/// the BLIS way: A and B are packed into panels (transposes are handled there), and a register-blocked micro-kernel of
+/// <see cref="MR"/> rows by two vectors of columns runs over them with fused multiply-adds. Work is cut into tiles of C
+/// that depend only on the sizes; each element of C is summed by one thread in a fixed order, so results are
+/// bit-identical for any thread count. An instance owns its packing buffers: after the first call at a given size no
+/// call allocates. Not thread-safe (one caller at a time).
+/// </summary>
+public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPointIeee754<T>
+{
+    /// <summary>Rows of the micro-kernel.</summary>
+    internal const int MR = 6;
+    /// <summary>Depth of a packed block: an MR x KC sliver of A and a KC x NR sliver of B stay in L1/L2.</summary>
+    private const int KC = 256;
+    /// <summary>Rows of C per tile (a multiple of MR).</summary>
+    private const int MC = 16 * MR;
+    /// <summary>Micro-panels of columns per tile.</summary>
+    private const int PanelsPerTile = 8;
+    /// <summary>Below this many multiply-adds a product runs on the calling thread alone.</summary>
+    private const long MinParallelWork = 1L << 18;
+
+    private readonly ChunkRunner _runner = ChunkRunner.Shared;
+    private T[] _packedA = [];
+    private T[] _packedB = [];          // per worker: one KC x NR micro-panel
+    private int _packedBLength;
+
+    // The running product.
+    private T* _a, _b, _c;
+    private int _m, _n, _k, _ldb, _ldc, _nr, _tilesN;
+    private bool _transB, _accumulate;
+    private int _bits;
+
+    /// <summary>Widest vector the kernel may use, in bits (512, 256, 128; 0 for scalar code).</summary>
+    public int MaxVectorBits { get; set; } = 512;
+
+    /// <summary>Most threads a product may use; -1 for all cores.</summary>
+    public int MaxDegreeOfParallelism { get; set; } = -1;
+
+    private int Threads => MaxDegreeOfParallelism == -1 ? Environment.ProcessorCount : MaxDegreeOfParallelism;
+
+    /// <summary>
+    /// C[m x n] = op(A)[m x k] · op(B)[k x n], added to C when <paramref name="accumulate"/>. op(A) is A (m x k, row stride
+    /// lda) or, with <paramref name="transA"/>, the transpose of A stored k x m; likewise B.
+    /// </summary>
+    public void Multiply(bool transA, bool transB, int m, int n, int k, ReadOnlySpan<T> a, int lda, ReadOnlySpan<T> b, int ldb,
+        Span<T> c, int ldc, bool accumulate)
+    {
+        Validate(transA, transB, m, n, k, a.Length, lda, b.Length, ldb, c.Length, ldc);
+        if (m == 0 || n == 0) return;
+        if (k == 0)
+        {
+            if (!accumulate)
+                for (int i = 0; i < m; i++) c.Slice(i * ldc, n).Clear();
+            return;
+        }
+
+        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
+            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
+            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
+        _nr = 2 * (_bits == 0 ? 1 : _bits / 8 / sizeof(T));
+        int panelsM = (m + MR - 1) / MR, blocksK = (k + KC - 1) / KC;
+        Grow(ref _packedA, panelsM * MR * blocksK * KC);
+        _packedBLength = KC * _nr;
+        Grow(ref _packedB, Math.Max(1, Threads) * _packedBLength);
+
+        fixed (T* pa = a)
+        fixed (T* pb = b)
+        fixed (T* pc = c)
+        fixed (T* packedA = _packedA)
+        {
+            PackA(transA, m, k, pa, lda, packedA);
+            _a = packedA;
+            _b = pb;
+            _c = pc;
+            (_m, _n, _k, _ldb, _ldc, _transB, _accumulate) = (m, n, k, ldb, ldc, transB, accumulate);
+            int panelsN = (n + _nr - 1) / _nr;
+            _tilesN = (panelsN + PanelsPerTile - 1) / PanelsPerTile;
+            int tiles = (m + MC - 1) / MC * _tilesN;
+            int threads = (long)m * n * k < MinParallelWork ? 1 : Math.Max(1, Threads);
+            _runner.Run(this, tiles, threads);
+            _a = _b = _c = null;
+        }
+    }
+
+    /// <summary>A, as op(A), into MR-row panels per KC block: block-major, then panel, then k, then the MR rows (zero padded).</summary>
+    private static void PackA(bool transA, int m, int k, T* a, int lda, T* packed)
+    {
+        int panelsM = (m + MR - 1) / MR;
+        for (int p0 = 0; p0 < k; p0 += KC)
+        {
+            int kc = Math.Min(KC, k - p0);
+            T* block = packed + (nint)p0 * panelsM * MR;
+            for (int panel = 0; panel < panelsM; panel++)
+            {
+                T* dst = block + (nint)panel * kc * MR;
+                int i0 = panel * MR, rows = Math.Min(MR, m - i0);
+                for (int p = 0; p < kc; p++)
+                {
+                    for (int r = 0; r < rows; r++)
+                        dst[p * MR + r] = transA ? a[(nint)(p0 + p) * lda + i0 + r] : a[(nint)(i0 + r) * lda + p0 + p];
+                    for (int r = rows; r < MR; r++) dst[p * MR + r] = T.Zero;
+                }
+            }
+        }
+    }
+
+    void IChunkJob.Execute(int chunk, int worker)
+    {
+        switch (_bits)
+        {
+            case 512: Tile<Simd512<T>, Vector512<T>>(chunk, worker); break;
+            case 256: Tile<Simd256<T>, Vector256<T>>(chunk, worker); break;
+            case 128: Tile<Simd128<T>, Vector128<T>>(chunk, worker); break;
+            default: Tile<SimdScalar<T>, T>(chunk, worker); break;
+        }
+    }
+
+    /// <summary>One tile of C: MC rows by PanelsPerTile micro-panels of columns, over all of k in KC blocks.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void Tile<TSimd, TVector>(int tile, int worker)
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        int nr = 2 * TSimd.Count;
+        int i0 = tile / _tilesN * MC, iEnd = Math.Min(_m, i0 + MC);
+        int j0 = tile % _tilesN * PanelsPerTile * nr, jEnd = Math.Min(_n, j0 + PanelsPerTile * nr);
+        int panelsM = (_m + MR - 1) / MR;
+        T* packedB = (T*)Unsafe.AsPointer(ref _packedB[worker * _packedBLength]);
+        for (int p0 = 0; p0 < _k; p0 += KC)
+        {
+            int kc = Math.Min(KC, _k - p0);
+            bool add = _accumulate || p0 > 0;
+            T* blockA = _a + (nint)p0 * panelsM * MR;
+            for (int j = j0; j < jEnd; j += nr)
+            {
+                int cols = Math.Min(nr, _n - j);
+                PackB(p0, kc, j, cols, nr, packedB);
+                for (int i = i0; i < iEnd; i += MR)
+                {
+                    int rows = Math.Min(MR, _m - i);
+                    MicroKernel<TSimd, TVector>(kc, blockA + (nint)(i / MR) * kc * MR, packedB, _c + (nint)i * _ldc + j, _ldc, rows, cols, add);
+                }
+            }
+        }
+    }
+
+    /// <summary>A KC x NR sliver of op(B) into k-major rows of NR (zero padded).</summary>
+    private void PackB(int p0, int kc, int j0, int cols, int nr, T* packed)
+    {
+        if (!_transB)
+        {
+            for (int p = 0; p < kc; p++)
+            {
+                T* src = _b + (nint)(p0 + p) * _ldb + j0;
+                T* dst = packed + p * nr;
+                new ReadOnlySpan<T>(src, cols).CopyTo(new Span<T>(dst, cols));
+                if (cols < nr) new Span<T>(dst + cols, nr - cols).Clear();
+            }
+            return;
+        }
+        // op(B) = Bᵀ: B is n x k; column j of op(B) is row j of B.
+        if (cols < nr) new Span<T>(packed, kc * nr).Clear();
+        for (int c = 0; c < cols; c++)
+        {
+            T* src = _b + (nint)(j0 + c) * _ldb + p0;
+            for (int p = 0; p < kc; p++) packed[p * nr + c] = src[p];
+        }
+    }
+
+    /// <summary>C[MR x NR] (+)= Apanel · Bpanel over kc, in 2*MR vector accumulators; partial tiles go through a scratch tile.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MicroKernel<TSimd, TVector>(int kc, T* a, T* b, T* c, int ldc, int rows, int cols, bool add)
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        int w = TSimd.Count;
+        TVector c00 = TSimd.Zero, c01 = TSimd.Zero, c10 = TSimd.Zero, c11 = TSimd.Zero, c20 = TSimd.Zero, c21 = TSimd.Zero;
+        TVector c30 = TSimd.Zero, c31 = TSimd.Zero, c40 = TSimd.Zero, c41 = TSimd.Zero, c50 = TSimd.Zero, c51 = TSimd.Zero;
+        ref T bRef = ref Unsafe.AsRef<T>(b);
+        for (int p = 0; p < kc; p++)
+        {
+            TVector b0 = TSimd.Load(ref bRef, p * 2 * w), b1 = TSimd.Load(ref bRef, p * 2 * w + w);
+            T* ap = a + p * MR;
+            TVector av = TSimd.Broadcast(ap[0]);
+            c00 = TSimd.MultiplyAdd(av, b0, c00); c01 = TSimd.MultiplyAdd(av, b1, c01);
+            av = TSimd.Broadcast(ap[1]);
+            c10 = TSimd.MultiplyAdd(av, b0, c10); c11 = TSimd.MultiplyAdd(av, b1, c11);
+            av = TSimd.Broadcast(ap[2]);
+            c20 = TSimd.MultiplyAdd(av, b0, c20); c21 = TSimd.MultiplyAdd(av, b1, c21);
+            av = TSimd.Broadcast(ap[3]);
+            c30 = TSimd.MultiplyAdd(av, b0, c30); c31 = TSimd.MultiplyAdd(av, b1, c31);
+            av = TSimd.Broadcast(ap[4]);
+            c40 = TSimd.MultiplyAdd(av, b0, c40); c41 = TSimd.MultiplyAdd(av, b1, c41);
+            av = TSimd.Broadcast(ap[5]);
+            c50 = TSimd.MultiplyAdd(av, b0, c50); c51 = TSimd.MultiplyAdd(av, b1, c51);
+        }
+
+        if (rows == MR && cols == 2 * w)
+        {
+            StoreRow<TSimd, TVector>(c, c00, c01, add);
+            StoreRow<TSimd, TVector>(c + ldc, c10, c11, add);
+            StoreRow<TSimd, TVector>(c + 2 * ldc, c20, c21, add);
+            StoreRow<TSimd, TVector>(c + 3 * ldc, c30, c31, add);
+            StoreRow<TSimd, TVector>(c + 4 * ldc, c40, c41, add);
+            StoreRow<TSimd, TVector>(c + 5 * ldc, c50, c51, add);
+            return;
+        }
+        // An edge tile: spill the accumulators, then add the valid part.
+        T* tile = stackalloc T[MR * 2 * w];
+        ref T t = ref Unsafe.AsRef<T>(tile);
+        TSimd.Store(c00, ref t, 0); TSimd.Store(c01, ref t, w);
+        TSimd.Store(c10, ref t, 2 * w); TSimd.Store(c11, ref t, 3 * w);
+        TSimd.Store(c20, ref t, 4 * w); TSimd.Store(c21, ref t, 5 * w);
+        TSimd.Store(c30, ref t, 6 * w); TSimd.Store(c31, ref t, 7 * w);
+        TSimd.Store(c40, ref t, 8 * w); TSimd.Store(c41, ref t, 9 * w);
+        TSimd.Store(c50, ref t, 10 * w); TSimd.Store(c51, ref t, 11 * w);
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < cols; j++)
+                c[(nint)r * ldc + j] = add ? c[(nint)r * ldc + j] + tile[r * 2 * w + j] : tile[r * 2 * w + j];
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreRow<TSimd, TVector>(T* c, TVector v0, TVector v1, bool add)
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        ref T row = ref Unsafe.AsRef<T>(c);
+        if (add)
+        {
+            v0 = TSimd.Add(TSimd.Load(ref row, 0), v0);
+            v1 = TSimd.Add(TSimd.Load(ref row, TSimd.Count), v1);
+        }
+        TSimd.Store(v0, ref row, 0);
+        TSimd.Store(v1, ref row, TSimd.Count);
+    }
+
+    private static void Validate(bool transA, bool transB, int m, int n, int k, int aLength, int lda, int bLength, int ldb, int cLength, int ldc)
+    {
+        if (m < 0 || n < 0 || k < 0)
+            throw new ArgumentOutOfRangeException(nameof(m), $"Matrix sizes must be >= 0; got m={m}, n={n}, k={k}.");
+        (int aRows, int aCols) = transA ? (k, m) : (m, k);
+        (int bRows, int bCols) = transB ? (n, k) : (k, n);
+        Require("A", aRows, aCols, aLength, lda);
+        Require("B", bRows, bCols, bLength, ldb);
+        Require("C", m, n, cLength, ldc);
+    }
+
+    private static void Require(string name, int rows, int cols, int length, int ld)
+    {
+        if (rows == 0 || cols == 0) return;
+        if (ld < cols)
+            throw new ArgumentOutOfRangeException($"ld{name.ToLowerInvariant()}", $"{name} is {rows} x {cols}: its row stride must be at least {cols}; got {ld}.");
+        long needed = (long)(rows - 1) * ld + cols;
+        if (length < needed)
+            throw new ArgumentException($"{name} is {rows} x {cols} with row stride {ld}: it needs {needed} elements; got {length}.", name.ToLowerInvariant());
+    }
+
+    private static void Grow(ref T[] buffer, int length)
+    {
+        if (buffer.Length < length) buffer = GC.AllocateUninitializedArray<T>(length, pinned: true);
+    }
+}

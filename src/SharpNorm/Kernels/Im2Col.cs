@@ -1,0 +1,101 @@
+using System.Numerics;
+
+namespace SharpNorm.Kernels;
+
+/// <summary>The geometry of a 2-d convolution or pooling window over one (C, H, W) image.</summary>
+public readonly record struct WindowGeometry(
+    int Channels, int Height, int Width, int KernelHeight, int KernelWidth,
+    int StrideHeight, int StrideWidth, int PadHeight, int PadWidth, int DilationHeight, int DilationWidth,
+    int OutputHeight, int OutputWidth)
+{
+    public int InputPlane => Height * Width;
+    public int OutputPlane => OutputHeight * OutputWidth;
+
+    /// <summary>Rows of the column matrix: one per (channel, kernel row, kernel column).</summary>
+    public int ColumnRows => Channels * KernelHeight * KernelWidth;
+
+    /// <summary>A window with no padding, stride or dilation and a 1x1 kernel reads the image as it is.</summary>
+    public bool IsPointwise => KernelHeight == 1 && KernelWidth == 1 && StrideHeight == 1 && StrideWidth == 1 && PadHeight == 0 && PadWidth == 0;
+
+    /// <summary>PyTorch's output size: floor((in + 2*pad - dil*(k-1) - 1) / stride) + 1, or ceil with <paramref name="ceilMode"/>
+    /// (where the last window must start inside the input or the left padding).</summary>
+    public static int OutputSize(int input, int kernel, int stride, int pad, int dilation, bool ceilMode = false)
+    {
+        long span = (long)input + 2 * pad - (long)dilation * (kernel - 1) - 1;
+        if (span < 0) return 0;
+        long size = (ceilMode ? (span + stride - 1) / stride : span / stride) + 1;
+        if (ceilMode && (size - 1) * stride >= input + pad) size--;
+        return (int)size;
+    }
+}
+
+/// <summary>im2col and col2im: an image as the column matrix of its windows (row (c, ki, kj), column (oh, ow)), and back.</summary>
+internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
+{
+    /// <summary>columns[(c*kh + ki)*kw + kj, oh*OW + ow] = image[c, oh*sh - ph + ki*dh, ow*sw - pw + kj*dw], 0 outside.</summary>
+    public static void Gather(in WindowGeometry g, ReadOnlySpan<T> image, Span<T> columns)
+    {
+        int plane = g.OutputPlane;
+        for (int c = 0; c < g.Channels; c++)
+            for (int ki = 0; ki < g.KernelHeight; ki++)
+                for (int kj = 0; kj < g.KernelWidth; kj++)
+                {
+                    Span<T> row = columns.Slice(((c * g.KernelHeight + ki) * g.KernelWidth + kj) * plane, plane);
+                    ReadOnlySpan<T> channel = image.Slice(c * g.InputPlane, g.InputPlane);
+                    int dx = kj * g.DilationWidth - g.PadWidth;
+                    // Output columns whose input column ow*sw + dx lies inside [0, W).
+                    int owBegin = Math.Max(0, CeilDiv(-dx, g.StrideWidth));
+                    int owEnd = Math.Min(g.OutputWidth, FloorDiv(g.Width - 1 - dx, g.StrideWidth) + 1);
+                    for (int oh = 0; oh < g.OutputHeight; oh++)
+                    {
+                        Span<T> outRow = row.Slice(oh * g.OutputWidth, g.OutputWidth);
+                        int ih = oh * g.StrideHeight - g.PadHeight + ki * g.DilationHeight;
+                        if ((uint)ih >= (uint)g.Height || owBegin >= owEnd)
+                        {
+                            outRow.Clear();
+                            continue;
+                        }
+                        outRow[..owBegin].Clear();
+                        outRow[owEnd..].Clear();
+                        ReadOnlySpan<T> inRow = channel.Slice(ih * g.Width, g.Width);
+                        if (g.StrideWidth == 1)
+                            inRow.Slice(owBegin + dx, owEnd - owBegin).CopyTo(outRow[owBegin..owEnd]);
+                        else
+                            for (int ow = owBegin; ow < owEnd; ow++) outRow[ow] = inRow[ow * g.StrideWidth + dx];
+                    }
+                }
+    }
+
+    /// <summary>The adjoint of <see cref="Gather"/>: image = Σ over windows of the column values (image is overwritten).</summary>
+    public static void Scatter(in WindowGeometry g, ReadOnlySpan<T> columns, Span<T> image)
+    {
+        image[..(g.Channels * g.InputPlane)].Clear();
+        int plane = g.OutputPlane;
+        for (int c = 0; c < g.Channels; c++)
+            for (int ki = 0; ki < g.KernelHeight; ki++)
+                for (int kj = 0; kj < g.KernelWidth; kj++)
+                {
+                    ReadOnlySpan<T> row = columns.Slice(((c * g.KernelHeight + ki) * g.KernelWidth + kj) * plane, plane);
+                    Span<T> channel = image.Slice(c * g.InputPlane, g.InputPlane);
+                    int dx = kj * g.DilationWidth - g.PadWidth;
+                    int owBegin = Math.Max(0, CeilDiv(-dx, g.StrideWidth));
+                    int owEnd = Math.Min(g.OutputWidth, FloorDiv(g.Width - 1 - dx, g.StrideWidth) + 1);
+                    if (owBegin >= owEnd) continue;
+                    for (int oh = 0; oh < g.OutputHeight; oh++)
+                    {
+                        int ih = oh * g.StrideHeight - g.PadHeight + ki * g.DilationHeight;
+                        if ((uint)ih >= (uint)g.Height) continue;
+                        ReadOnlySpan<T> inRow = row.Slice(oh * g.OutputWidth, g.OutputWidth);
+                        Span<T> outRow = channel.Slice(ih * g.Width, g.Width);
+                        if (g.StrideWidth == 1)
+                            System.Numerics.Tensors.TensorPrimitives.Add(outRow.Slice(owBegin + dx, owEnd - owBegin), inRow[owBegin..owEnd],
+                                outRow.Slice(owBegin + dx, owEnd - owBegin));
+                        else
+                            for (int ow = owBegin; ow < owEnd; ow++) outRow[ow * g.StrideWidth + dx] += inRow[ow];
+                    }
+                }
+    }
+
+    private static int CeilDiv(int a, int b) => a >= 0 ? (a + b - 1) / b : -(-a / b);
+    private static int FloorDiv(int a, int b) => a >= 0 ? a / b : -((-a + b - 1) / b);
+}

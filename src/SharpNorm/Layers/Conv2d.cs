@@ -1,0 +1,302 @@
+using System.Numerics;
+using System.Numerics.Tensors;
+using SharpNorm.Kernels;
+using SharpNorm.Tensors;
+using SharpNorm.Threading;
+
+namespace SharpNorm.Layers;
+
+/// <summary>
+/// 2-d convolution, the twin of torch.nn.Conv2d: input (N, C, H, W), weight (O, C/groups, kh, kw), optional bias (O).
+/// Each image is turned into its column matrix (im2col) and multiplied by the weights with <see cref="Gemm{T}"/>.
+/// </summary>
+/// <remarks>
+/// With at least as many images as threads, each thread takes whole images (its own column buffer, a one-thread
+/// product); otherwise the images run one after the other and each product uses every thread. The weight gradient is
+/// summed per fixed part of the batch and the parts are added in order, so results are bit-identical either way and
+/// for any thread count.
+/// </remarks>
+public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloatingPointIeee754<T>
+{
+    /// <summary>Parts of the batch whose weight gradients are summed separately (then in order).</summary>
+    private const int GradientParts = 8;
+
+    private readonly ChunkRunner _runner = ChunkRunner.Shared;
+    private Worker[] _workers = [];
+    private T[] _partWeightGradient = [], _partBiasGradient = [];
+
+    // The running job.
+    private Job _job;
+    private WindowGeometry _window;
+    private int _batch, _parts;
+    private unsafe T* _x, _dy, _out;
+
+    private enum Job { Forward, Backward, Gradient }
+
+    /// <param name="inChannels">C, channels of the input.</param>
+    /// <param name="outChannels">O, channels of the output.</param>
+    /// <param name="kernelSize">Kernel height and width (one value for both, or two).</param>
+    /// <param name="stride">Step between windows (one value or height, width).</param>
+    /// <param name="padding">Zeros added on each side (one value or height, width).</param>
+    /// <param name="dilation">Spacing of the kernel taps (one value or height, width).</param>
+    /// <param name="groups">Channels are split into this many groups, each convolved with its own filters.</param>
+    /// <param name="bias">Whether the layer adds a learnable bias per output channel.</param>
+    /// <param name="random">Source of the initial weights (PyTorch's default: uniform in ±1/sqrt(fan_in)); a fixed seed when null.</param>
+    public Conv2d(int inChannels, int outChannels, int[] kernelSize, int[]? stride = null, int[]? padding = null, int[]? dilation = null,
+        int groups = 1, bool bias = true, Random? random = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(inChannels);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(outChannels);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(groups);
+        if (inChannels % groups != 0 || outChannels % groups != 0)
+            throw new ArgumentException($"inChannels and outChannels must be divisible by groups; got inChannels {inChannels}, outChannels {outChannels}, groups {groups}.", nameof(groups));
+        (KernelHeight, KernelWidth) = Pair(kernelSize, nameof(kernelSize), minimum: 1);
+        (StrideHeight, StrideWidth) = Pair(stride ?? [1], nameof(stride), minimum: 1);
+        (PadHeight, PadWidth) = Pair(padding ?? [0], nameof(padding), minimum: 0);
+        (DilationHeight, DilationWidth) = Pair(dilation ?? [1], nameof(dilation), minimum: 1);
+        InChannels = inChannels;
+        OutChannels = outChannels;
+        Groups = groups;
+        Weight = new Parameter<T>("weight", [outChannels, inChannels / groups, KernelHeight, KernelWidth], T.Zero);
+        if (bias) Bias = new Parameter<T>("bias", [outChannels], T.Zero);
+        ResetParameters(random ?? new Random(0));
+    }
+
+    /// <summary>A square kernel: <c>Conv2d(c, o, 3, stride: 1, padding: 1)</c>.</summary>
+    public Conv2d(int inChannels, int outChannels, int kernelSize, int stride = 1, int padding = 0, int dilation = 1, int groups = 1,
+        bool bias = true, Random? random = null)
+        : this(inChannels, outChannels, [kernelSize], [stride], [padding], [dilation], groups, bias, random)
+    {
+    }
+
+    public int InChannels { get; }
+    public int OutChannels { get; }
+    public int KernelHeight { get; }
+    public int KernelWidth { get; }
+    public int StrideHeight { get; }
+    public int StrideWidth { get; }
+    public int PadHeight { get; }
+    public int PadWidth { get; }
+    public int DilationHeight { get; }
+    public int DilationWidth { get; }
+    public int Groups { get; }
+    public Parameter<T> Weight { get; }
+    public Parameter<T>? Bias { get; }
+
+    /// <summary>Widest vector the products may use (tests lower it).</summary>
+    internal int MaxVectorBits { get; set; } = 512;
+
+    public override IEnumerable<Parameter<T>> Parameters => Bias is null ? [Weight] : [Weight, Bias];
+
+    protected override string Description => $"Conv2d({InChannels}, {OutChannels})";
+
+    /// <summary>Multiply-adds of one Forward on an input of this shape (for GFLOP/s figures).</summary>
+    public long MultiplyAdds(ReadOnlySpan<nint> inputShape)
+    {
+        nint[] output = OutputShape(inputShape);
+        return (long)output[0] * OutChannels * output[2] * output[3] * (InChannels / Groups) * KernelHeight * KernelWidth;
+    }
+
+    /// <summary>Draws weight and bias uniformly from ±1/sqrt(fan_in), PyTorch's default initialization.</summary>
+    public void ResetParameters(Random random)
+    {
+        ArgumentNullException.ThrowIfNull(random);
+        double bound = 1 / Math.Sqrt(InChannels / Groups * KernelHeight * KernelWidth);
+        foreach (Parameter<T> p in Parameters)
+        {
+            Span<T> values = TensorData.Flat(p.Value);
+            for (int i = 0; i < values.Length; i++) values[i] = T.CreateTruncating((2 * random.NextDouble() - 1) * bound);
+        }
+    }
+
+    public override nint[] OutputShape(ReadOnlySpan<nint> inputShape)
+    {
+        WindowGeometry g = Window(inputShape);
+        return [inputShape[0], OutChannels, g.OutputHeight, g.OutputWidth];
+    }
+
+    private WindowGeometry Window(ReadOnlySpan<nint> shape)
+    {
+        if (shape.Length != 4 || shape[1] != InChannels)
+            throw new ArgumentException(
+                $"Conv2d({InChannels}, {OutChannels}) expects input (N, {InChannels}, H, W); got shape {TensorData.Format(shape)}.", "x");
+        int height = checked((int)shape[2]), width = checked((int)shape[3]);
+        int outHeight = WindowGeometry.OutputSize(height, KernelHeight, StrideHeight, PadHeight, DilationHeight);
+        int outWidth = WindowGeometry.OutputSize(width, KernelWidth, StrideWidth, PadWidth, DilationWidth);
+        if (outHeight <= 0 || outWidth <= 0 || shape[0] <= 0)
+            throw new ArgumentException(
+                $"Conv2d: input {TensorData.Format(shape)} is too small for kernel ({KernelHeight}, {KernelWidth}) with padding ({PadHeight}, {PadWidth}) and dilation ({DilationHeight}, {DilationWidth}).", "x");
+        return new WindowGeometry(InChannels / Groups, height, width, KernelHeight, KernelWidth, StrideHeight, StrideWidth,
+            PadHeight, PadWidth, DilationHeight, DilationWidth, outHeight, outWidth);
+    }
+
+    protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y) =>
+        Run(Job.Forward, Window(shape), x, default, y);
+
+    protected override void BackwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx) =>
+        Run(Job.Backward, Window(shape), default, dy, dx);
+
+    protected override void GradientCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy)
+    {
+        WindowGeometry g = Window(shape);
+        int weights = (int)Weight.Value.FlattenedLength;
+        _parts = Math.Min(GradientParts, (int)shape[0]);
+        Grow(ref _partWeightGradient, _parts * weights);
+        Grow(ref _partBiasGradient, _parts * OutChannels);
+        Run(Job.Gradient, g, x, dy, default);
+
+        // The parts' sums, added in part order.
+        Span<T> weightGradient = TensorData.Flat(Weight.Gradient);
+        for (int part = 0; part < _parts; part++)
+            TensorPrimitives.Add(weightGradient, _partWeightGradient.AsSpan(part * weights, weights), weightGradient);
+        if (Bias is not null)
+        {
+            Span<T> biasGradient = TensorData.Flat(Bias.Gradient);
+            for (int part = 0; part < _parts; part++)
+                TensorPrimitives.Add(biasGradient, _partBiasGradient.AsSpan(part * OutChannels, OutChannels), biasGradient);
+        }
+    }
+
+    private unsafe void Run(Job job, in WindowGeometry g, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> output)
+    {
+        int batch = (job == Job.Forward ? x.Length : job == Job.Backward ? output.Length : x.Length) / (InChannels * g.InputPlane);
+        int threads = Threads;
+        bool imageParallel = batch >= threads;
+        int workers = imageParallel ? threads : 1;
+        EnsureWorkers(workers, g);
+        foreach (Worker w in _workers)
+        {
+            w.Gemm.MaxVectorBits = MaxVectorBits;
+            w.Gemm.MaxDegreeOfParallelism = imageParallel ? 1 : MaxDegreeOfParallelism;
+        }
+        fixed (T* px = x)
+        fixed (T* pdy = dy)
+        fixed (T* pout = output)
+        {
+            (_job, _window, _batch) = (job, g, batch);
+            _x = px;
+            _dy = pdy;
+            _out = pout;
+            // Chunks: images for Forward/Backward, batch parts for Gradient.
+            int chunks = job == Job.Gradient ? _parts : batch;
+            if (imageParallel) _runner.Run(this, chunks, threads);
+            else
+                for (int chunk = 0; chunk < chunks; chunk++) ExecuteChunk(chunk, 0);
+            _x = _dy = _out = null;
+        }
+    }
+
+    void IChunkJob.Execute(int chunk, int worker) => ExecuteChunk(chunk, worker);
+
+    /// <summary>One image (Forward, Backward) or one part of the batch (Gradient).</summary>
+    private unsafe void ExecuteChunk(int chunk, int worker)
+    {
+        WindowGeometry g = _window;
+        Worker w = _workers[worker];
+        int groupIn = g.Channels, groupOut = OutChannels / Groups, plane = g.OutputPlane, columnRows = g.ColumnRows;
+        int imageIn = InChannels * g.InputPlane, imageOut = OutChannels * plane;
+        ReadOnlySpan<T> weights = TensorData.Flat(Weight.Value);
+        int groupWeights = groupOut * columnRows;
+        Span<T> columns = g.IsPointwise ? default : w.Columns.AsSpan(0, columnRows * plane);
+
+        if (_job == Job.Gradient)
+        {
+            int weightCount = (int)Weight.Value.FlattenedLength;
+            Span<T> dWeight = _partWeightGradient.AsSpan(chunk * weightCount, weightCount);
+            Span<T> dBias = _partBiasGradient.AsSpan(chunk * OutChannels, OutChannels);
+            dWeight.Clear();
+            dBias.Clear();
+            int first = (int)((long)_batch * chunk / _parts), end = (int)((long)_batch * (chunk + 1) / _parts);
+            for (int n = first; n < end; n++)
+            {
+                var x = new ReadOnlySpan<T>(_x + (nint)n * imageIn, imageIn);
+                var dy = new ReadOnlySpan<T>(_dy + (nint)n * imageOut, imageOut);
+                for (int group = 0; group < Groups; group++)
+                {
+                    ReadOnlySpan<T> dyGroup = dy.Slice(group * groupOut * plane, groupOut * plane);
+                    ReadOnlySpan<T> cols = ColumnsOf(g, x.Slice(group * groupIn * g.InputPlane, groupIn * g.InputPlane), columns);
+                    // dW_g (Og x K) += dy_g (Og x P) · colsᵀ (P x K)
+                    w.Gemm.Multiply(false, true, groupOut, columnRows, plane, dyGroup, plane, cols, plane,
+                        dWeight.Slice(group * groupWeights, groupWeights), columnRows, accumulate: true);
+                }
+                if (Bias is not null)
+                    for (int o = 0; o < OutChannels; o++) dBias[o] += TensorPrimitives.Sum(dy.Slice(o * plane, plane));
+            }
+            return;
+        }
+
+        int image = chunk;
+        if (_job == Job.Forward)
+        {
+            var x = new ReadOnlySpan<T>(_x + (nint)image * imageIn, imageIn);
+            var y = new Span<T>(_out + (nint)image * imageOut, imageOut);
+            for (int group = 0; group < Groups; group++)
+            {
+                ReadOnlySpan<T> cols = ColumnsOf(g, x.Slice(group * groupIn * g.InputPlane, groupIn * g.InputPlane), columns);
+                // y_g (Og x P) = W_g (Og x K) · cols (K x P)
+                w.Gemm.Multiply(false, false, groupOut, plane, columnRows, weights.Slice(group * groupWeights, groupWeights), columnRows,
+                    cols, plane, y.Slice(group * groupOut * plane, groupOut * plane), plane, accumulate: false);
+            }
+            if (Bias is not null)
+            {
+                ReadOnlySpan<T> bias = TensorData.Flat(Bias.Value);
+                for (int o = 0; o < OutChannels; o++) TensorPrimitives.Add(y.Slice(o * plane, plane), bias[o], y.Slice(o * plane, plane));
+            }
+            return;
+        }
+
+        {
+            var dy = new ReadOnlySpan<T>(_dy + (nint)image * imageOut, imageOut);
+            var dx = new Span<T>(_out + (nint)image * imageIn, imageIn);
+            for (int group = 0; group < Groups; group++)
+            {
+                Span<T> dxGroup = dx.Slice(group * groupIn * g.InputPlane, groupIn * g.InputPlane);
+                // dcols (K x P) = W_gᵀ (K x Og) · dy_g (Og x P), then scattered back onto the image.
+                Span<T> target = g.IsPointwise ? dxGroup : columns;
+                w.Gemm.Multiply(true, false, columnRows, plane, groupOut, weights.Slice(group * groupWeights, groupWeights), columnRows,
+                    dy.Slice(group * groupOut * plane, groupOut * plane), plane, target, plane, accumulate: false);
+                if (!g.IsPointwise) Im2Col<T>.Scatter(g, columns, dxGroup);
+            }
+        }
+    }
+
+    /// <summary>The column matrix of one group's channels: the image itself for a pointwise window.</summary>
+    private static ReadOnlySpan<T> ColumnsOf(in WindowGeometry g, ReadOnlySpan<T> image, Span<T> columns)
+    {
+        if (g.IsPointwise) return image;
+        Im2Col<T>.Gather(g, image, columns);
+        return columns;
+    }
+
+    private void EnsureWorkers(int count, in WindowGeometry g)
+    {
+        if (_workers.Length < count)
+        {
+            var workers = new Worker[count];
+            _workers.CopyTo(workers, 0);
+            for (int i = _workers.Length; i < count; i++) workers[i] = new Worker();
+            _workers = workers;
+        }
+        int needed = g.IsPointwise ? 0 : g.ColumnRows * g.OutputPlane;
+        foreach (Worker w in _workers) Grow(ref w.Columns, needed);
+    }
+
+    private static (int, int) Pair(int[] values, string name, int minimum)
+    {
+        ArgumentNullException.ThrowIfNull(values, name);
+        if (values.Length is not (1 or 2) || values.Any(v => v < minimum))
+            throw new ArgumentException($"{name} must be one or two integers >= {minimum}; got ({string.Join(", ", values)}).", name);
+        return values.Length == 1 ? (values[0], values[0]) : (values[0], values[1]);
+    }
+
+    private static void Grow(ref T[] buffer, int length)
+    {
+        if (buffer.Length < length) buffer = new T[length];
+    }
+
+    private sealed class Worker
+    {
+        public readonly Gemm<T> Gemm = new();
+        public T[] Columns = [];
+    }
+}
