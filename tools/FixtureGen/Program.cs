@@ -6,8 +6,11 @@
 // It also writes fixtures for the stateless layers GroupNorm, LayerNorm and RMSNorm (functional
 // group_norm / layer_norm, and rms_norm transcribed from primitives: TorchSharp 0.107 has no rms_norm).
 //
-// Usage: FixtureGen OUTPUT_DIR   (see run.sh; writes batchnorm.json, instancenorm.json,
-//        groupnorm.json, layernorm.json and rmsnorm.json)
+// And fixtures for Conv2d, MaxPool2d and AvgPool2d (functional conv2d / max_pool2d / avg_pool2d).
+//
+// Usage: FixtureGen OUTPUT_DIR [--only STEM[,STEM...]]   (see run.sh; writes batchnorm.json,
+//        instancenorm.json, groupnorm.json, layernorm.json, rmsnorm.json, conv2d.json,
+//        maxpool2d.json and avgpool2d.json, or only the named ones, e.g. --only conv2d,maxpool2d)
 
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -29,15 +32,29 @@ internal static class Program
         Layer Layer, long[] Shape, ScalarType DType, bool Affine, bool Track, double? Momentum,
         double Eps, bool[] Steps, bool Nonfinite);
 
+    // File stems in the order they are generated.
+    private static readonly string[] AllFiles =
+        { "batchnorm", "instancenorm", "groupnorm", "layernorm", "rmsnorm", "conv2d", "maxpool2d", "avgpool2d" };
+
     private static int Main(string[] args)
     {
-        if (args.Length != 1)
+        // FixtureGen OUTPUT_DIR [--only STEM[,STEM...]]   (STEM: a file name without .json)
+        HashSet<string>? only = null;
+        if (args.Length == 3 && args[1] == "--only")
+            only = new HashSet<string>(args[2].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+        if (!(args.Length == 1 || only is not null) || (only is not null && (only.Count == 0 || only.Except(AllFiles).Any())))
         {
-            Console.Error.WriteLine("usage: FixtureGen OUTPUT_DIR");
+            Console.Error.WriteLine("usage: FixtureGen OUTPUT_DIR [--only STEM[,STEM...]]");
+            Console.Error.WriteLine("       STEM: one of " + string.Join(", ", AllFiles));
             return 2;
         }
         string outDir = args[0];
         Directory.CreateDirectory(outDir);
+        // Path to write, or null for a file that is not selected. Every file has a seed of its own
+        // except instancenorm, which continues batchnorm's draws: batchnorm is then still generated
+        // (into Stream.Null) so that a selected instancenorm.json comes out the same.
+        string? Target(string stem) => only is null || only.Contains(stem) ? Path.Combine(outDir, stem + ".json") : null;
+        bool Selected(string stem) => Target(stem) is not null;
 
         torch.set_num_threads(1);   // keep reductions in a fixed order: reproducible output
         torch.manual_seed(1234);
@@ -45,19 +62,56 @@ internal static class Program
         var bnShapes = new[] { new long[] { 6, 3 }, new long[] { 4, 3, 5 }, new long[] { 2, 3, 4, 5 }, new long[] { 2, 2, 3, 2, 3 } };
         var inShapes = new[] { new long[] { 3, 4, 7 }, new long[] { 2, 3, 4, 5 }, new long[] { 2, 2, 3, 2, 3 } };
 
-        WriteLayer(Path.Combine(outDir, "batchnorm.json"), Layer.BatchNorm, BuildCases(Layer.BatchNorm, bnShapes));
-        WriteLayer(Path.Combine(outDir, "instancenorm.json"), Layer.InstanceNorm, BuildCases(Layer.InstanceNorm, inShapes));
+        if (Selected("batchnorm") || Selected("instancenorm"))
+            WriteLayer(Target("batchnorm"), Layer.BatchNorm, BuildCases(Layer.BatchNorm, bnShapes));
+        if (Selected("instancenorm"))
+            WriteLayer(Target("instancenorm"), Layer.InstanceNorm, BuildCases(Layer.InstanceNorm, inShapes));
 
         // Stateless layers: each file from its own seed, so that none depends on another's draws
         // (and the two files above stay exactly as they were before these were added).
-        torch.manual_seed(2001);
-        WriteFile(Path.Combine(outDir, "groupnorm.json"), "GroupNorm", BuildGroupNormCases().Select(c => (Action<Utf8JsonWriter>)(w => RunGroupNormCase(w, c))));
-        torch.manual_seed(2002);
-        WriteFile(Path.Combine(outDir, "layernorm.json"), "LayerNorm", BuildLayerNormCases().Select(c => (Action<Utf8JsonWriter>)(w => RunLayerNormCase(w, c))));
-        torch.manual_seed(2003);
-        WriteFile(Path.Combine(outDir, "rmsnorm.json"), "RMSNorm", BuildRmsNormCases().Select(c => (Action<Utf8JsonWriter>)(w => RunRmsNormCase(w, c))));
+        if (Selected("groupnorm"))
+        {
+            torch.manual_seed(2001);
+            WriteFile(Target("groupnorm"), "GroupNorm", BuildGroupNormCases().Select(c => (Action<Utf8JsonWriter>)(w => RunGroupNormCase(w, c))));
+        }
+        if (Selected("layernorm"))
+        {
+            torch.manual_seed(2002);
+            WriteFile(Target("layernorm"), "LayerNorm", BuildLayerNormCases().Select(c => (Action<Utf8JsonWriter>)(w => RunLayerNormCase(w, c))));
+        }
+        if (Selected("rmsnorm"))
+        {
+            torch.manual_seed(2003);
+            WriteFile(Target("rmsnorm"), "RMSNorm", BuildRmsNormCases().Select(c => (Action<Utf8JsonWriter>)(w => RunRmsNormCase(w, c))));
+        }
+        // Convolution and pooling: a seed of their own each as well.
+        if (Selected("conv2d"))
+        {
+            // oneDNN's (mkldnn's) float32 convolution backward_data gives wrong dx on this machine for some
+            // shapes (jit:avx512_core / jit:avx2; e.g. 5x5, 3x2 and 1x3 kernels), so the reference is taken
+            // with mkldnn off (as torch.backends.mkldnn.flags(enabled=False) does): libtorch's own
+            // slow_conv2d (im2col + GEMM). RunConv2dCase also checks every float32 case against float64.
+            bool mkldnn = Mkldnn.Enabled;
+            Mkldnn.Enabled = false;
+            torch.manual_seed(2004);
+            WriteFile(Target("conv2d"), "Conv2d", BuildConv2dCases().Select(c => (Action<Utf8JsonWriter>)(w => RunConv2dCase(w, c))));
+            Mkldnn.Enabled = mkldnn;
+        }
+        if (Selected("maxpool2d"))
+        {
+            torch.manual_seed(2005);
+            WriteFile(Target("maxpool2d"), "MaxPool2d", BuildMaxPool2dCases().Select(c => (Action<Utf8JsonWriter>)(w => RunPool2dCase(w, c))));
+        }
+        if (Selected("avgpool2d"))
+        {
+            torch.manual_seed(2006);
+            WriteFile(Target("avgpool2d"), "AvgPool2d", BuildAvgPool2dCases().Select(c => (Action<Utf8JsonWriter>)(w => RunPool2dCase(w, c))));
+        }
         return 0;
     }
+
+    // null path: generate (consuming the same random draws) but discard the output
+    private static Stream OpenOutput(string? path) => path is null ? Stream.Null : File.Create(path);
 
     private static List<CaseSpec> BuildCases(Layer layer, long[][] shapes)
     {
@@ -102,9 +156,9 @@ internal static class Program
         _ => FormatDouble(eps),
     };
 
-    private static void WriteLayer(string path, Layer layer, List<CaseSpec> cases)
+    private static void WriteLayer(string? path, Layer layer, List<CaseSpec> cases)
     {
-        using var stream = File.Create(path);
+        using var stream = OpenOutput(path);
         using var w = new Utf8JsonWriter(stream, new JsonWriterOptions
         {
             Indented = true,
@@ -319,9 +373,9 @@ internal static class Program
 
     private static string ShapeName(long[] shape) => string.Join("x", shape);
 
-    private static void WriteFile(string path, string layer, IEnumerable<Action<Utf8JsonWriter>> cases)
+    private static void WriteFile(string? path, string layer, IEnumerable<Action<Utf8JsonWriter>> cases)
     {
-        using var stream = File.Create(path);
+        using var stream = OpenOutput(path);
         using var w = new Utf8JsonWriter(stream, new JsonWriterOptions
         {
             Indented = true,
@@ -480,6 +534,217 @@ internal static class Program
             x => RmsNormForward(x, c.NormalizedShape, weight, epsUsed),
             new[] { ("dweight", weight) });
         w.WriteEndObject();
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Conv2d, MaxPool2d, AvgPool2d: one forward/backward per case (stateless; no steps array).
+    // x ~ N(0,1), dy ~ N(0,1); conv weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's
+    // default Conv2d init bounds), fan_in = C/groups * kh * kw. All drawn in float64, then cast.
+    // ---------------------------------------------------------------------------------------------
+
+    private sealed record Conv2dSpec(long[] XShape, long OutChannels, long[] Kernel, long[] Stride, long[] Padding,
+        long[] Dilation, long Groups, bool Bias, ScalarType DType);
+
+    private sealed record Pool2dSpec(bool Max, long[] XShape, long[] Kernel, long[] Stride, long[] Padding,
+        bool CeilMode, bool CountIncludePad, ScalarType DType, bool Ties);
+
+    private static string Pair(long[] p) => $"{p[0]}x{p[1]}";
+
+    private static List<Conv2dSpec> BuildConv2dCases()
+    {
+        // (x shape N,C,H,W; out channels; kernel; stride; padding; dilation; groups; bias)
+        var configs = new (long[] X, long O, long[] K, long[] S, long[] P, long[] D, long G, bool B)[]
+        {
+            (new long[] { 2, 3, 5, 5 }, 4, new long[] { 1, 1 }, new long[] { 1, 1 }, new long[] { 0, 0 }, new long[] { 1, 1 }, 1, true),
+            (new long[] { 2, 6, 7, 7 }, 3, new long[] { 1, 1 }, new long[] { 2, 2 }, new long[] { 0, 0 }, new long[] { 1, 1 }, 1, false),
+            (new long[] { 1, 3, 7, 9 }, 6, new long[] { 3, 3 }, new long[] { 1, 1 }, new long[] { 1, 1 }, new long[] { 1, 1 }, 1, true),
+            (new long[] { 2, 3, 8, 8 }, 5, new long[] { 3, 3 }, new long[] { 2, 2 }, new long[] { 0, 0 }, new long[] { 1, 1 }, 1, false),
+            (new long[] { 2, 4, 7, 9 }, 6, new long[] { 3, 3 }, new long[] { 2, 1 }, new long[] { 1, 0 }, new long[] { 1, 1 }, 2, true),
+            (new long[] { 2, 8, 6, 6 }, 8, new long[] { 3, 3 }, new long[] { 1, 1 }, new long[] { 1, 1 }, new long[] { 1, 1 }, 8, false),  // depthwise
+            (new long[] { 1, 4, 7, 7 }, 8, new long[] { 3, 3 }, new long[] { 2, 2 }, new long[] { 1, 1 }, new long[] { 1, 1 }, 4, true),   // depthwise, multiplier 2
+            (new long[] { 1, 2, 13, 11 }, 3, new long[] { 5, 5 }, new long[] { 2, 2 }, new long[] { 2, 2 }, new long[] { 1, 1 }, 1, true),
+            (new long[] { 3, 3, 9, 7 }, 2, new long[] { 5, 5 }, new long[] { 1, 1 }, new long[] { 2, 2 }, new long[] { 1, 1 }, 1, false),
+            (new long[] { 3, 2, 7, 7 }, 4, new long[] { 3, 2 }, new long[] { 1, 1 }, new long[] { 1, 0 }, new long[] { 1, 1 }, 1, false),
+            (new long[] { 2, 3, 5, 9 }, 4, new long[] { 1, 3 }, new long[] { 1, 1 }, new long[] { 0, 1 }, new long[] { 1, 1 }, 1, true),
+            (new long[] { 1, 4, 9, 9 }, 4, new long[] { 3, 3 }, new long[] { 1, 1 }, new long[] { 2, 2 }, new long[] { 2, 2 }, 1, true),
+            (new long[] { 2, 4, 11, 11 }, 6, new long[] { 3, 3 }, new long[] { 2, 2 }, new long[] { 1, 1 }, new long[] { 2, 2 }, 2, false),
+        };
+        var cases = new List<Conv2dSpec>();
+        foreach (var c in configs)
+            foreach (var dtype in DTypes)
+                cases.Add(new Conv2dSpec(c.X, c.O, c.K, c.S, c.P, c.D, c.G, c.B, dtype));
+        return cases;
+    }
+
+    // torch.nn.Conv2d.forward (padding_mode='zeros'): F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    private static void RunConv2dCase(Utf8JsonWriter w, Conv2dSpec c)
+    {
+        long inChannels = c.XShape[1];
+        var wShape = new[] { c.OutChannels, inChannels / c.Groups, c.Kernel[0], c.Kernel[1] };
+        double bound = 1.0 / Math.Sqrt(wShape[1] * wShape[2] * wShape[3]);
+        var weight = ((torch.rand(wShape, ScalarType.Float64) * 2.0 - 1.0) * bound).to_type(c.DType).detach().requires_grad_(true);
+        Tensor? bias = c.Bias
+            ? ((torch.rand(new[] { c.OutChannels }, ScalarType.Float64) * 2.0 - 1.0) * bound).to_type(c.DType).detach().requires_grad_(true)
+            : null;
+        var x = torch.randn(c.XShape, ScalarType.Float64).to_type(c.DType).detach().requires_grad_(true);
+
+        var y = torch.nn.functional.conv2d(x, weight, bias, c.Stride, c.Padding, c.Dilation, c.Groups);
+        var dy = torch.randn(y.shape, ScalarType.Float64).to_type(c.DType).detach();
+        var inputs = bias is null ? new List<Tensor> { x, weight } : new List<Tensor> { x, weight, bias };
+        var grads = torch.autograd.grad(new List<Tensor> { y }, inputs, new List<Tensor> { dy });
+        CheckAgainstFloat64("Conv2d", inputs, dy, new[] { y }.Concat(grads).ToArray(),
+            t => torch.nn.functional.conv2d(t[0], t[1], t.Length > 2 ? t[2] : null, c.Stride, c.Padding, c.Dilation, c.Groups));
+
+        w.WriteStartObject();
+        w.WriteString("name", $"Conv2d/x={ShapeName(c.XShape)}/w={ShapeName(wShape)}/stride={Pair(c.Stride)}/pad={Pair(c.Padding)}/"
+            + $"dil={Pair(c.Dilation)}/groups={c.Groups}/{(c.Bias ? "bias" : "nobias")}/{DTypeName(c.DType)}");
+        w.WriteString("dtype", DTypeName(c.DType));
+        w.WriteNumber("inChannels", inChannels);
+        w.WriteNumber("outChannels", c.OutChannels);
+        WriteShape(w, "kernelSize", c.Kernel);
+        WriteShape(w, "stride", c.Stride);
+        WriteShape(w, "padding", c.Padding);
+        WriteShape(w, "dilation", c.Dilation);
+        w.WriteNumber("groups", c.Groups);
+        w.WriteBoolean("bias", c.Bias);
+        WriteTensor(w, "weight", weight);
+        WriteTensor(w, "biasValue", bias);
+        WriteTensor(w, "x", x);
+        WriteTensor(w, "dy", dy);
+        WriteTensor(w, "y", y);
+        WriteTensor(w, "dx", grads[0]);
+        WriteTensor(w, "dweight", grads[1]);
+        WriteTensor(w, "dbias", bias is null ? null : grads[2]);
+        w.WriteEndObject();
+    }
+
+    private static List<Pool2dSpec> BuildMaxPool2dCases()
+    {
+        // (x shape; kernel; stride; padding; ceil_mode)
+        var configs = new (long[] X, long[] K, long[] S, long[] P, bool Ceil)[]
+        {
+            (new long[] { 2, 3, 8, 8 }, new long[] { 2, 2 }, new long[] { 2, 2 }, new long[] { 0, 0 }, false),
+            (new long[] { 1, 3, 7, 7 }, new long[] { 2, 2 }, new long[] { 2, 2 }, new long[] { 0, 0 }, true),    // partial last window
+            (new long[] { 2, 2, 7, 9 }, new long[] { 2, 2 }, new long[] { 1, 1 }, new long[] { 0, 0 }, false),   // yolov3-tiny size=2 stride=1
+            (new long[] { 2, 2, 9, 9 }, new long[] { 3, 3 }, new long[] { 2, 2 }, new long[] { 1, 1 }, false),   // ResNet stem pool
+            (new long[] { 1, 2, 8, 8 }, new long[] { 3, 3 }, new long[] { 2, 2 }, new long[] { 1, 1 }, true),
+            (new long[] { 2, 2, 8, 7 }, new long[] { 3, 3 }, new long[] { 2, 2 }, new long[] { 0, 0 }, true),    // stride != kernel, ceil
+            (new long[] { 1, 3, 6, 7 }, new long[] { 5, 5 }, new long[] { 1, 1 }, new long[] { 2, 2 }, false),   // SPP-like, same size
+            (new long[] { 2, 2, 7, 6 }, new long[] { 3, 2 }, new long[] { 2, 1 }, new long[] { 1, 0 }, true),    // non-square
+        };
+        var cases = new List<Pool2dSpec>();
+        foreach (var c in configs)
+            foreach (var dtype in DTypes)
+                cases.Add(new Pool2dSpec(true, c.X, c.K, c.S, c.P, c.Ceil, false, dtype, false));
+        // duplicated maxima inside windows: x rounded to 1 decimal in [0, 1]; PyTorch's gradient goes to the first maximum
+        cases.Add(new Pool2dSpec(true, new long[] { 2, 2, 6, 6 }, new long[] { 2, 2 }, new long[] { 2, 2 }, new long[] { 0, 0 }, false, false, ScalarType.Float32, true));
+        cases.Add(new Pool2dSpec(true, new long[] { 1, 2, 7, 7 }, new long[] { 3, 3 }, new long[] { 2, 2 }, new long[] { 1, 1 }, true, false, ScalarType.Float32, true));
+        cases.Add(new Pool2dSpec(true, new long[] { 1, 2, 6, 7 }, new long[] { 2, 2 }, new long[] { 1, 1 }, new long[] { 0, 0 }, false, false, ScalarType.Float64, true));
+        return cases;
+    }
+
+    private static List<Pool2dSpec> BuildAvgPool2dCases()
+    {
+        // (x shape; kernel; stride; padding; ceil_mode; count_include_pad)
+        var configs = new (long[] X, long[] K, long[] S, long[] P, bool Ceil, bool Include)[]
+        {
+            (new long[] { 2, 3, 8, 8 }, new long[] { 2, 2 }, new long[] { 2, 2 }, new long[] { 0, 0 }, false, true),
+            (new long[] { 1, 3, 7, 7 }, new long[] { 2, 2 }, new long[] { 2, 2 }, new long[] { 0, 0 }, true, true),     // partial last window (clipped at the input)
+            (new long[] { 2, 2, 7, 9 }, new long[] { 3, 3 }, new long[] { 1, 1 }, new long[] { 1, 1 }, false, true),
+            (new long[] { 2, 2, 7, 9 }, new long[] { 3, 3 }, new long[] { 1, 1 }, new long[] { 1, 1 }, false, false),
+            (new long[] { 1, 2, 6, 6 }, new long[] { 3, 3 }, new long[] { 2, 2 }, new long[] { 1, 1 }, true, true),     // last window runs past the padding
+            (new long[] { 1, 2, 6, 6 }, new long[] { 3, 3 }, new long[] { 2, 2 }, new long[] { 1, 1 }, true, false),
+            (new long[] { 2, 2, 8, 7 }, new long[] { 3, 2 }, new long[] { 2, 1 }, new long[] { 1, 1 }, true, true),     // non-square, past the padding
+            (new long[] { 1, 3, 5, 7 }, new long[] { 5, 5 }, new long[] { 1, 1 }, new long[] { 2, 2 }, false, false),
+            (new long[] { 2, 2, 9, 8 }, new long[] { 3, 3 }, new long[] { 2, 2 }, new long[] { 0, 0 }, true, true),     // stride != kernel, ceil
+        };
+        var cases = new List<Pool2dSpec>();
+        foreach (var c in configs)
+            foreach (var dtype in DTypes)
+                cases.Add(new Pool2dSpec(false, c.X, c.K, c.S, c.P, c.Ceil, c.Include, dtype, false));
+        return cases;
+    }
+
+    // torch.nn.MaxPool2d.forward: F.max_pool2d(input, kernel_size, stride, padding, dilation=1, ceil_mode);
+    // torch.nn.AvgPool2d.forward: F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override=None)
+    private static void RunPool2dCase(Utf8JsonWriter w, Pool2dSpec c)
+    {
+        var x64 = c.Ties
+            ? torch.round(torch.rand(c.XShape, ScalarType.Float64) * 10.0) / 10.0
+            : torch.randn(c.XShape, ScalarType.Float64);
+        var x = x64.to_type(c.DType).detach().requires_grad_(true);
+        var y = c.Max
+            ? torch.nn.functional.max_pool2d(x, c.Kernel, c.Stride, c.Padding, new long[] { 1, 1 }, c.CeilMode)
+            : torch.nn.functional.avg_pool2d(x, c.Kernel, c.Stride, c.Padding, c.CeilMode, c.CountIncludePad);
+        var dy = torch.randn(y.shape, ScalarType.Float64).to_type(c.DType).detach();
+        var grads = torch.autograd.grad(new List<Tensor> { y }, new List<Tensor> { x }, new List<Tensor> { dy });
+        CheckAgainstFloat64(c.Max ? "MaxPool2d" : "AvgPool2d", new List<Tensor> { x }, dy, new[] { y, grads[0] },
+            t => c.Max
+                ? torch.nn.functional.max_pool2d(t[0], c.Kernel, c.Stride, c.Padding, new long[] { 1, 1 }, c.CeilMode)
+                : torch.nn.functional.avg_pool2d(t[0], c.Kernel, c.Stride, c.Padding, c.CeilMode, c.CountIncludePad));
+
+        string layer = c.Max ? "MaxPool2d" : "AvgPool2d";
+        w.WriteStartObject();
+        w.WriteString("name", $"{layer}/x={ShapeName(c.XShape)}/k={Pair(c.Kernel)}/stride={Pair(c.Stride)}/pad={Pair(c.Padding)}/"
+            + (c.CeilMode ? "ceil" : "floor")
+            + (c.Max ? "" : c.CountIncludePad ? "/includepad" : "/excludepad")
+            + (c.Ties ? "/ties" : "")
+            + $"/{DTypeName(c.DType)}");
+        w.WriteString("dtype", DTypeName(c.DType));
+        WriteShape(w, "kernelSize", c.Kernel);
+        WriteShape(w, "stride", c.Stride);
+        WriteShape(w, "padding", c.Padding);
+        w.WriteBoolean("ceilMode", c.CeilMode);
+        if (!c.Max) w.WriteBoolean("countIncludePad", c.CountIncludePad);
+        WriteTensor(w, "x", x);
+        WriteTensor(w, "dy", dy);
+        WriteTensor(w, "y", y);
+        WriteTensor(w, "dx", grads[0]);
+        w.WriteEndObject();
+    }
+
+    // Guard against a wrong backend kernel: recomputes a float32 case (forward and autograd) in float64
+    // from the same float32 inputs and dy, and fails if any result [y, grads...] is off by more than
+    // 1e-4 * (1 + max |reference|). float64 cases pass through.
+    private static void CheckAgainstFloat64(string layer, List<Tensor> inputs, Tensor dy, Tensor[] results, Func<Tensor[], Tensor> forward)
+    {
+        if (dy.dtype != ScalarType.Float32) return;
+        var inputs64 = inputs.Select(t => t.detach().to_type(ScalarType.Float64).requires_grad_(true)).ToArray();
+        var y64 = forward(inputs64);
+        var grads64 = torch.autograd.grad(new List<Tensor> { y64 }, inputs64.ToList(), new List<Tensor> { dy.to_type(ScalarType.Float64) });
+        var refs = new[] { y64 }.Concat(grads64).ToArray();
+        for (int i = 0; i < refs.Length; i++)
+        {
+            double err = (results[i].detach().to_type(ScalarType.Float64) - refs[i]).abs().max().item<double>();
+            double tol = 1e-4 * (1.0 + refs[i].abs().max().item<double>());
+            if (!(err <= tol))
+                throw new InvalidOperationException($"{layer}: float32 result {i} (0 = y, then gradients) is off from float64 by {err} (tolerance {tol})");
+        }
+    }
+
+    // torch.backends.mkldnn.enabled, which TorchSharp 0.107 does not expose: at::globalContext().userEnabledMkldnn()
+    // and setUserEnabledMkldnn(bool), called through their exported (Itanium-mangled) symbols in libtorch_cpu.
+    private static class Mkldnn
+    {
+        [DllImport("torch_cpu", EntryPoint = "_ZN2at13globalContextEv")]
+        private static extern IntPtr GlobalContext();
+
+        [DllImport("torch_cpu", EntryPoint = "_ZNK2at7Context17userEnabledMkldnnEv")]
+        [return: MarshalAs(UnmanagedType.U1)]
+        private static extern bool UserEnabledMkldnn(IntPtr context);
+
+        [DllImport("torch_cpu", EntryPoint = "_ZN2at7Context20setUserEnabledMkldnnEb")]
+        private static extern void SetUserEnabledMkldnn(IntPtr context, [MarshalAs(UnmanagedType.U1)] bool enabled);
+
+        public static bool Enabled
+        {
+            get => UserEnabledMkldnn(GlobalContext());
+            set
+            {
+                SetUserEnabledMkldnn(GlobalContext(), value);
+                if (UserEnabledMkldnn(GlobalContext()) != value) throw new InvalidOperationException("could not set mkldnn enabled");
+            }
+        }
     }
 
     private static void WriteTensor(Utf8JsonWriter w, string name, Tensor? t)

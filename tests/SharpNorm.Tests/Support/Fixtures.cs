@@ -90,3 +90,35 @@ public sealed record ShapeFixtureFile(string Generator, string Layer, List<Shape
 public sealed record ShapeFixtureCase(
     string Name, string Dtype, int[] NormalizedShape, double? Eps, double EpsUsed, bool ElementwiseAffine, bool Bias,
     FixtureTensor? Weight, FixtureTensor? BiasValue, List<FixtureStep> Steps);
+
+/// <summary>Conv2d, MaxPool2d and AvgPool2d fixtures (conv2d.json, maxpool2d.json, avgpool2d.json): one forward and backward each.</summary>
+public static class WindowFixtures
+{
+    private static readonly Dictionary<string, WindowFixtureFile> Files = new();
+
+    public static WindowFixtureFile Load(string fileName)
+    {
+        lock (Files)
+        {
+            if (!Files.TryGetValue(fileName, out WindowFixtureFile? file))
+            {
+                string path = Path.Combine(AppContext.BaseDirectory, "Fixtures", fileName);
+                file = JsonSerializer.Deserialize<WindowFixtureFile>(File.ReadAllText(path), new JsonSerializerOptions { PropertyNameCaseInsensitive = true })
+                       ?? throw new InvalidDataException($"{path} holds no fixture.");
+                Files[fileName] = file;
+            }
+            return file;
+        }
+    }
+
+    public static WindowFixtureCase Case(string fileName, string name) => Load(fileName).Cases.Single(c => c.Name == name);
+}
+
+public sealed record WindowFixtureFile(string Generator, string Layer, List<WindowFixtureCase> Cases);
+
+/// <summary>One case; fields a layer does not have stay at their defaults (pools have no weights, convolutions no ceil mode).</summary>
+public sealed record WindowFixtureCase(
+    string Name, string Dtype, int[] KernelSize, int[] Stride, int[] Padding, FixtureTensor X, FixtureTensor Dy, FixtureTensor Y, FixtureTensor Dx,
+    int InChannels = 0, int OutChannels = 0, int[]? Dilation = null, int Groups = 1, bool Bias = false,
+    FixtureTensor? Weight = null, FixtureTensor? BiasValue = null, FixtureTensor? Dweight = null, FixtureTensor? Dbias = null,
+    bool CeilMode = false, bool CountIncludePad = true);
