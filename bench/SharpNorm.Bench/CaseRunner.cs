@@ -20,8 +20,9 @@ internal sealed class CaseRunner : IDisposable
     private readonly Bandwidth _bandwidth;
     private readonly NormGeometry _geometry;
     private readonly NormLayer<float> _layer;
-    private readonly RunningStatsNorm<float>? _runningStatsLayer; // null for GroupNorm (no running statistics)
-    private readonly float[] _xData, _dyData, _yData, _dxData, _gamma, _beta;
+    private readonly RunningStatsNorm<float>? _runningStatsLayer; // null for GroupNorm, LayerNorm, RMSNorm (no running statistics)
+    private readonly float[] _xData, _dyData, _yData, _dxData, _gamma;
+    private readonly float[]? _beta; // null for RMSNorm (no bias)
     private readonly Tensor<float> _x, _dy, _y, _dx;
     private readonly TorchRunner? _torch;
 
@@ -34,17 +35,18 @@ internal sealed class CaseRunner : IDisposable
         _options = options;
         _bandwidth = bandwidth;
         _geometry = benchCase.Geometry;
-        int length = checked((int)benchCase.Elements), channels = benchCase.Channels;
+        int length = checked((int)benchCase.Elements), channels = benchCase.Channels, parameters = benchCase.ParameterCount;
 
         (_xData, _dyData) = Inputs.Create(benchCase.StorageShape, channelDimension: benchCase.ChannelsLast ? benchCase.StorageShape.Length - 1 : 1, seed: 20240601);
         _yData = new float[length];
         _dxData = new float[length];
-        _gamma = new float[channels];
-        _beta = new float[channels];
-        for (int c = 0; c < channels; c++)
+        // One value per affine parameter (C, or K = product of the normalized shape), flat in the parameter's order.
+        _gamma = new float[parameters];
+        _beta = benchCase.HasBias ? new float[parameters] : null;
+        for (int c = 0; c < parameters; c++)
         {
             _gamma[c] = 0.5f + (c % 7) / 7f;
-            _beta[c] = 0.1f * (c % 5) - 0.2f;
+            if (_beta is not null) _beta[c] = 0.1f * (c % 5) - 0.2f;
         }
 
         nint[] lengths = benchCase.StorageShape.Select(d => (nint)d).ToArray();
@@ -58,22 +60,33 @@ internal sealed class CaseRunner : IDisposable
         {
             LayerKind.BatchNorm => new BatchNorm<float>(numFeatures: channels, layout: layout),
             LayerKind.InstanceNorm => new InstanceNorm<float>(channels, affine: true, trackRunningStats: true, layout: layout),
-            _ => new GroupNorm<float>(numGroups: benchCase.Groups, numChannels: channels, layout: layout),
+            LayerKind.GroupNorm => new GroupNorm<float>(numGroups: benchCase.Groups, numChannels: channels, layout: layout),
+            // LayerNorm's default eps is 1e-5; RMSNorm's would be float's machine epsilon (PyTorch's default), so 1e-5
+            // is given (the libtorch side uses 1e-5 for every layer).
+            LayerKind.LayerNorm when benchCase.NormalizedDims == 1 => new LayerNorm<float>(parameters),
+            LayerKind.LayerNorm => new LayerNorm<float>(NormalizedShape(benchCase)),
+            _ when benchCase.NormalizedDims == 1 => new RMSNorm<float>(parameters, eps: 1e-5),
+            _ => new RMSNorm<float>(NormalizedShape(benchCase), eps: 1e-5),
         };
         _runningStatsLayer = _layer as RunningStatsNorm<float>;
-        _gamma.CopyTo(Flat(_layer.Weight!.Value));
-        _beta.CopyTo(Flat(_layer.Bias!.Value));
+        if (Flat(_layer.Weight!.Value).Length != parameters || (_layer.Bias is null) != (_beta is null))
+            throw new InvalidOperationException($"{benchCase.Name}: the layer's parameters do not match the case's ({parameters}, bias {_beta is not null}).");
+        _gamma.CopyTo(Flat(_layer.Weight.Value));
+        if (_layer.Bias is { } bias) _beta!.CopyTo(Flat(bias.Value));
 
-        int groups = _geometry.GroupCount;
+        // (Not needed, and left empty, where the chain-rule form does not apply.)
+        int groups = benchCase.HasChainRule ? _geometry.GroupCount : 0, chainLength = benchCase.HasChainRule ? length : 0;
         _chainMean = new float[groups];
         _chainVariance = new float[groups];
-        _chainDx = new float[length];
-        _chainDxhat = new float[length];
+        _chainDx = new float[chainLength];
+        _chainDxhat = new float[chainLength];
         _chainDvar = new float[groups];
         _chainDmean = new float[groups];
 
         if (withTorch) _torch = new TorchRunner(benchCase, _xData, _dyData, _gamma, _beta);
     }
+
+    private static int[] NormalizedShape(BenchCase c) => c.ParameterShape.Select(d => checked((int)d)).ToArray();
 
     private static Span<float> Flat(Tensor<float> t) =>
         MemoryMarshal.CreateSpan(ref t.GetPinnableReference(), checked((int)t.FlattenedLength));
@@ -99,8 +112,9 @@ internal sealed class CaseRunner : IDisposable
             _chainDx, _chainDxhat, _chainDvar, _chainDmean);
 
     /// <summary>
-    /// Untimed correctness check from fresh running statistics: SharpNorm vs libtorch (y, dx, dgamma, dbeta,
-    /// running stats after one step) and vs the chain-rule backward (dx); bytes allocated by SharpNorm calls.
+    /// Untimed correctness check from fresh running statistics: SharpNorm vs libtorch (y, dx, dgamma, dbeta where the
+    /// layer has a bias, running stats after one step where it keeps them) and vs the chain-rule backward (dx; not for
+    /// RMSNorm); bytes allocated by SharpNorm calls.
     /// </summary>
     public CaseCheck Check()
     {
@@ -118,13 +132,16 @@ internal sealed class CaseRunner : IDisposable
         _runningStatsLayer?.ResetRunningStats();
         SharpForwardBackward();
 
-        ComputeGroupStatistics();
-        ChainBackward();
-        double chainDx = 0, dxScale = 0;
-        for (int i = 0; i < _dxData.Length; i++)
+        double? chainDx = null;
+        double dxScale = 0;
+        foreach (float v in _dxData) dxScale = Math.Max(dxScale, Math.Abs(v));
+        if (_case.HasChainRule)
         {
-            chainDx = Math.Max(chainDx, Math.Abs(_chainDx[i] - _dxData[i]));
-            dxScale = Math.Max(dxScale, Math.Abs(_dxData[i]));
+            ComputeGroupStatistics();
+            ChainBackward();
+            double diff = 0;
+            for (int i = 0; i < _dxData.Length; i++) diff = Math.Max(diff, Math.Abs(_chainDx[i] - _dxData[i]));
+            chainDx = diff;
         }
 
         double? y = null, dx = null, dgamma = null, dbeta = null, runningMean = null, runningVar = null;
@@ -132,7 +149,7 @@ internal sealed class CaseRunner : IDisposable
         {
             TorchRunner.SetThreads(1);
             (y, dx, dgamma, dbeta, runningMean, runningVar) = _torch.Compare(_yData, _dxData,
-                Flat(_layer.Weight!.Gradient).ToArray(), Flat(_layer.Bias!.Gradient).ToArray(),
+                Flat(_layer.Weight!.Gradient).ToArray(), _layer.Bias is null ? null : Flat(_layer.Bias.Gradient).ToArray(),
                 _runningStatsLayer is null ? null : Flat(_runningStatsLayer.RunningMean!).ToArray(),
                 _runningStatsLayer is null ? null : Flat(_runningStatsLayer.RunningVar!).ToArray());
         }
@@ -205,7 +222,7 @@ internal sealed class CaseRunner : IDisposable
         SharpForward(); // the forward the backward-only runs refer to (untimed)
         Sample backward = Timing.Measure(SharpBackwardAndGradient, warmup, runs);
         Sample? chain = null;
-        if (threads == 1)
+        if (threads == 1 && _case.HasChainRule)
         {
             ComputeGroupStatistics();
             chain = Timing.Measure(ChainBackward, Math.Min(warmup, 3), runs);
@@ -222,7 +239,7 @@ internal sealed class CaseRunner : IDisposable
 
     private ResultRow Row(Op op, int threads, Sample sharp, Sample? torch, Sample? backward = null, Sample? chain = null)
     {
-        (long read, long write) = OpInfo.Bytes(op, _case.Bytes);
+        (long read, long write) = OpInfo.Bytes(op, _case);
         double floor = _bandwidth.FloorMs(threads, read, write);
         double GBs(double ms) => (read + write) / ms / 1e6;
         return new ResultRow(
@@ -246,11 +263,12 @@ internal sealed class CaseRunner : IDisposable
         var shapes = new HashSet<string>();
         foreach (var c in cases)
         {
+            // (LayerNorm / RMSNorm take their normalized shape from the case's shape, so it shrinks along.)
             long[] small = c.Shape.Length == 2 ? [64, c.Shape[1]] : [2, c.Shape[1], .. c.Shape.Skip(2).Select(d => Math.Min(d, 8L))];
             var mini = c with { Shape = small };
             if (!shapes.Add(mini.Name)) continue;
             using var runner = new CaseRunner(mini, options, bandwidth, withTorch: false);
-            runner.ComputeGroupStatistics();
+            if (c.HasChainRule) runner.ComputeGroupStatistics();
             foreach (int threads in threadCounts)
             {
                 runner._layer.MaxDegreeOfParallelism = threads == Environment.ProcessorCount ? -1 : threads;
@@ -264,7 +282,8 @@ internal sealed class CaseRunner : IDisposable
                 }
                 runner._layer.Training = true;
             }
-            for (int i = 0; i < 40; i++) runner.ChainBackward();
+            if (c.HasChainRule)
+                for (int i = 0; i < 40; i++) runner.ChainBackward();
         }
         Thread.Sleep(500); // let the background tier-1 compilations finish
     }
@@ -312,7 +331,7 @@ internal static class Inputs
 
 internal sealed record CaseCheck(
     string Case, double? TorchY, double? TorchDx, double? TorchDGamma, double? TorchDBeta, double? TorchRunningMean,
-    double? TorchRunningVar, double ChainDx, double DxScale, long SharpAllocatedBytes, double? OtherProcessesCores = null);
+    double? TorchRunningVar, double? ChainDx, double DxScale, long SharpAllocatedBytes, double? OtherProcessesCores = null);
 
 internal sealed record ResultRow(
     string Case, string Layer, long[] Shape, string Op, int Threads,

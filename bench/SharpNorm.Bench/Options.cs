@@ -7,7 +7,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
         usage: bench/run.sh [options]
           --quick          few runs (3 warm-up, 5 timed) on a subset of cases: a smoke run under a minute
           --json PATH      also write every measurement, raw samples included, as JSON
-          --filter TEXT    only the cases whose name contains TEXT (case-insensitive), e.g. InstanceNorm, 56x56, GroupNorm, channels-last
+          --filter TEXT    only the cases whose name contains TEXT (case-insensitive), e.g. InstanceNorm, 56x56, GroupNorm, LayerNorm, RMSNorm, channels-last
           --threads LIST   thread counts to run, e.g. 1 or 1,2 (default: 1 and Environment.ProcessorCount)
           --warmup N       warm-up runs per measurement (default 5; --quick 3)
           --runs N         timed runs per measurement, median reported (default 15; --quick 5)

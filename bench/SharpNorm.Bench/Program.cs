@@ -82,8 +82,10 @@ var bandwidth = Bandwidth.Probe(threadCounts, options.Quick);
 Console.WriteLine("Bandwidth (256 MiB float array, median): " + string.Join("; ",
     threadCounts.Select(t => $"{t} thread{(t == 1 ? "" : "s")}: read {bandwidth.Read[t].GBs:F1} GB/s, write {bandwidth.Write[t].GBs:F1} GB/s")));
 Console.WriteLine("Floor = readBytes/readBW + writeBytes/writeBW with n = bytes of x: train fwd reads 2n, writes n; " +
-                  "train fwd+bwd reads 6n, writes 2n; eval fwd reads n, writes n. GB/s counts those bytes. " +
-                  "bwd = SharpNorm Backward+Gradient alone; chain = ChainRuleBackward (1 thread), ratio chain/bwd at 1 thread.");
+                  "train fwd+bwd reads 6n, writes 2n; eval fwd reads n, writes n; LayerNorm/RMSNorm (each row's passes " +
+                  "back to back, the row assumed to stay in cache): train and eval fwd read n, write n; fwd+bwd reads 3n, writes 2n. " +
+                  "GB/s counts those bytes. bwd = SharpNorm Backward+Gradient alone; chain = ChainRuleBackward (1 thread), " +
+                  "ratio chain/bwd at 1 thread (none for RMSNorm: no mean subtracted).");
 Console.WriteLine();
 
 Console.Error.WriteLine("warming up the JIT on small inputs ...");

@@ -28,6 +28,7 @@ internal static class Report
     {
         w.WriteLine("Checks (untimed, one training step from fresh running stats; max |difference|): " +
                     "SharpNorm vs libtorch y, dx, dgamma, dbeta, running mean/var; SharpNorm dx vs chain-rule dx (max |dx| for scale); " +
+                    "– where the layer has no such quantity (no bias, no running statistics; no chain rule for RMSNorm); " +
                     "bytes SharpNorm allocated over fwd+bwd+eval calls; other processes' average CPU use while the case ran.");
         foreach (var c in checks)
         {
@@ -63,5 +64,6 @@ internal static class Report
 
     private static string F(double? v, string format) => v?.ToString(format, CultureInfo.InvariantCulture) ?? "";
 
-    private static string E(double? v) => v?.ToString("0.0E+0", CultureInfo.InvariantCulture) ?? "n/a";
+    /// <summary>A difference in the checks; "–" where the layer has no such quantity.</summary>
+    private static string E(double? v) => v?.ToString("0.0E+0", CultureInfo.InvariantCulture) ?? "–";
 }

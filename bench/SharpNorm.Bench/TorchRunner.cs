@@ -7,15 +7,21 @@ namespace SharpNorm.Bench;
 
 /// <summary>
 /// The libtorch side of one case, driven as a libtorch user would: torch.nn.functional.batch_norm / instance_norm /
-/// group_norm on float32 tensors (x and dy as torch.channels_last tensors for channels-last cases), no_grad for forward-only, autograd (x, weight, bias requiring grad; y.backward(dy)) for
-/// forward+backward, grads set to None between runs (PyTorch's zero_grad default), temporaries in a dispose scope.
+/// group_norm / layer_norm on float32 tensors (x and dy as torch.channels_last tensors for channels-last cases), and
+/// for RMSNorm PyTorch's own composite (see <see cref="RmsNorm"/>); no_grad for forward-only, autograd (x, weight,
+/// bias requiring grad; y.backward(dy)) for forward+backward, grads set to None between runs (PyTorch's zero_grad
+/// default), temporaries in a dispose scope.
 /// </summary>
 internal sealed class TorchRunner : IDisposable
 {
     private const double Momentum = 0.1, Eps = 1e-5;
 
     private readonly BenchCase _case;
-    private readonly Tensor _x, _dy, _weight, _bias, _runningMean, _runningVar;
+    private readonly Tensor _x, _dy, _weight, _runningMean, _runningVar;
+    private readonly Tensor? _bias; // null for RMSNorm
+    private readonly long[] _parameterShape, _normalizedDims;
+    // RMSNorm's constants as ATen passes them: at::pow(x, 2) takes an integral Scalar, add_(eps) a floating one.
+    private readonly Scalar _two = ((long)2).ToScalar(), _eps = Eps.ToScalar();
     private readonly List<Tensor> _dyList;
 
     [DllImport("libc", EntryPoint = "mallopt")]
@@ -73,14 +79,18 @@ internal sealed class TorchRunner : IDisposable
 
     /// <param name="x">x as stored: (N, C, *spatial), or (N, *spatial, C) for a channels-last case.</param>
     /// <param name="dy">dy, stored like x.</param>
-    public TorchRunner(BenchCase benchCase, float[] x, float[] dy, float[] gamma, float[] beta)
+    /// <param name="gamma">Weight, flat, of <see cref="BenchCase.ParameterShape"/>.</param>
+    /// <param name="beta">Bias like <paramref name="gamma"/>; null for a layer without bias (RMSNorm).</param>
+    public TorchRunner(BenchCase benchCase, float[] x, float[] dy, float[] gamma, float[]? beta)
     {
         _case = benchCase;
         _x = Logical(x).requires_grad_(true);
         _dy = Logical(dy);
-        long[] channels = [benchCase.Channels];
-        _weight = Copy(gamma, channels).requires_grad_(true);
-        _bias = Copy(beta, channels).requires_grad_(true);
+        _parameterShape = benchCase.ParameterShape;
+        _normalizedDims = Enumerable.Range(-benchCase.NormalizedDims, benchCase.NormalizedDims).Select(d => (long)d).ToArray();
+        _weight = Copy(gamma, _parameterShape).requires_grad_(true);
+        _bias = beta is null ? null : Copy(beta, _parameterShape).requires_grad_(true);
+        long[] channels = [benchCase.Channels]; // running statistics: used by BatchNorm and InstanceNorm only
         _runningMean = torch.zeros(channels, ScalarType.Float32);
         _runningVar = torch.ones(channels, ScalarType.Float32);
         _dyList = [_dy];
@@ -130,8 +140,32 @@ internal sealed class TorchRunner : IDisposable
         LayerKind.BatchNorm => nn.functional.batch_norm(_x, _runningMean, _runningVar, _weight, _bias, training: training, momentum: Momentum, eps: Eps),
         LayerKind.InstanceNorm => nn.functional.instance_norm(_x, _runningMean, _runningVar, _weight, _bias, use_input_stats: training, momentum: Momentum, eps: Eps),
         // No running statistics: training and eval compute the same.
-        _ => nn.functional.group_norm(_x, _case.Groups, _weight, _bias, Eps),
+        LayerKind.GroupNorm => nn.functional.group_norm(_x, _case.Groups, _weight, _bias, Eps),
+        LayerKind.LayerNorm => nn.functional.layer_norm(_x, _parameterShape, _weight, _bias, Eps),
+        _ => RmsNorm(),
     };
+
+    /// <summary>
+    /// torch.nn.functional.rms_norm as libtorch 2.10 computes it on CPU (TorchSharp 0.107 has no rms_norm; on CPU
+    /// rms_norm and _fused_rms_norm are CompositeImplicitAutograd, i.e. rms_norm_composite in ATen's layer_norm.cpp):
+    /// rsqrt(at::pow(x, 2).mean(normalized dims, keepdim).add_(eps)), x.mul(that), then .mul(weight); float32
+    /// throughout (the upcast to the op math type is a no-op for float). The same ATen ops with the same arguments, so
+    /// autograd records and differentiates the same graph as in PyTorch.
+    /// </summary>
+    /// <remarks>
+    /// Its backward is autograd's chain through pow, mean, rsqrt and the two muls (pow_backward: grad * 2 * x.pow(1.0)):
+    /// several temporaries of x's size per call, where F.layer_norm has one fused backward kernel; how glibc serves
+    /// such buffers (fresh pages or reused heap, see --malloc-reuse) weighs on its time.
+    /// </remarks>
+    private Tensor RmsNorm()
+    {
+        using var squares = _x.pow(_two);
+        using var meanSquare = squares.mean(_normalizedDims, keepdim: true);
+        meanSquare.add_(_eps);
+        using var invRms = torch.rsqrt(meanSquare);
+        using var normalized = _x.mul(invRms);
+        return normalized.mul(_weight);
+    }
 
     /// <summary>Forward only, under no_grad: training (batch statistics, running stats updated) or eval.</summary>
     public Sample MeasureForward(bool training, int warmup, int runs)
@@ -155,8 +189,9 @@ internal sealed class TorchRunner : IDisposable
 
     public void ClearGrads()
     {
-        foreach (Tensor t in new[] { _x, _weight, _bias })
+        foreach (Tensor? t in new[] { _x, _weight, _bias })
         {
+            if (t is null) continue;
             Tensor? grad = t.grad;
             if (grad is null) continue;
             t.grad = null;
@@ -166,10 +201,11 @@ internal sealed class TorchRunner : IDisposable
 
     /// <summary>
     /// One training forward+backward from fresh running statistics; the largest differences from SharpNorm's results
-    /// (y and dx stored in the case's order, compared element by element; running statistics null for GroupNorm).
+    /// (y and dx stored in the case's order, compared element by element; dbeta null without bias (RMSNorm); running
+    /// statistics null for GroupNorm, LayerNorm and RMSNorm).
     /// </summary>
-    public (double Y, double Dx, double DGamma, double DBeta, double? RunningMean, double? RunningVar) Compare(
-        float[] y, float[] dx, float[] dgamma, float[] dbeta, float[]? runningMean, float[]? runningVar)
+    public (double Y, double Dx, double DGamma, double? DBeta, double? RunningMean, double? RunningVar) Compare(
+        float[] y, float[] dx, float[] dgamma, float[]? dbeta, float[]? runningMean, float[]? runningVar)
     {
         ClearGrads();
         using var scope = torch.NewDisposeScope();
@@ -181,8 +217,8 @@ internal sealed class TorchRunner : IDisposable
         var result = (
             MaxAbsDiff(Stored(yt.detach()), y, _case.StorageShape),
             MaxAbsDiff(Stored(_x.grad!), dx, _case.StorageShape),
-            MaxAbsDiff(_weight.grad!, dgamma, channels),
-            MaxAbsDiff(_bias.grad!, dbeta, channels),
+            MaxAbsDiff(_weight.grad!, dgamma, _parameterShape),
+            _bias is null || dbeta is null ? (double?)null : MaxAbsDiff(_bias.grad!, dbeta, _parameterShape),
             runningMean is null ? (double?)null : MaxAbsDiff(_runningMean, runningMean, channels),
             runningVar is null ? (double?)null : MaxAbsDiff(_runningVar, runningVar, channels));
         ClearGrads();
@@ -207,6 +243,8 @@ internal sealed class TorchRunner : IDisposable
         if (_disposed) return;
         _disposed = true;
         ClearGrads();
-        foreach (Tensor t in new[] { _x, _dy, _weight, _bias, _runningMean, _runningVar }) t.Dispose();
+        foreach (Tensor? t in new[] { _x, _dy, _weight, _bias, _runningMean, _runningVar }) t?.Dispose();
+        _two.Dispose();
+        _eps.Dispose();
     }
 }
