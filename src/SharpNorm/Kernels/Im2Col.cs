@@ -32,15 +32,18 @@ public readonly record struct WindowGeometry(
 /// <summary>im2col and col2im: an image as the column matrix of its windows (row (c, ki, kj), column (oh, ow)), and back.</summary>
 internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
-    /// <summary>columns[(c*kh + ki)*kw + kj, oh*OW + ow] = image[c, oh*sh - ph + ki*dh, ow*sw - pw + kj*dw], 0 outside.</summary>
-    public static void Gather(in WindowGeometry g, ReadOnlySpan<T> image, Span<T> columns)
+    /// <summary>
+    /// columns[(c*kh + ki)*kw + kj, oh*OW + ow] = image[c, oh*sh - ph + ki*dh, ow*sw - pw + kj*dw], 0 outside; rows of the
+    /// column matrix are <paramref name="rowStride"/> apart (several images side by side).
+    /// </summary>
+    public static void Gather(in WindowGeometry g, ReadOnlySpan<T> image, Span<T> columns, int rowStride)
     {
         int plane = g.OutputPlane;
         for (int c = 0; c < g.Channels; c++)
             for (int ki = 0; ki < g.KernelHeight; ki++)
                 for (int kj = 0; kj < g.KernelWidth; kj++)
                 {
-                    Span<T> row = columns.Slice(((c * g.KernelHeight + ki) * g.KernelWidth + kj) * plane, plane);
+                    Span<T> row = columns.Slice(((c * g.KernelHeight + ki) * g.KernelWidth + kj) * rowStride, plane);
                     ReadOnlySpan<T> channel = image.Slice(c * g.InputPlane, g.InputPlane);
                     int dx = kj * g.DilationWidth - g.PadWidth;
                     // Output columns whose input column ow*sw + dx lies inside [0, W).
@@ -67,7 +70,7 @@ internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
     }
 
     /// <summary>The adjoint of <see cref="Gather"/>: image = Σ over windows of the column values (image is overwritten).</summary>
-    public static void Scatter(in WindowGeometry g, ReadOnlySpan<T> columns, Span<T> image)
+    public static void Scatter(in WindowGeometry g, ReadOnlySpan<T> columns, Span<T> image, int rowStride)
     {
         image[..(g.Channels * g.InputPlane)].Clear();
         int plane = g.OutputPlane;
@@ -75,7 +78,7 @@ internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
             for (int ki = 0; ki < g.KernelHeight; ki++)
                 for (int kj = 0; kj < g.KernelWidth; kj++)
                 {
-                    ReadOnlySpan<T> row = columns.Slice(((c * g.KernelHeight + ki) * g.KernelWidth + kj) * plane, plane);
+                    ReadOnlySpan<T> row = columns.Slice(((c * g.KernelHeight + ki) * g.KernelWidth + kj) * rowStride, plane);
                     Span<T> channel = image.Slice(c * g.InputPlane, g.InputPlane);
                     int dx = kj * g.DilationWidth - g.PadWidth;
                     int owBegin = Math.Max(0, CeilDiv(-dx, g.StrideWidth));

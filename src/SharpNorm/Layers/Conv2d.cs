@@ -140,7 +140,8 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     {
         WindowGeometry g = Window(shape);
         int weights = (int)Weight.Value.FlattenedLength;
-        _parts = Math.Min(GradientParts, (int)shape[0]);
+        int imageGroups = ImageGroupCount((int)shape[0], g);
+        _parts = Math.Min(GradientParts, imageGroups);
         Grow(ref _partWeightGradient, _parts * weights);
         Grow(ref _partBiasGradient, _parts * OutChannels);
         Run(Job.Gradient, g, x, dy, default);
@@ -157,17 +158,26 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         }
     }
 
+    /// <summary>
+    /// Images whose column matrices go side by side into one product: small output planes (7x7) would leave the
+    /// product's column panels mostly empty. Depends on the geometry alone (the weight gradient's sums follow it).
+    /// </summary>
+    private static int ImagesPerGroup(in WindowGeometry g) => Math.Max(1, MinProductColumns / g.OutputPlane);
+
+    private const int MinProductColumns = 256;
+
+    private static int ImageGroupCount(int batch, in WindowGeometry g) => (batch + ImagesPerGroup(g) - 1) / ImagesPerGroup(g);
+
     private unsafe void Run(Job job, in WindowGeometry g, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> output)
     {
-        int batch = (job == Job.Forward ? x.Length : job == Job.Backward ? output.Length : x.Length) / (InChannels * g.InputPlane);
-        int threads = Threads;
-        bool imageParallel = batch >= threads;
-        int workers = imageParallel ? threads : 1;
-        EnsureWorkers(workers, g);
+        int batch = (job == Job.Backward ? output.Length : x.Length) / (InChannels * g.InputPlane);
+        int threads = Threads, imageGroups = ImageGroupCount(batch, g);
+        bool groupParallel = imageGroups >= threads;
+        EnsureWorkers(groupParallel ? threads : 1, g);
         foreach (Worker w in _workers)
         {
             w.Gemm.MaxVectorBits = MaxVectorBits;
-            w.Gemm.MaxDegreeOfParallelism = imageParallel ? 1 : MaxDegreeOfParallelism;
+            w.Gemm.MaxDegreeOfParallelism = groupParallel ? 1 : MaxDegreeOfParallelism;
         }
         fixed (T* px = x)
         fixed (T* pdy = dy)
@@ -177,9 +187,9 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
             _x = px;
             _dy = pdy;
             _out = pout;
-            // Chunks: images for Forward/Backward, batch parts for Gradient.
-            int chunks = job == Job.Gradient ? _parts : batch;
-            if (imageParallel) _runner.Run(this, chunks, threads);
+            // Chunks: image groups for Forward/Backward, parts of the batch's image groups for Gradient.
+            int chunks = job == Job.Gradient ? _parts : imageGroups;
+            if (groupParallel) _runner.Run(this, chunks, threads);
             else
                 for (int chunk = 0; chunk < chunks; chunk++) ExecuteChunk(chunk, 0);
             _x = _dy = _out = null;
@@ -188,84 +198,134 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
 
     void IChunkJob.Execute(int chunk, int worker) => ExecuteChunk(chunk, worker);
 
-    /// <summary>One image (Forward, Backward) or one part of the batch (Gradient).</summary>
-    private unsafe void ExecuteChunk(int chunk, int worker)
+    /// <summary>One group of images (Forward, Backward) or one part of the batch's groups (Gradient).</summary>
+    private void ExecuteChunk(int chunk, int worker)
+    {
+        int perGroup = ImagesPerGroup(_window);
+        if (_job != Job.Gradient)
+        {
+            int first = chunk * perGroup;
+            ImageGroup(first, Math.Min(perGroup, _batch - first), worker, null, null);
+            return;
+        }
+        int groups = ImageGroupCount(_batch, _window);
+        int weightCount = (int)Weight.Value.FlattenedLength;
+        Span<T> dWeight = _partWeightGradient.AsSpan(chunk * weightCount, weightCount);
+        Span<T> dBias = _partBiasGradient.AsSpan(chunk * OutChannels, OutChannels);
+        dWeight.Clear();
+        dBias.Clear();
+        int firstGroup = (int)((long)groups * chunk / _parts), endGroup = (int)((long)groups * (chunk + 1) / _parts);
+        for (int group = firstGroup; group < endGroup; group++)
+        {
+            int first = group * perGroup;
+            ImageGroup(first, Math.Min(perGroup, _batch - first), worker, _partWeightGradient, chunk);
+        }
+    }
+
+    /// <summary>
+    /// Images [first, first + count) as one product per channel group: their column matrices side by side
+    /// (K x count*P). Forward: y = W · cols. Backward: dcols = Wᵀ · dy, scattered back onto each image. Gradient
+    /// (<paramref name="partGradients"/> given): dW += dy · colsᵀ and db += Σ dy into the part's slots.
+    /// </summary>
+    private unsafe void ImageGroup(int first, int count, int worker, T[]? partGradients, int? part)
     {
         WindowGeometry g = _window;
         Worker w = _workers[worker];
         int groupIn = g.Channels, groupOut = OutChannels / Groups, plane = g.OutputPlane, columnRows = g.ColumnRows;
-        int imageIn = InChannels * g.InputPlane, imageOut = OutChannels * plane;
+        int imageIn = InChannels * g.InputPlane, imageOut = OutChannels * plane, width = count * plane;
         ReadOnlySpan<T> weights = TensorData.Flat(Weight.Value);
         int groupWeights = groupOut * columnRows;
-        Span<T> columns = g.IsPointwise ? default : w.Columns.AsSpan(0, columnRows * plane);
+        // One image that reads itself (1x1 window): no column matrix, no staging of outputs.
+        bool direct = count == 1 && g.IsPointwise;
+        bool staged = count > 1;
+        Span<T> columns = direct ? default : w.Columns.AsSpan(0, columnRows * width);
+        Span<T> stage = staged ? w.Stage.AsSpan(0, groupOut * width) : default;
 
-        if (_job == Job.Gradient)
+        for (int group = 0; group < Groups; group++)
         {
-            int weightCount = (int)Weight.Value.FlattenedLength;
-            Span<T> dWeight = _partWeightGradient.AsSpan(chunk * weightCount, weightCount);
-            Span<T> dBias = _partBiasGradient.AsSpan(chunk * OutChannels, OutChannels);
-            dWeight.Clear();
-            dBias.Clear();
-            int first = (int)((long)_batch * chunk / _parts), end = (int)((long)_batch * (chunk + 1) / _parts);
-            for (int n = first; n < end; n++)
+            ReadOnlySpan<T> groupWeight = weights.Slice(group * groupWeights, groupWeights);
+            if (_job == Job.Backward)
             {
-                var x = new ReadOnlySpan<T>(_x + (nint)n * imageIn, imageIn);
-                var dy = new ReadOnlySpan<T>(_dy + (nint)n * imageOut, imageOut);
-                for (int group = 0; group < Groups; group++)
+                // dy of the group's channels, images side by side (Og x count*P).
+                ReadOnlySpan<T> dyGroup = staged
+                    ? StageImages(_dy, first, count, imageOut, group * groupOut * plane, groupOut, plane, stage)
+                    : new ReadOnlySpan<T>(_dy + (nint)first * imageOut + group * groupOut * plane, groupOut * plane);
+                Span<T> dxFirst = new Span<T>(_out + (nint)first * imageIn + group * groupIn * g.InputPlane, groupIn * g.InputPlane);
+                w.Gemm.Multiply(true, false, columnRows, width, groupOut, groupWeight, columnRows, dyGroup, width,
+                    direct ? dxFirst : columns, width, accumulate: false);
+                if (direct) continue;
+                for (int i = 0; i < count; i++)
                 {
-                    ReadOnlySpan<T> dyGroup = dy.Slice(group * groupOut * plane, groupOut * plane);
-                    ReadOnlySpan<T> cols = ColumnsOf(g, x.Slice(group * groupIn * g.InputPlane, groupIn * g.InputPlane), columns);
-                    // dW_g (Og x K) += dy_g (Og x P) · colsᵀ (P x K)
-                    w.Gemm.Multiply(false, true, groupOut, columnRows, plane, dyGroup, plane, cols, plane,
-                        dWeight.Slice(group * groupWeights, groupWeights), columnRows, accumulate: true);
+                    var dx = new Span<T>(_out + (nint)(first + i) * imageIn + group * groupIn * g.InputPlane, groupIn * g.InputPlane);
+                    Im2Col<T>.Scatter(g, columns[(i * plane)..], dx, width);
                 }
-                if (Bias is not null)
-                    for (int o = 0; o < OutChannels; o++) dBias[o] += TensorPrimitives.Sum(dy.Slice(o * plane, plane));
+                continue;
             }
-            return;
+
+            ReadOnlySpan<T> cols;
+            if (direct) cols = new ReadOnlySpan<T>(_x + (nint)first * imageIn + group * groupIn * g.InputPlane, groupIn * g.InputPlane);
+            else
+            {
+                for (int i = 0; i < count; i++)
+                    Im2Col<T>.Gather(g, new ReadOnlySpan<T>(_x + (nint)(first + i) * imageIn + group * groupIn * g.InputPlane, groupIn * g.InputPlane),
+                        columns[(i * plane)..], width);
+                cols = columns;
+            }
+
+            if (_job == Job.Forward)
+            {
+                // y (Og x count*P) = W_g (Og x K) · cols (K x count*P), then each image's block to its place.
+                Span<T> target = staged ? stage : new Span<T>(_out + (nint)first * imageOut + group * groupOut * plane, groupOut * plane);
+                w.Gemm.Multiply(false, false, groupOut, width, columnRows, groupWeight, columnRows, cols, width, target, width, accumulate: false);
+                if (staged) UnstageImages(stage, _out, first, count, imageOut, group * groupOut * plane, groupOut, plane);
+                continue;
+            }
+
+            // Gradient: dW_g (Og x K) += dy_g (Og x count*P) · colsᵀ (count*P x K)
+            ReadOnlySpan<T> dyImages = staged
+                ? StageImages(_dy, first, count, imageOut, group * groupOut * plane, groupOut, plane, stage)
+                : new ReadOnlySpan<T>(_dy + (nint)first * imageOut + group * groupOut * plane, groupOut * plane);
+            int weightCount = (int)Weight.Value.FlattenedLength;
+            Span<T> dWeight = partGradients.AsSpan(part!.Value * weightCount + group * groupWeights, groupWeights);
+            w.Gemm.Multiply(false, true, groupOut, columnRows, width, dyImages, width, cols, width, dWeight, columnRows, accumulate: true);
         }
 
-        int image = chunk;
-        if (_job == Job.Forward)
+        if (_job == Job.Forward && Bias is not null)
         {
-            var x = new ReadOnlySpan<T>(_x + (nint)image * imageIn, imageIn);
-            var y = new Span<T>(_out + (nint)image * imageOut, imageOut);
-            for (int group = 0; group < Groups; group++)
+            ReadOnlySpan<T> bias = TensorData.Flat(Bias.Value);
+            for (int i = 0; i < count; i++)
             {
-                ReadOnlySpan<T> cols = ColumnsOf(g, x.Slice(group * groupIn * g.InputPlane, groupIn * g.InputPlane), columns);
-                // y_g (Og x P) = W_g (Og x K) · cols (K x P)
-                w.Gemm.Multiply(false, false, groupOut, plane, columnRows, weights.Slice(group * groupWeights, groupWeights), columnRows,
-                    cols, plane, y.Slice(group * groupOut * plane, groupOut * plane), plane, accumulate: false);
-            }
-            if (Bias is not null)
-            {
-                ReadOnlySpan<T> bias = TensorData.Flat(Bias.Value);
+                var y = new Span<T>(_out + (nint)(first + i) * imageOut, imageOut);
                 for (int o = 0; o < OutChannels; o++) TensorPrimitives.Add(y.Slice(o * plane, plane), bias[o], y.Slice(o * plane, plane));
             }
-            return;
         }
-
+        if (_job == Job.Gradient && Bias is not null)
         {
-            var dy = new ReadOnlySpan<T>(_dy + (nint)image * imageOut, imageOut);
-            var dx = new Span<T>(_out + (nint)image * imageIn, imageIn);
-            for (int group = 0; group < Groups; group++)
+            Span<T> dBias = _partBiasGradient.AsSpan(part!.Value * OutChannels, OutChannels);
+            for (int i = 0; i < count; i++)
             {
-                Span<T> dxGroup = dx.Slice(group * groupIn * g.InputPlane, groupIn * g.InputPlane);
-                // dcols (K x P) = W_gᵀ (K x Og) · dy_g (Og x P), then scattered back onto the image.
-                Span<T> target = g.IsPointwise ? dxGroup : columns;
-                w.Gemm.Multiply(true, false, columnRows, plane, groupOut, weights.Slice(group * groupWeights, groupWeights), columnRows,
-                    dy.Slice(group * groupOut * plane, groupOut * plane), plane, target, plane, accumulate: false);
-                if (!g.IsPointwise) Im2Col<T>.Scatter(g, columns, dxGroup);
+                var dy = new ReadOnlySpan<T>(_dy + (nint)(first + i) * imageOut, imageOut);
+                for (int o = 0; o < OutChannels; o++) dBias[o] += TensorPrimitives.Sum(dy.Slice(o * plane, plane));
             }
         }
     }
 
-    /// <summary>The column matrix of one group's channels: the image itself for a pointwise window.</summary>
-    private static ReadOnlySpan<T> ColumnsOf(in WindowGeometry g, ReadOnlySpan<T> image, Span<T> columns)
+    /// <summary>Channels [offset, offset + channels*P) of images [first, first + count) side by side: row c is the images' planes of channel c.</summary>
+    private static unsafe ReadOnlySpan<T> StageImages(T* source, int first, int count, int imageLength, int offset, int channels, int plane, Span<T> stage)
     {
-        if (g.IsPointwise) return image;
-        Im2Col<T>.Gather(g, image, columns);
-        return columns;
+        int width = count * plane;
+        for (int i = 0; i < count; i++)
+            for (int c = 0; c < channels; c++)
+                new ReadOnlySpan<T>(source + (nint)(first + i) * imageLength + offset + c * plane, plane).CopyTo(stage.Slice(c * width + i * plane, plane));
+        return stage;
+    }
+
+    private static unsafe void UnstageImages(ReadOnlySpan<T> stage, T* target, int first, int count, int imageLength, int offset, int channels, int plane)
+    {
+        int width = count * plane;
+        for (int i = 0; i < count; i++)
+            for (int c = 0; c < channels; c++)
+                stage.Slice(c * width + i * plane, plane).CopyTo(new Span<T>(target + (nint)(first + i) * imageLength + offset + c * plane, plane));
     }
 
     private void EnsureWorkers(int count, in WindowGeometry g)
@@ -277,8 +337,12 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
             for (int i = _workers.Length; i < count; i++) workers[i] = new Worker();
             _workers = workers;
         }
-        int needed = g.IsPointwise ? 0 : g.ColumnRows * g.OutputPlane;
-        foreach (Worker w in _workers) Grow(ref w.Columns, needed);
+        int width = ImagesPerGroup(g) * g.OutputPlane;
+        foreach (Worker w in _workers)
+        {
+            Grow(ref w.Columns, g.ColumnRows * width);
+            Grow(ref w.Stage, ImagesPerGroup(g) > 1 ? OutChannels / Groups * width : 0);
+        }
     }
 
     private static (int, int) Pair(int[] values, string name, int minimum)
@@ -298,5 +362,6 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     {
         public readonly Gemm<T> Gemm = new();
         public T[] Columns = [];
+        public T[] Stage = [];
     }
 }

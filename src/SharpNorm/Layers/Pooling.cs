@@ -1,11 +1,12 @@
 using System.Numerics;
 using SharpNorm.Kernels;
 using SharpNorm.Tensors;
+using SharpNorm.Threading;
 
 namespace SharpNorm.Layers;
 
 /// <summary>What max and average pooling share: the window, PyTorch's output size rule (ceil mode included) and the input checks.</summary>
-public abstract class Pool2d<T> : Layer<T> where T : unmanaged, IFloatingPointIeee754<T>
+public abstract class Pool2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloatingPointIeee754<T>
 {
     private protected Pool2d(int[] kernelSize, int[]? stride, int[] padding, bool ceilMode)
     {
@@ -53,14 +54,52 @@ public abstract class Pool2d<T> : Layer<T> where T : unmanaged, IFloatingPointIe
         return values.Length == 1 ? (values[0], values[0]) : (values[0], values[1]);
     }
 
-    /// <summary>Runs <paramref name="plane"/> over every (n, c) plane, on several threads when there are enough planes.</summary>
-    private protected void ForEachPlane(int planes, Action<int> plane)
+    // The running job: planes of x and dy, and where results go.
+    private WindowGeometry _window;
+    private unsafe T* _x, _dy, _output;
+    private bool _backward;
+    private int _planeCount, _chunks;
+
+    private const int MinChunkElements = 1 << 15;
+
+    /// <summary>Runs <see cref="PlaneJob"/> over every (n, c) plane, in contiguous shares on the shared helper threads.</summary>
+    private protected unsafe void ForEachPlane(in WindowGeometry g, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> output, bool backward)
     {
-        if (planes >= 2 * Threads && Threads > 1)
-            Parallel.For(0, planes, new ParallelOptions { MaxDegreeOfParallelism = Threads }, plane);
-        else
-            for (int p = 0; p < planes; p++) plane(p);
+        int planes = x.Length / g.InputPlane;
+        fixed (T* px = x)
+        fixed (T* pdy = dy)
+        fixed (T* pout = output)
+        {
+            (_window, _backward, _planeCount) = (g, backward, planes);
+            _x = px;
+            _dy = pdy;
+            _output = pout;
+            _chunks = Math.Clamp((int)((long)planes * g.InputPlane / MinChunkElements), 1, Math.Max(1, Threads));
+            ChunkRunner.Shared.Run(this, _chunks, Threads);
+            _x = _dy = _output = null;
+        }
     }
+
+    unsafe void IChunkJob.Execute(int chunk, int worker)
+    {
+        WindowGeometry g = _window;
+        int first = (int)((long)_planeCount * chunk / _chunks), end = (int)((long)_planeCount * (chunk + 1) / _chunks);
+        for (int p = first; p < end; p++)
+        {
+            var input = new ReadOnlySpan<T>(_x + (nint)p * g.InputPlane, g.InputPlane);
+            if (_backward)
+                PlaneJob(g, input, new ReadOnlySpan<T>(_dy + (nint)p * g.OutputPlane, g.OutputPlane), new Span<T>(_output + (nint)p * g.InputPlane, g.InputPlane), true);
+            else
+                PlaneJob(g, input, default, new Span<T>(_output + (nint)p * g.OutputPlane, g.OutputPlane), false);
+        }
+    }
+
+    protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y) => ForEachPlane(Window(shape), x, default, y, false);
+
+    protected override void BackwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx) => ForEachPlane(Window(shape), x, dy, dx, true);
+
+    /// <summary>Forward (an output plane from an input plane) or backward (an input-gradient plane, overwritten, from the input and output-gradient planes).</summary>
+    private protected abstract void PlaneJob(in WindowGeometry g, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> output, bool backward);
 }
 
 /// <summary>
@@ -82,52 +121,32 @@ public sealed class MaxPool2d<T> : Pool2d<T> where T : unmanaged, IFloatingPoint
 
     protected override string Description => $"MaxPool2d({WindowDescription})";
 
-    protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y)
+    private protected override void PlaneJob(in WindowGeometry g, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> output, bool backward)
     {
-        WindowGeometry g = Window(shape);
-        int planes = (int)(x.Length / g.InputPlane);
-        unsafe
-        {
-            fixed (T* px = x)
-            fixed (T* py = y)
+        if (backward) output.Clear();
+        bool pairs = g.KernelHeight == 2 && g.KernelWidth == 2 && g.StrideHeight == 2 && g.StrideWidth == 2 && g.PadHeight == 0 && g.PadWidth == 0
+            && 2 * g.OutputHeight <= g.Height && 2 * g.OutputWidth <= g.Width;
+        for (int oh = 0; oh < g.OutputHeight; oh++)
+            for (int ow = 0; ow < g.OutputWidth; ow++)
             {
-                T* xp = px, yp = py;
-                ForEachPlane(planes, p =>
-                {
-                    var input = new ReadOnlySpan<T>(xp + (nint)p * g.InputPlane, g.InputPlane);
-                    var output = new Span<T>(yp + (nint)p * g.OutputPlane, g.OutputPlane);
-                    for (int oh = 0; oh < g.OutputHeight; oh++)
-                        for (int ow = 0; ow < g.OutputWidth; ow++)
-                            output[oh * g.OutputWidth + ow] = input[ArgMax(g, input, oh, ow)];
-                });
+                // The common 2x2 window inside the plane, directly; any other window by the general search.
+                int at = pairs ? ArgMaxOfPair(x, g.Width, 2 * oh * g.Width + 2 * ow) : ArgMax(g, x, oh, ow);
+                if (backward) output[at] += dy[oh * g.OutputWidth + ow];
+                else output[oh * g.OutputWidth + ow] = x[at];
             }
-        }
     }
 
-    protected override void BackwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx)
+    /// <summary>The first maximum (or first NaN) of the 2x2 window whose top-left element is at <paramref name="at"/>.</summary>
+    private static int ArgMaxOfPair(ReadOnlySpan<T> x, int width, int at)
     {
-        WindowGeometry g = Window(shape);
-        int planes = (int)(x.Length / g.InputPlane);
-        unsafe
-        {
-            fixed (T* px = x)
-            fixed (T* pdy = dy)
-            fixed (T* pdx = dx)
-            {
-                T* xp = px, dyp = pdy, dxp = pdx;
-                ForEachPlane(planes, p =>
-                {
-                    var input = new ReadOnlySpan<T>(xp + (nint)p * g.InputPlane, g.InputPlane);
-                    var gradOut = new ReadOnlySpan<T>(dyp + (nint)p * g.OutputPlane, g.OutputPlane);
-                    var gradIn = new Span<T>(dxp + (nint)p * g.InputPlane, g.InputPlane);
-                    gradIn.Clear();
-                    // The maxima are found again from x: the layer keeps no state between Forward and Backward.
-                    for (int oh = 0; oh < g.OutputHeight; oh++)
-                        for (int ow = 0; ow < g.OutputWidth; ow++)
-                            gradIn[ArgMax(g, input, oh, ow)] += gradOut[oh * g.OutputWidth + ow];
-                });
-            }
-        }
+        int best = at;
+        T max = x[at];
+        if (T.IsNaN(max)) return best;
+        int below = at + width;
+        if (x[at + 1] > max || T.IsNaN(x[at + 1])) { if (T.IsNaN(x[at + 1])) return at + 1; max = x[at + 1]; best = at + 1; }
+        if (x[below] > max || T.IsNaN(x[below])) { if (T.IsNaN(x[below])) return below; max = x[below]; best = below; }
+        if (x[below + 1] > max || T.IsNaN(x[below + 1])) best = below + 1;
+        return best;
     }
 
     /// <summary>Index in the plane of the window's first maximum (or first NaN).</summary>
@@ -176,61 +195,26 @@ public sealed class AvgPool2d<T> : Pool2d<T> where T : unmanaged, IFloatingPoint
 
     protected override string Description => $"AvgPool2d({WindowDescription})";
 
-    protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y)
+    private protected override void PlaneJob(in WindowGeometry g, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> output, bool backward)
     {
-        WindowGeometry g = Window(shape);
-        int planes = (int)(x.Length / g.InputPlane);
-        unsafe
-        {
-            fixed (T* px = x)
-            fixed (T* py = y)
+        if (backward) output.Clear();
+        for (int oh = 0; oh < g.OutputHeight; oh++)
+            for (int ow = 0; ow < g.OutputWidth; ow++)
             {
-                T* xp = px, yp = py;
-                ForEachPlane(planes, p =>
+                var (h0, h1, w0, w1, divisor) = Extent(g, oh, ow);
+                if (backward)
                 {
-                    var input = new ReadOnlySpan<T>(xp + (nint)p * g.InputPlane, g.InputPlane);
-                    var output = new Span<T>(yp + (nint)p * g.OutputPlane, g.OutputPlane);
-                    for (int oh = 0; oh < g.OutputHeight; oh++)
-                        for (int ow = 0; ow < g.OutputWidth; ow++)
-                        {
-                            var (h0, h1, w0, w1, divisor) = Extent(g, oh, ow);
-                            T sum = T.Zero;
-                            for (int h = h0; h < h1; h++)
-                                for (int w = w0; w < w1; w++) sum += input[h * g.Width + w];
-                            output[oh * g.OutputWidth + ow] = divisor == 0 ? T.Zero : sum / T.CreateTruncating(divisor);
-                        }
-                });
+                    if (divisor == 0) continue;
+                    T share = dy[oh * g.OutputWidth + ow] / T.CreateTruncating(divisor);
+                    for (int h = h0; h < h1; h++)
+                        for (int w = w0; w < w1; w++) output[h * g.Width + w] += share;
+                    continue;
+                }
+                T sum = T.Zero;
+                for (int h = h0; h < h1; h++)
+                    for (int w = w0; w < w1; w++) sum += x[h * g.Width + w];
+                output[oh * g.OutputWidth + ow] = divisor == 0 ? T.Zero : sum / T.CreateTruncating(divisor);
             }
-        }
-    }
-
-    protected override void BackwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx)
-    {
-        WindowGeometry g = Window(shape);
-        int planes = (int)(x.Length / g.InputPlane);
-        unsafe
-        {
-            fixed (T* pdy = dy)
-            fixed (T* pdx = dx)
-            {
-                T* dyp = pdy, dxp = pdx;
-                ForEachPlane(planes, p =>
-                {
-                    var gradOut = new ReadOnlySpan<T>(dyp + (nint)p * g.OutputPlane, g.OutputPlane);
-                    var gradIn = new Span<T>(dxp + (nint)p * g.InputPlane, g.InputPlane);
-                    gradIn.Clear();
-                    for (int oh = 0; oh < g.OutputHeight; oh++)
-                        for (int ow = 0; ow < g.OutputWidth; ow++)
-                        {
-                            var (h0, h1, w0, w1, divisor) = Extent(g, oh, ow);
-                            if (divisor == 0) continue;
-                            T share = gradOut[oh * g.OutputWidth + ow] / T.CreateTruncating(divisor);
-                            for (int h = h0; h < h1; h++)
-                                for (int w = w0; w < w1; w++) gradIn[h * g.Width + w] += share;
-                        }
-                });
-            }
-        }
     }
 
     /// <summary>The window's rows and columns inside the input, and its divisor (PyTorch's avg_pool2d rule).</summary>

@@ -1,0 +1,6 @@
+namespace SharpNorm.Cli;
+
+internal static class Program
+{
+    public static int Main(string[] args) => App.Run(args);
+}

@@ -1,0 +1,32 @@
+using Spectre.Console;
+
+namespace SharpNorm.Cli;
+
+/// <summary>
+/// Standard output as a Spectre console. On a terminal: colors and live progress bars. Redirected (a file, a pipe, CI):
+/// plain text without ANSI escapes and no live display, so logs read as they are.
+/// </summary>
+internal static class Terminal
+{
+    private static readonly Lazy<IAnsiConsole> Console_ = new(Create);
+
+    public static IAnsiConsole Out => Console_.Value;
+
+    /// <summary>Whether progress is drawn as live bars (an interactive terminal) rather than as plain lines.</summary>
+    public static bool Live => !Console.IsOutputRedirected && Out.Profile.Capabilities.Interactive && Out.Profile.Capabilities.Ansi;
+
+    private static IAnsiConsole Create()
+    {
+        if (!Console.IsOutputRedirected) return AnsiConsole.Console;
+        IAnsiConsole plain = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Ansi = AnsiSupport.No,
+            ColorSystem = ColorSystemSupport.NoColors,
+            Interactive = InteractionSupport.No,
+            Out = new AnsiConsoleOutput(Console.Out),
+        });
+        // A file has no width; Spectre would assume 80 columns and squeeze the tables.
+        plain.Profile.Width = 120;
+        return plain;
+    }
+}

@@ -1,0 +1,250 @@
+using System.Diagnostics;
+using System.Globalization;
+using SharpNorm.Data;
+using SharpNorm.Layers;
+using SharpNorm.Models;
+using SharpNorm.Serialization;
+using SharpNorm.Training;
+using Spectre.Console;
+
+namespace SharpNorm.Cli;
+
+/// <summary>What one epoch measured, a row of metrics.csv.</summary>
+internal sealed record EpochMetrics(int Epoch, double TrainLoss, double TrainAccuracy, double TestLoss, double TestAccuracy, double Seconds, double LearningRateEnd);
+
+/// <summary><c>sharpnorm train</c>: trains the DarkNet-style classifier on Fashion-MNIST, writes checkpoint, metrics and curves.</summary>
+internal static class TrainCommand
+{
+    public const string Usage = """
+        Usage: sharpnorm train [options]
+
+        Trains SharpNorm's DarkNet-style classifier on Fashion-MNIST (float32, on the CPU) and writes
+        model.safetensors, metrics.csv and curves.png into the output folder.
+
+        Options:
+          --data DIR             folder with Fashion-MNIST's four IDX files, raw or .gz
+                                 (default /usr/share/datasets/fashion-mnist, Debian's dataset-fashion-mnist)
+          --norm NAME            normalization after each convolution: batch, instance, group, layer, none
+                                 (default batch)
+          --epochs N             passes over the training set (default 10)
+          --batch-size N         images per step (default 128)
+          --optimizer NAME       sgd: momentum 0.9, Nesterov, weight decay 5e-4 (default)
+                                 adamw: weight decay 0.05
+          --lr X                 peak learning rate of the one-cycle schedule (25% warm-up, then cosine
+                                 annealing over all steps); default 0.1 for sgd, 2e-3 for adamw
+          --label-smoothing X    cross-entropy label smoothing in [0, 1) (default 0)
+          --seed N               seeds the weights, the shuffling and the augmentation (default 1)
+          --threads N            threads for the layers; -1 for all cores (default -1)
+          --limit N              train on the first N training images only, for a quick try
+                                 (the test set stays whole)
+          --out DIR              output folder (default runs/<norm>-<yyyyMMdd-HHmmss>)
+          -h, --help             this text
+
+        Examples:
+          sharpnorm train
+          sharpnorm train --norm group --epochs 5 --out runs/group
+          sharpnorm train --epochs 1 --limit 2000 --out /tmp/try
+        """;
+
+    private static readonly string[] ValueOptions =
+        ["data", "norm", "epochs", "batch-size", "optimizer", "lr", "label-smoothing", "seed", "threads", "limit", "out"];
+
+    private const int Classes = 10;
+
+    private sealed record Settings(
+        string Data, NormChoice Norm, int Epochs, int BatchSize, string Optimizer, double LearningRate, double LabelSmoothing,
+        int Seed, int Threads, int? Limit, string Out);
+
+    public static int Run(IReadOnlyList<string> args)
+    {
+        ParsedOptions options = ParsedOptions.Parse("train", args, ValueOptions);
+        if (options.Help)
+        {
+            Console.Out.WriteLine(Usage);
+            return 0;
+        }
+        Settings settings = Read(options);
+        return Train(settings);
+    }
+
+    private static Settings Read(ParsedOptions options)
+    {
+        NormChoice norm = options.Norm() ?? NormChoice.Batch;
+        string optimizer = options.Choice("optimizer", "sgd", "sgd", "adamw");
+        double defaultRate = optimizer == "sgd" ? 0.1 : 2e-3;
+        string defaultOut = Path.Combine("runs", $"{Names.Of(norm)}-{DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)}");
+        return new Settings(
+            Data: options.String("data", FashionMnist.DebianDirectory),
+            Norm: norm,
+            Epochs: options.Int("epochs", 10, min: 1),
+            BatchSize: options.Int("batch-size", 128, min: 1),
+            Optimizer: optimizer,
+            LearningRate: options.Double("lr", defaultRate, x => x > 0, "a number > 0"),
+            LabelSmoothing: options.Double("label-smoothing", 0, x => x is >= 0 and < 1, "a number in [0, 1)"),
+            Seed: options.Int("seed", 1),
+            Threads: options.Int("threads", -1, min: -1, expected: "-1 (all cores) or a whole number >= 1") is var threads && threads == 0
+                ? throw new UsageException("option --threads: expected -1 (all cores) or a whole number >= 1, got '0'")
+                : threads,
+            Limit: options.Has("limit") ? options.Int("limit", 0, min: 1) : null,
+            Out: options.String("out", defaultOut));
+    }
+
+    private static int Train(Settings s)
+    {
+        IAnsiConsole console = Terminal.Out;
+        var wall = Stopwatch.StartNew();
+
+        // Fail fast on an unusable output folder, before any training time is spent.
+        if (File.Exists(s.Out)) throw new IOException($"--out {s.Out} is a file, not a folder");
+        Directory.CreateDirectory(s.Out);
+
+        ImageDataset train = FashionMnist.Load(s.Data, train: true);
+        ImageDataset test = FashionMnist.Load(s.Data, train: false);
+        if (s.Limit is int limit) train = train.Take(limit);
+        var (mean, std) = train.PixelStatistics();
+        if (!(std > 0)) throw new InvalidDataException($"the training images of {s.Data} are all the same value; cannot normalize them");
+
+        var trainLoader = new BatchLoader<float>(train, s.BatchSize, shuffle: true, seed: s.Seed, mean, std, new Augmentation(CropPadding: 2, HorizontalFlip: true));
+        var testLoader = new BatchLoader<float>(test, Math.Max(s.BatchSize, 256), shuffle: false, seed: 0, mean, std);
+        long totalSteps = (long)s.Epochs * trainLoader.BatchCount;
+        if (totalSteps < 2)
+            throw new UsageException($"{s.Epochs} epoch(s) of {trainLoader.BatchCount} batch(es) is {totalSteps} step; the one-cycle schedule needs at least 2 (more epochs, more images or a smaller --batch-size)");
+
+        Sequential<float> model = DarkNetClassifier.Create<float>(s.Norm, Classes, s.Seed);
+        model.MaxDegreeOfParallelism = s.Threads;
+        Optimizer<float> optimizer = s.Optimizer == "sgd"
+            ? new Sgd<float>(model.Parameters, s.LearningRate, momentum: 0.9, dampening: 0, weightDecay: 5e-4, nesterov: true)
+            : new AdamW<float>(model.Parameters, s.LearningRate, weightDecay: 0.05);
+        var schedule = new OneCycleSchedule(s.LearningRate, totalSteps, pctStart: 0.25);
+        var trainer = new Trainer<float>(model, optimizer, schedule, Classes, s.LabelSmoothing);
+
+        string optimizerText = s.Optimizer == "sgd"
+            ? $"SGD (momentum 0.9, Nesterov, weight decay 5e-4), one-cycle to lr {Format(s.LearningRate)}"
+            : $"AdamW (weight decay 0.05), one-cycle to lr {Format(s.LearningRate)}";
+        int threads = s.Threads == -1 ? Environment.ProcessorCount : s.Threads;
+        console.MarkupLine($"[bold]DarkNet-style classifier[/] with {Markup.Escape(Names.Describe(s.Norm))}, {DarkNetClassifier.ParameterCount(model):N0} parameters");
+        console.MarkupLine(Markup.Escape($"Fashion-MNIST from {s.Data}: {train.Count:N0} training images{(s.Limit is null ? "" : " (--limit)")}, {test.Count:N0} test images; pixel mean {mean:F4}, std {std:F4}"));
+        console.MarkupLine(Markup.Escape($"{optimizerText}; {s.Epochs} epoch(s) of {trainLoader.BatchCount} batches of {s.BatchSize}" +
+            $"{(s.LabelSmoothing > 0 ? $", label smoothing {Format(s.LabelSmoothing)}" : "")}; seed {s.Seed}; {threads} thread(s)"));
+        console.MarkupLine(Markup.Escape($"Output: {s.Out}"));
+
+        string metricsPath = Path.Combine(s.Out, "metrics.csv");
+        string checkpointPath = Path.Combine(s.Out, "model.safetensors");
+        string curvesPath = Path.Combine(s.Out, "curves.png");
+        var history = new List<EpochMetrics>();
+        EpochResult? lastTest = null;
+        for (int epoch = 1; epoch <= s.Epochs; epoch++)
+        {
+            Interrupt.ThrowIfRequested();
+            var clock = Stopwatch.StartNew();
+            var (trainResult, testResult) = Terminal.Live
+                ? LiveEpoch(console, trainer, trainLoader, testLoader, epoch, s.Epochs)
+                : PlainEpoch(console, trainer, trainLoader, testLoader, epoch, s.Epochs);
+            double seconds = clock.Elapsed.TotalSeconds;
+            lastTest = testResult;
+            history.Add(new EpochMetrics(epoch, trainResult.Loss, trainResult.Accuracy, testResult.Loss, testResult.Accuracy, seconds, optimizer.LearningRate));
+            int width = s.Epochs.ToString(CultureInfo.InvariantCulture).Length;
+            console.MarkupLine(
+                $"epoch {epoch.ToString(CultureInfo.InvariantCulture).PadLeft(width)}/{s.Epochs}  " +
+                $"train loss {trainResult.Loss:F4} acc {Percent(trainResult.Accuracy)}  " +
+                $"[bold]test loss {testResult.Loss:F4} acc {Percent(testResult.Accuracy)}[/]  " +
+                $"{seconds:F1}s (train {trainResult.Time.TotalSeconds:F1}s, {train.Count / trainResult.Time.TotalSeconds:N0} img/s; test {testResult.Time.TotalSeconds:F1}s)  " +
+                $"lr {Format(optimizer.LearningRate)}");
+            // Written after every epoch: an interrupted run keeps the epochs it finished.
+            Results.WriteMetrics(metricsPath, history);
+        }
+
+        var metadata = new Dictionary<string, string>
+        {
+            ["model"] = "DarkNetClassifier",
+            ["norm"] = Names.Of(s.Norm),
+            ["classes"] = Invariant(Classes),
+            ["epochs"] = Invariant(s.Epochs),
+            ["seed"] = Invariant(s.Seed),
+            ["mean"] = Invariant(mean),
+            ["std"] = Invariant(std),
+            ["test_accuracy"] = Invariant(lastTest!.Accuracy),
+            ["test_loss"] = Invariant(lastTest.Loss),
+            ["optimizer"] = s.Optimizer,
+            ["lr"] = Invariant(s.LearningRate),
+            ["batch_size"] = Invariant(s.BatchSize),
+            ["label_smoothing"] = Invariant(s.LabelSmoothing),
+            ["train_images"] = Invariant(train.Count),
+        };
+        Checkpoint.Save(checkpointPath, model, metadata);
+        Charts.WriteCurves(curvesPath, history, $"DarkNet-style classifier, {Names.Describe(s.Norm)}, Fashion-MNIST");
+
+        console.WriteLine();
+        console.MarkupLine($"[bold]Final test accuracy: {Percent(lastTest.Accuracy)}[/] (loss {lastTest.Loss:F4}) after {s.Epochs} epoch(s), {FormatDuration(wall.Elapsed)}");
+        console.MarkupLine(Markup.Escape($"  checkpoint  {checkpointPath}"));
+        console.MarkupLine(Markup.Escape($"  metrics     {metricsPath}"));
+        console.MarkupLine(Markup.Escape($"  curves      {curvesPath}"));
+        console.MarkupLine(Markup.Escape($"Evaluate it with: sharpnorm eval --checkpoint {checkpointPath}" +
+            (s.Data == FashionMnist.DebianDirectory ? "" : $" --data {s.Data}")));
+        return 0;
+    }
+
+    /// <summary>An epoch under a live progress bar (loss, accuracy, images/s, time left), cleared when done.</summary>
+    private static (EpochResult Train, EpochResult Test) LiveEpoch(
+        IAnsiConsole console, Trainer<float> trainer, BatchLoader<float> trainLoader, BatchLoader<float> testLoader, int epoch, int epochs)
+    {
+        return console.Progress()
+            .AutoClear(true)
+            .HideCompleted(false)
+            .Columns(
+                new TaskDescriptionColumn { Alignment = Justify.Left },
+                new ProgressBarColumn(),
+                new PercentageColumn(),
+                new ElapsedTimeColumn(),
+                new RemainingTimeColumn())
+            .Start(context =>
+            {
+                string prefix = $"epoch {epoch}/{epochs}";
+                ProgressTask task = context.AddTask(Markup.Escape($"{prefix}  starting"), maxValue: trainLoader.BatchCount);
+                EpochResult train = trainer.TrainEpoch(trainLoader, epoch, p =>
+                {
+                    Interrupt.ThrowIfRequested();
+                    task.Description = Markup.Escape($"{prefix}  loss {p.Loss:F4}  acc {Percent(p.Accuracy)}  {p.ImagesPerSecond:N0} img/s");
+                    task.Value = p.Batch;
+                });
+                task.Value = task.MaxValue;
+                ProgressTask evaluation = context.AddTask(Markup.Escape($"{prefix}  testing on {testLoader.Count:N0} images"), maxValue: 1);
+                evaluation.IsIndeterminate = true;
+                EpochResult test = trainer.Evaluate(testLoader);
+                evaluation.IsIndeterminate = false;
+                evaluation.Value = 1;
+                return (train, test);
+            });
+    }
+
+    /// <summary>An epoch reported as plain lines every ~10% of its batches (redirected output, CI).</summary>
+    private static (EpochResult Train, EpochResult Test) PlainEpoch(
+        IAnsiConsole console, Trainer<float> trainer, BatchLoader<float> trainLoader, BatchLoader<float> testLoader, int epoch, int epochs)
+    {
+        int batches = trainLoader.BatchCount, every = Math.Max(1, (batches + 9) / 10);
+        int batchWidth = batches.ToString(CultureInfo.InvariantCulture).Length;
+        EpochResult train = trainer.TrainEpoch(trainLoader, epoch, p =>
+        {
+            Interrupt.ThrowIfRequested();
+            if (p.Batch % every != 0 && p.Batch != p.Batches) return;
+            TimeSpan left = p.Batch == 0 ? TimeSpan.Zero : p.Elapsed / p.Batch * (p.Batches - p.Batch);
+            console.WriteLine(
+                $"epoch {epoch}/{epochs}  batch {p.Batch.ToString(CultureInfo.InvariantCulture).PadLeft(batchWidth)}/{p.Batches} " +
+                $"({100.0 * p.Batch / p.Batches,3:F0}%)  loss {p.Loss:F4}  acc {Percent(p.Accuracy)}  {p.ImagesPerSecond:N0} img/s  " +
+                $"elapsed {FormatDuration(p.Elapsed)}  left {FormatDuration(left)}");
+        });
+        EpochResult test = trainer.Evaluate(testLoader);
+        return (train, test);
+    }
+
+    internal static string Percent(double fraction) => (100 * fraction).ToString("F2", CultureInfo.InvariantCulture) + "%";
+
+    internal static string FormatDuration(TimeSpan t) =>
+        t.TotalHours >= 1 ? $"{(int)t.TotalHours}:{t.Minutes:D2}:{t.Seconds:D2}" : $"{t.Minutes}:{t.Seconds:D2}";
+
+    private static string Format(double x) => x.ToString("G4", CultureInfo.InvariantCulture);
+
+    private static string Invariant(double x) => x.ToString("R", CultureInfo.InvariantCulture);
+
+    private static string Invariant(int x) => x.ToString(CultureInfo.InvariantCulture);
+}
