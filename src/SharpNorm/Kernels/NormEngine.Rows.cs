@@ -76,55 +76,79 @@ public sealed unsafe partial class NormEngine<T>
         ref T gamma = ref MemoryMarshal.GetArrayDataReference(_rowGamma);
         ref T beta = ref MemoryMarshal.GetArrayDataReference(_rowBeta);
 
+        const int together = NormKernels<T>.RowsTogether;
+        Span<T> c = stackalloc T[together], r = stackalloc T[together], o = stackalloc T[together], q = stackalloc T[together];
         if (_job is JobKind.RowForward or JobKind.RowNormalize or JobKind.RowScale)
         {
-            for (int row = first; row < end; row++)
+            // Up to four rows at a time: their statistics one by one, then one pass that reads gamma and beta once for all.
+            for (int row = first; row < end; row += together)
             {
+                int rows = Math.Min(together, end - row);
+                for (int k = 0; k < rows; k++)
+                {
+                    if (_job == JobKind.RowForward) RowStatistics<TSimd, TVector>(ref Unsafe.Add(ref x0, (nint)(row + k) * width), row + k);
+                    double mean = _groupMean[row + k], invStd = _groupInvStd[row + k];
+                    (c[k], r[k]) = (_center[row + k], T.CreateTruncating(invStd));
+                    o[k] = T.CreateTruncating((double.CreateTruncating(c[k]) - mean) * invStd);
+                    q[k] = T.Zero;
+                }
                 nint offset = (nint)row * width;
-                ref T xr = ref Unsafe.Add(ref x0, offset);
-                if (_job == JobKind.RowForward) RowStatistics<TSimd, TVector>(ref xr, row);
-                double mean = _groupMean[row], invStd = _groupInvStd[row];
-                T c = _center[row], r = T.CreateTruncating(invStd);
                 if (_job == JobKind.RowScale)
-                    NormKernels<T>.RowInputGradient<TSimd, TVector>(ref xr, ref xr, ref gamma, ref Unsafe.Add(ref out0, offset), width,
-                        c, r, T.Zero, T.Zero, throughStatistics: false, _streaming);
+                    NormKernels<T>.RowsInputGradient<TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref out0, offset),
+                        width, rows, ref gamma, width, c, r, q, q, throughStatistics: false, _streaming);
                 else
-                    NormKernels<T>.NormalizeRow<TSimd, TVector>(ref xr, ref gamma, ref beta, ref Unsafe.Add(ref out0, offset), width,
-                        c, r, T.CreateTruncating((double.CreateTruncating(c) - mean) * invStd), _streaming);
+                    NormKernels<T>.NormalizeRows<TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref out0, offset), width, rows,
+                        ref gamma, ref beta, width, c, r, o, _streaming);
             }
             return;
         }
 
-        // Backward (dx too) or the gradient sums alone, band by band.
+        // Backward (dx too) or the gradient sums alone, band by band, four rows at a time.
         bool writeInputGradient = _job == JobKind.RowBackward;
         Span<T> scratch = _workerScratch.AsSpan(worker * _workerScratchLength, _workerScratchLength);
         Span<T> dBeta = scratch[..width], dGamma = scratch.Slice(width, width);
+        Span<T> w = stackalloc T[together];
+        Span<double> sumG = stackalloc double[together], sumGCentered = stackalloc double[together];
+        Span<double> pieceG = stackalloc double[together], pieceGCentered = stackalloc double[together];
         for (int band = first; band < end; band++)
         {
             dBeta.Clear();
             dGamma.Clear();
             int rowEnd = Math.Min(g.A, (band + 1) * NormPlan.RowsPerBand);
-            for (int row = band * NormPlan.RowsPerBand; row < rowEnd; row++)
+            for (int row = band * NormPlan.RowsPerBand; row < rowEnd; row += together)
             {
+                int rows = Math.Min(together, rowEnd - row);
+                for (int k = 0; k < rows; k++)
+                {
+                    double mean = _groupMean[row + k], invStd = _groupInvStd[row + k], center = double.CreateTruncating(_center[row + k]);
+                    (c[k], r[k], o[k]) = (_center[row + k], T.CreateTruncating(invStd), T.CreateTruncating((center - mean) * invStd));
+                }
                 nint offset = (nint)row * width;
                 ref T xr = ref Unsafe.Add(ref x0, offset);
                 ref T dyr = ref Unsafe.Add(ref second0, offset);
-                double mean = _groupMean[row], invStd = _groupInvStd[row], center = double.CreateTruncating(_center[row]);
-                T c = _center[row], r = T.CreateTruncating(invStd), o = T.CreateTruncating((center - mean) * invStd);
-                double sumG = 0, sumGCentered = 0;
+                sumG.Clear();
+                sumGCentered.Clear();
                 for (int start = 0; start < width; start += NormPlan.RowPieceElements)
                 {
                     int length = Math.Min(NormPlan.RowPieceElements, width - start);
-                    double pieceG = 0, pieceGCentered = 0;
-                    NormKernels<T>.RowGradientSums<TSimd, TVector>(ref Unsafe.Add(ref xr, start), ref Unsafe.Add(ref dyr, start),
-                        ref Unsafe.Add(ref gamma, start), ref dBeta[start], ref dGamma[start], length, c, r, o, ref pieceG, ref pieceGCentered);
-                    sumG += pieceG;
-                    sumGCentered += pieceGCentered;
+                    pieceG.Clear();
+                    pieceGCentered.Clear();
+                    NormKernels<T>.RowsGradientSums<TSimd, TVector>(ref Unsafe.Add(ref xr, start), ref Unsafe.Add(ref dyr, start), width, rows,
+                        ref Unsafe.Add(ref gamma, start), ref dBeta[start], ref dGamma[start], length, c, r, o, pieceG, pieceGCentered);
+                    for (int k = 0; k < rows; k++)
+                    {
+                        sumG[k] += pieceG[k];
+                        sumGCentered[k] += pieceGCentered[k];
+                    }
                 }
                 if (!writeInputGradient) continue;
-                double sumGXhat = SumDyXhat(sumG, sumGCentered, center - mean, invStd);
-                var (_, q, w) = InputGradientCoefficients(1, invStd, _subtractMean ? sumG : 0, sumGXhat, width, center - mean);
-                NormKernels<T>.RowInputGradient<TSimd, TVector>(ref xr, ref dyr, ref gamma, ref Unsafe.Add(ref out0, offset), width,
+                for (int k = 0; k < rows; k++)
+                {
+                    double mean = _groupMean[row + k], invStd = _groupInvStd[row + k], center = double.CreateTruncating(_center[row + k]);
+                    double sumGXhat = SumDyXhat(sumG[k], sumGCentered[k], center - mean, invStd);
+                    (_, q[k], w[k]) = InputGradientCoefficients(1, invStd, _subtractMean ? sumG[k] : 0, sumGXhat, width, center - mean);
+                }
+                NormKernels<T>.RowsInputGradient<TSimd, TVector>(ref xr, ref dyr, ref Unsafe.Add(ref out0, offset), width, rows, ref gamma, width,
                     c, r, q, w, throughStatistics: true, _streaming);
             }
             TensorPrimitives.ConvertTruncating<T, double>(dBeta, _partial1.AsSpan(band * width, width));
