@@ -1,4 +1,5 @@
 using ScottPlot;
+using SkiaSharp;
 
 namespace SharpNorm.Cli;
 
@@ -14,23 +15,38 @@ internal static class Charts
         Plot loss = multiplot.GetPlot(0), accuracy = multiplot.GetPlot(1);
 
         AddCurves(loss, epochs, history.Select(m => m.TrainLoss), history.Select(m => m.TestLoss));
-        loss.Title("Loss (cross-entropy)");
+        loss.Title($"Loss (cross-entropy), {title}");
         loss.YLabel("loss");
 
         AddCurves(accuracy, epochs, history.Select(m => 100 * m.TrainAccuracy), history.Select(m => 100 * m.TestAccuracy));
-        accuracy.Title("Accuracy");
+        accuracy.Title($"Accuracy, {title}");
         accuracy.YLabel("accuracy (%)");
 
+        string? font = SansFont.Value;
         foreach (Plot plot in new[] { loss, accuracy })
         {
-            plot.XLabel($"epoch  ({title})");
+            if (font is not null) plot.Font.Set(font);
+            plot.XLabel("epoch");
             plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic { IntegerTicksOnly = true };
-            plot.ShowLegend(Alignment.UpperRight);
         }
+        // Loss falls and accuracy rises: their legends go where the curves end up least.
+        loss.ShowLegend(Alignment.UpperRight);
+        accuracy.ShowLegend(Alignment.LowerRight);
         string temporary = path + ".partial.png";
         multiplot.SavePng(temporary, 1200, 500);
         File.Move(temporary, path, overwrite: true);
     }
+
+    /// <summary>
+    /// A sans-serif family the system has. ScottPlot's own pick falls back to Skia's default typeface, which on Debian
+    /// (SkiaSharp without fontconfig) is DejaVu Serif.
+    /// </summary>
+    private static readonly Lazy<string?> SansFont = new(() =>
+    {
+        foreach (string name in new[] { "DejaVu Sans", "Liberation Sans", "Noto Sans", "Arial", "Helvetica", "Segoe UI" })
+            if (string.Equals(SKFontManager.Default.MatchFamily(name)?.FamilyName, name, StringComparison.OrdinalIgnoreCase)) return name;
+        return null;
+    });
 
     private static void AddCurves(Plot plot, double[] epochs, IEnumerable<double> train, IEnumerable<double> test)
     {

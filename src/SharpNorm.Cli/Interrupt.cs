@@ -1,19 +1,29 @@
+using System.Runtime.InteropServices;
+
 namespace SharpNorm.Cli;
 
 /// <summary>
-/// Ctrl+C: the first press asks the run to stop at the next batch (live displays are cleaned up, the epochs already
-/// finished stay in metrics.csv); a second press ends the process at once.
+/// Ctrl+C (or SIGTERM): the first one asks the run to stop at the next batch, so live displays are cleaned up and the
+/// epochs already finished stay in metrics.csv; a second one ends the process at once.
 /// </summary>
 internal static class Interrupt
 {
     private static volatile bool _requested;
+    private static PosixSignalRegistration? _terminate;
 
-    public static void Install() => Console.CancelKeyPress += (_, e) =>
+    public static void Install()
     {
-        if (_requested) return;
+        Console.CancelKeyPress += (_, e) => e.Cancel = Request();
+        if (!OperatingSystem.IsWindows()) _terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => context.Cancel = Request());
+    }
+
+    /// <returns>Whether to keep the process alive: true the first time.</returns>
+    private static bool Request()
+    {
+        if (_requested) return false;
         _requested = true;
-        e.Cancel = true;
-    };
+        return true;
+    }
 
     public static void ThrowIfRequested()
     {

@@ -99,6 +99,14 @@ internal sealed class ParsedOptions
         return match ?? throw new UsageException($"option --{name}: expected one of {string.Join(", ", choices)}, got '{text}'");
     }
 
+    /// <summary>--threads: -1 for all cores (the default) or a positive count.</summary>
+    public int Threads(string name = "threads")
+    {
+        const string expected = "-1 (all cores) or a whole number >= 1";
+        int threads = Int(name, -1, min: -1, expected: expected);
+        return threads != 0 ? threads : throw new UsageException($"option --{name}: expected {expected}, got '{String(name)}'");
+    }
+
     public NormChoice? Norm(string name = "norm")
     {
         string? text = String(name);

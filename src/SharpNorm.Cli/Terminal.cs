@@ -25,8 +25,8 @@ internal static class Terminal
             Interactive = InteractionSupport.No,
             Out = new AnsiConsoleOutput(Console.Out),
         });
-        // A file has no width; Spectre would assume 80 columns and squeeze the tables.
-        plain.Profile.Width = 120;
+        // A file has no width; Spectre would assume 80 columns, wrap long lines and squeeze the tables.
+        plain.Profile.Width = 240;
         return plain;
     }
 }

@@ -32,7 +32,8 @@ internal static class TrainCommand
                                  adamw: weight decay 0.05
           --lr X                 peak learning rate of the one-cycle schedule (25% warm-up, then cosine
                                  annealing over all steps); default 0.1 for sgd, 2e-3 for adamw
-          --label-smoothing X    cross-entropy label smoothing in [0, 1) (default 0)
+          --label-smoothing X    cross-entropy label smoothing in [0, 1) (default 0); the training loss
+                                 includes it, the test loss is plain cross-entropy
           --seed N               seeds the weights, the shuffling and the augmentation (default 1)
           --threads N            threads for the layers; -1 for all cores (default -1)
           --limit N              train on the first N training images only, for a quick try
@@ -82,9 +83,7 @@ internal static class TrainCommand
             LearningRate: options.Double("lr", defaultRate, x => x > 0, "a number > 0"),
             LabelSmoothing: options.Double("label-smoothing", 0, x => x is >= 0 and < 1, "a number in [0, 1)"),
             Seed: options.Int("seed", 1),
-            Threads: options.Int("threads", -1, min: -1, expected: "-1 (all cores) or a whole number >= 1") is var threads && threads == 0
-                ? throw new UsageException("option --threads: expected -1 (all cores) or a whole number >= 1, got '0'")
-                : threads,
+            Threads: options.Threads(),
             Limit: options.Has("limit") ? options.Int("limit", 0, min: 1) : null,
             Out: options.String("out", defaultOut));
     }
@@ -94,10 +93,7 @@ internal static class TrainCommand
         IAnsiConsole console = Terminal.Out;
         var wall = Stopwatch.StartNew();
 
-        // Fail fast on an unusable output folder, before any training time is spent.
         if (File.Exists(s.Out)) throw new IOException($"--out {s.Out} is a file, not a folder");
-        Directory.CreateDirectory(s.Out);
-
         ImageDataset train = FashionMnist.Load(s.Data, train: true);
         ImageDataset test = FashionMnist.Load(s.Data, train: false);
         if (s.Limit is int limit) train = train.Take(limit);
@@ -117,15 +113,17 @@ internal static class TrainCommand
             : new AdamW<float>(model.Parameters, s.LearningRate, weightDecay: 0.05);
         var schedule = new OneCycleSchedule(s.LearningRate, totalSteps, pctStart: 0.25);
         var trainer = new Trainer<float>(model, optimizer, schedule, Classes, s.LabelSmoothing);
+        // Fail on an unusable output folder now, before any training time is spent.
+        Directory.CreateDirectory(s.Out);
 
         string optimizerText = s.Optimizer == "sgd"
-            ? $"SGD (momentum 0.9, Nesterov, weight decay 5e-4), one-cycle to lr {Format(s.LearningRate)}"
-            : $"AdamW (weight decay 0.05), one-cycle to lr {Format(s.LearningRate)}";
+            ? $"SGD (momentum 0.9, Nesterov, weight decay 5e-4), one-cycle schedule to lr {FormatRate(s.LearningRate)}"
+            : $"AdamW (weight decay 0.05), one-cycle schedule to lr {FormatRate(s.LearningRate)}";
         int threads = s.Threads == -1 ? Environment.ProcessorCount : s.Threads;
         console.MarkupLine($"[bold]DarkNet-style classifier[/] with {Markup.Escape(Names.Describe(s.Norm))}, {DarkNetClassifier.ParameterCount(model):N0} parameters");
-        console.MarkupLine(Markup.Escape($"Fashion-MNIST from {s.Data}: {train.Count:N0} training images{(s.Limit is null ? "" : " (--limit)")}, {test.Count:N0} test images; pixel mean {mean:F4}, std {std:F4}"));
-        console.MarkupLine(Markup.Escape($"{optimizerText}; {s.Epochs} epoch(s) of {trainLoader.BatchCount} batches of {s.BatchSize}" +
-            $"{(s.LabelSmoothing > 0 ? $", label smoothing {Format(s.LabelSmoothing)}" : "")}; seed {s.Seed}; {threads} thread(s)"));
+        console.MarkupLine(Markup.Escape($"Fashion-MNIST from {s.Data}: {train.Count:N0} training images{(s.Limit is null ? "" : " (--limit)")}, {test.Count:N0} test images"));
+        console.MarkupLine(Markup.Escape($"{optimizerText}" + (s.LabelSmoothing > 0 ? $", label smoothing {Format(s.LabelSmoothing)}" : "")));
+        console.MarkupLine(Markup.Escape($"{s.Epochs} epoch(s) of {trainLoader.BatchCount} batches of {s.BatchSize}; pixel mean {mean:F4}, std {std:F4}; seed {s.Seed}; {threads} thread(s)"));
         console.MarkupLine(Markup.Escape($"Output: {s.Out}"));
 
         string metricsPath = Path.Combine(s.Out, "metrics.csv");
@@ -138,8 +136,8 @@ internal static class TrainCommand
             Interrupt.ThrowIfRequested();
             var clock = Stopwatch.StartNew();
             var (trainResult, testResult) = Terminal.Live
-                ? LiveEpoch(console, trainer, trainLoader, testLoader, epoch, s.Epochs)
-                : PlainEpoch(console, trainer, trainLoader, testLoader, epoch, s.Epochs);
+                ? LiveEpoch(console, model, trainer, trainLoader, testLoader, epoch, s.Epochs)
+                : PlainEpoch(console, model, trainer, trainLoader, testLoader, epoch, s.Epochs);
             double seconds = clock.Elapsed.TotalSeconds;
             lastTest = testResult;
             history.Add(new EpochMetrics(epoch, trainResult.Loss, trainResult.Accuracy, testResult.Loss, testResult.Accuracy, seconds, optimizer.LearningRate));
@@ -148,8 +146,8 @@ internal static class TrainCommand
                 $"epoch {epoch.ToString(CultureInfo.InvariantCulture).PadLeft(width)}/{s.Epochs}  " +
                 $"train loss {trainResult.Loss:F4} acc {Percent(trainResult.Accuracy)}  " +
                 $"[bold]test loss {testResult.Loss:F4} acc {Percent(testResult.Accuracy)}[/]  " +
-                $"{seconds:F1}s (train {trainResult.Time.TotalSeconds:F1}s, {train.Count / trainResult.Time.TotalSeconds:N0} img/s; test {testResult.Time.TotalSeconds:F1}s)  " +
-                $"lr {Format(optimizer.LearningRate)}");
+                $"{seconds:F1}s (test {testResult.Time.TotalSeconds:F1}s)  {train.Count / trainResult.Time.TotalSeconds:N0} img/s  " +
+                $"lr {FormatRate(optimizer.LearningRate)}");
             // Written after every epoch: an interrupted run keeps the epochs it finished.
             Results.WriteMetrics(metricsPath, history);
         }
@@ -172,21 +170,30 @@ internal static class TrainCommand
             ["train_images"] = Invariant(train.Count),
         };
         Checkpoint.Save(checkpointPath, model, metadata);
-        Charts.WriteCurves(curvesPath, history, $"DarkNet-style classifier, {Names.Describe(s.Norm)}, Fashion-MNIST");
+        try
+        {
+            Charts.WriteCurves(curvesPath, history, $"{Names.Describe(s.Norm)}, Fashion-MNIST");
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            // E.g. SkiaSharp's native library missing on this platform: say so, the rest of the run is on disk.
+            throw new IOException($"could not draw {curvesPath} ({e.GetBaseException().GetType().Name}: {e.GetBaseException().Message}); " +
+                $"{checkpointPath} and {metricsPath} were written (final test accuracy {Percent(lastTest.Accuracy)})", e);
+        }
 
         console.WriteLine();
         console.MarkupLine($"[bold]Final test accuracy: {Percent(lastTest.Accuracy)}[/] (loss {lastTest.Loss:F4}) after {s.Epochs} epoch(s), {FormatDuration(wall.Elapsed)}");
         console.MarkupLine(Markup.Escape($"  checkpoint  {checkpointPath}"));
         console.MarkupLine(Markup.Escape($"  metrics     {metricsPath}"));
         console.MarkupLine(Markup.Escape($"  curves      {curvesPath}"));
-        console.MarkupLine(Markup.Escape($"Evaluate it with: sharpnorm eval --checkpoint {checkpointPath}" +
-            (s.Data == FashionMnist.DebianDirectory ? "" : $" --data {s.Data}")));
+        console.MarkupLine(Markup.Escape($"Evaluate it with: sharpnorm eval --checkpoint {Quote(checkpointPath)}" +
+            (s.Data == FashionMnist.DebianDirectory ? "" : $" --data {Quote(s.Data)}")));
         return 0;
     }
 
     /// <summary>An epoch under a live progress bar (loss, accuracy, images/s, time left), cleared when done.</summary>
     private static (EpochResult Train, EpochResult Test) LiveEpoch(
-        IAnsiConsole console, Trainer<float> trainer, BatchLoader<float> trainLoader, BatchLoader<float> testLoader, int epoch, int epochs)
+        IAnsiConsole console, Sequential<float> model, Trainer<float> trainer, BatchLoader<float> trainLoader, BatchLoader<float> testLoader, int epoch, int epochs)
     {
         return console.Progress()
             .AutoClear(true)
@@ -195,8 +202,7 @@ internal static class TrainCommand
                 new TaskDescriptionColumn { Alignment = Justify.Left },
                 new ProgressBarColumn(),
                 new PercentageColumn(),
-                new ElapsedTimeColumn(),
-                new RemainingTimeColumn())
+                new TimeColumn())
             .Start(context =>
             {
                 string prefix = $"epoch {epoch}/{epochs}";
@@ -210,7 +216,7 @@ internal static class TrainCommand
                 task.Value = task.MaxValue;
                 ProgressTask evaluation = context.AddTask(Markup.Escape($"{prefix}  testing on {testLoader.Count:N0} images"), maxValue: 1);
                 evaluation.IsIndeterminate = true;
-                EpochResult test = trainer.Evaluate(testLoader);
+                EpochResult test = Test(model, testLoader);
                 evaluation.IsIndeterminate = false;
                 evaluation.Value = 1;
                 return (train, test);
@@ -219,7 +225,7 @@ internal static class TrainCommand
 
     /// <summary>An epoch reported as plain lines every ~10% of its batches (redirected output, CI).</summary>
     private static (EpochResult Train, EpochResult Test) PlainEpoch(
-        IAnsiConsole console, Trainer<float> trainer, BatchLoader<float> trainLoader, BatchLoader<float> testLoader, int epoch, int epochs)
+        IAnsiConsole console, Sequential<float> model, Trainer<float> trainer, BatchLoader<float> trainLoader, BatchLoader<float> testLoader, int epoch, int epochs)
     {
         int batches = trainLoader.BatchCount, every = Math.Max(1, (batches + 9) / 10);
         int batchWidth = batches.ToString(CultureInfo.InvariantCulture).Length;
@@ -233,16 +239,27 @@ internal static class TrainCommand
                 $"({100.0 * p.Batch / p.Batches,3:F0}%)  loss {p.Loss:F4}  acc {Percent(p.Accuracy)}  {p.ImagesPerSecond:N0} img/s  " +
                 $"elapsed {FormatDuration(p.Elapsed)}  left {FormatDuration(left)}");
         });
-        EpochResult test = trainer.Evaluate(testLoader);
+        EpochResult test = Test(model, testLoader);
         return (train, test);
     }
+
+    /// <summary>The test set's loss (plain cross-entropy, without label smoothing, as 'sharpnorm eval') and accuracy.</summary>
+    private static EpochResult Test(Sequential<float> model, BatchLoader<float> loader) => Trainer<float>.Evaluate(model, loader, Classes);
 
     internal static string Percent(double fraction) => (100 * fraction).ToString("F2", CultureInfo.InvariantCulture) + "%";
 
     internal static string FormatDuration(TimeSpan t) =>
         t.TotalHours >= 1 ? $"{(int)t.TotalHours}:{t.Minutes:D2}:{t.Seconds:D2}" : $"{t.Minutes}:{t.Seconds:D2}";
 
+    /// <summary>A path as a shell word: quoted when it holds anything but plain characters.</summary>
+    private static string Quote(string path) =>
+        path.All(c => char.IsAsciiLetterOrDigit(c) || c is '/' or '.' or '-' or '_' or '+' or ':' or ',') ? path : "'" + path.Replace("'", "'\\''") + "'";
+
     private static string Format(double x) => x.ToString("G4", CultureInfo.InvariantCulture);
+
+    /// <summary>A learning rate: 0.1, 0.002, 4e-07.</summary>
+    private static string FormatRate(double x) =>
+        x.ToString(x == 0 || x >= 1e-3 ? "0.######" : "0.##e-00", CultureInfo.InvariantCulture);
 
     private static string Invariant(double x) => x.ToString("R", CultureInfo.InvariantCulture);
 

@@ -71,6 +71,34 @@ public static class Safetensors
         File.Move(temporary, path, overwrite: true);
     }
 
+    /// <summary>The metadata alone (the header is read, the tensors are not).</summary>
+    public static Dictionary<string, string> ReadMetadata(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (!File.Exists(path)) throw new FileNotFoundException($"Checkpoint not found: {path}", path);
+        using FileStream file = File.OpenRead(path);
+        Span<byte> length = stackalloc byte[8];
+        if (file.ReadAtLeast(length, 8, throwOnEndOfStream: false) < 8)
+            throw new InvalidDataException($"{path}: {file.Length} bytes is too short for a safetensors file.");
+        ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(length);
+        if (headerLength > MaxHeaderBytes || (long)headerLength > file.Length - 8)
+            throw new InvalidDataException($"{path}: header length {headerLength} does not fit the file of {file.Length} bytes (not a safetensors file?).");
+        var header = new byte[headerLength];
+        file.ReadExactly(header);
+        var metadata = new Dictionary<string, string>();
+        try
+        {
+            using JsonDocument document = JsonDocument.Parse(header);
+            if (document.RootElement.TryGetProperty("__metadata__", out JsonElement items))
+                foreach (JsonProperty item in items.EnumerateObject()) metadata[item.Name] = item.Value.GetString() ?? "";
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
+        {
+            throw new InvalidDataException($"{path}: the safetensors header is not valid: {e.Message}", e);
+        }
+        return metadata;
+    }
+
     /// <summary>Reads every tensor and the metadata; a malformed file gives an InvalidDataException saying what is wrong.</summary>
     public static (Dictionary<string, SafetensorsEntry> Tensors, Dictionary<string, string> Metadata) Read(string path)
     {

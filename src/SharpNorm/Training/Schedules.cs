@@ -63,6 +63,8 @@ public sealed class OneCycleSchedule : ILearningRateSchedule
         // PyTorch's phase ends: pctStart*total - 1 and total - 1.
         double upEnd = PctStart * TotalSteps - 1, downEnd = TotalSteps - 1;
         step = Math.Clamp(step, 0, TotalSteps - 1);
+        // A warm-up that ends at step 0 (pctStart * totalSteps <= 1) starts at the peak; PyTorch divides by zero there.
+        if (upEnd <= 0 && step == 0) return MaxRate;
         return step <= upEnd
             ? Anneal(InitialRate, MaxRate, step / upEnd)
             : Anneal(MaxRate, FinalRate, (step - upEnd) / (downEnd - upEnd));

@@ -68,8 +68,8 @@ public sealed class Trainer<T> where T : unmanaged, IFloatingPointIeee754<T>
         return new EpochResult(lossSum / seen, (double)correct / seen, clock.Elapsed);
     }
 
-    /// <summary>Loss, accuracy and the confusion matrix (rows: true class, columns: predicted) in eval mode.</summary>
-    public EpochResult Evaluate(BatchLoader<T> loader) => Evaluate(_model, loader, _classes, _loss);
+    /// <summary>Plain cross-entropy (no label smoothing), accuracy and the confusion matrix (rows: true class, columns: predicted) in eval mode.</summary>
+    public EpochResult Evaluate(BatchLoader<T> loader) => Evaluate(_model, loader, _classes);
 
     public static EpochResult Evaluate(ILayer<T> model, BatchLoader<T> loader, int classes, CrossEntropyLoss<T>? loss = null)
     {

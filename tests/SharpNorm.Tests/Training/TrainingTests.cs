@@ -115,6 +115,7 @@ public class TrainingTests
         Assert.Equal(0.04, oneCycle.LearningRate(0), 1e-12);
         Assert.Equal(1.0, oneCycle.LearningRate(2), 1e-12);
         Assert.Equal(4e-6, oneCycle.LearningRate(9), 1e-12);
+        Assert.Equal(1.0, new OneCycleSchedule(1.0, 4, pctStart: 0.25).LearningRate(0)); // warm-up ending at step 0
         var cosine = new CosineSchedule(0.1, 100, warmupSteps: 10);
         Assert.Equal(0.01, cosine.LearningRate(0), 1e-12);
         Assert.Equal(0.1, cosine.LearningRate(10), 1e-12);

@@ -1,0 +1,50 @@
+using System.Diagnostics;
+using Xunit;
+
+namespace SharpNorm.Tests.Training;
+
+/// <summary>The sharpnorm command: every failure is one line on stderr and a non-zero exit code, never a stack trace.</summary>
+public class CliTests
+{
+    private static (int ExitCode, string Out, string Error) Run(params string[] args)
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "SharpNorm.Cli.dll"));
+        foreach (string arg in args) start.ArgumentList.Add(arg);
+        start.Environment.Remove("SHARPNORM_DEBUG");
+        using Process process = Process.Start(start)!;
+        Task<string> output = process.StandardOutput.ReadToEndAsync(), error = process.StandardError.ReadToEndAsync();
+        Assert.True(process.WaitForExit(60_000), $"sharpnorm {string.Join(' ', args)} did not finish");
+        return (process.ExitCode, output.Result, error.Result);
+    }
+
+    [Theory]
+    [InlineData(2, "unknown option '--bogus'", "train", "--bogus")]
+    [InlineData(2, "option --epochs", "train", "--epochs", "abc")]
+    [InlineData(2, "unknown command 'fly'", "fly")]
+    [InlineData(1, "not found in /nonexistent", "train", "--data", "/nonexistent")]
+    [InlineData(1, "too short for a safetensors file", "eval", "--checkpoint", "/etc/hostname")]
+    [InlineData(1, "Checkpoint not found", "eval", "--checkpoint", "/nonexistent/model.safetensors")]
+    public void ErrorsAreOneLineWithAnExitCode(int exitCode, string message, params string[] args)
+    {
+        var (code, output, error) = Run(args);
+        Assert.Equal(exitCode, code);
+        string line = Assert.Single(error.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith("sharpnorm: error: ", line);
+        Assert.Contains(message, line);
+        Assert.DoesNotContain("   at ", error);
+        Assert.Equal("", output);
+    }
+
+    [Fact]
+    public void HelpListsTheCommands()
+    {
+        var (code, output, _) = Run("--help");
+        Assert.Equal(0, code);
+        Assert.Contains("sharpnorm train", output);
+        Assert.Contains("sharpnorm eval", output);
+        var (trainCode, trainHelp, _) = Run("train", "--help");
+        Assert.Equal(0, trainCode);
+        Assert.Contains("--norm", trainHelp);
+    }
+}
