@@ -15,6 +15,7 @@ internal static class App
         Usage:
           sharpnorm train [options]                   train a model; writes model.safetensors, metrics.csv, curves.png
           sharpnorm eval --checkpoint FILE [options]  test accuracy and confusion matrix of a checkpoint
+          sharpnorm darknet summary MODEL.cfg         layers, output shapes, parameters and BFLOPs of a darknet network
           sharpnorm help [COMMAND]                    this text, or a command's options
           sharpnorm --version                         the version
 
@@ -51,10 +52,13 @@ internal static class App
                 return TrainCommand.Run(rest);
             case "eval" or "evaluate":
                 return EvalCommand.Run(rest);
+            case "darknet":
+                return DarknetCommand.Run(rest);
             case "help" or "-h" or "--help" or "-?":
                 if (rest.Length == 0) Console.Out.WriteLine(Usage);
                 else if (rest.Length == 1 && rest[0] == "train") Console.Out.WriteLine(TrainCommand.Usage);
                 else if (rest.Length == 1 && rest[0] is "eval" or "evaluate") Console.Out.WriteLine(EvalCommand.Usage);
+                else if (rest.Length == 1 && rest[0] == "darknet") Console.Out.WriteLine(DarknetCommand.Usage);
                 else throw new UsageException($"no help for '{string.Join(' ', rest)}' (commands: train, eval)");
                 return 0;
             case "--version":
@@ -63,7 +67,7 @@ internal static class App
             default:
                 throw args[0].StartsWith('-')
                     ? new UsageException($"unknown option '{args[0]}'; expected a command: train, eval or help")
-                    : new UsageException($"unknown command '{args[0]}' (commands: train, eval, help)");
+                    : new UsageException($"unknown command '{args[0]}' (commands: train, eval, darknet, help)");
         }
     }
 
@@ -81,7 +85,8 @@ internal static class App
         int code = e is UsageException ? 2 : 1;
         string message = e switch
         {
-            UsageException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException or IOException or UnauthorizedAccessException => e.Message,
+            UsageException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException or IOException or UnauthorizedAccessException
+                or SharpNorm.Darknet.DarknetConfigException => e.Message,
             ArgumentException argument => argument.Message, // the library's checks: "...; got shape (...)" (Parameter 'x')
             OutOfMemoryException => "out of memory (try a smaller --batch-size)",
             _ => $"{e.GetType().Name}: {e.Message}",

@@ -1,0 +1,45 @@
+using System.Globalization;
+using SharpNorm.Darknet;
+using Spectre.Console;
+
+namespace SharpNorm.Cli;
+
+/// <summary><c>sharpnorm darknet</c>: darknet networks (.cfg). So far: <c>summary</c>.</summary>
+internal static class DarknetCommand
+{
+    public const string Usage = """
+        Usage: sharpnorm darknet summary MODEL.cfg
+
+        Reads a darknet network description and prints its layers as darknet sizes them: output shapes,
+        learnable parameters and BFLOPs (2 x multiply-adds / 1e9), and the totals.
+        """;
+
+    public static int Run(IReadOnlyList<string> args)
+    {
+        if (args.Count == 0 || args[0] is "-h" or "--help" or "help")
+        {
+            Console.Out.WriteLine(Usage);
+            return 0;
+        }
+        if (args[0] != "summary")
+            throw new UsageException($"unknown darknet command '{args[0]}' (commands: summary)");
+        if (args.Count != 2 || args[1].StartsWith('-'))
+            throw new UsageException("darknet summary takes one argument, the .cfg file (see 'sharpnorm darknet --help')");
+
+        IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(DarknetConfig.ReadFile(args[1]));
+        var table = new Table().RoundedBorder().Title(Markup.Escape(Path.GetFileName(args[1])));
+        foreach (string column in new[] { "#", "layer", "details", "input", "output", "parameters", "BFLOPs" }) table.AddColumn(column);
+        foreach (int right in new[] { 0, 5, 6 }) table.Columns[right].RightAligned();
+        foreach (DarknetLayerInfo layer in layers)
+        {
+            string input = layer.Inputs.Length == 1 && layer.Inputs[0] == layer.Index - 1 ? "" : string.Join(", ", layer.Inputs);
+            table.AddRow(layer.Index.ToString(CultureInfo.InvariantCulture), layer.Type, Markup.Escape(layer.Details), input,
+                $"{layer.Channels} x {layer.Height} x {layer.Width}", layer.Parameters == 0 ? "" : layer.Parameters.ToString("N0", CultureInfo.InvariantCulture),
+                layer.Bflops == 0 ? "" : layer.Bflops.ToString("F3", CultureInfo.InvariantCulture));
+        }
+        Terminal.Out.Write(table);
+        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{layers.Count} layers, {layers.Sum(l => l.Parameters):N0} parameters, {layers.Sum(l => l.Bflops):F2} BFLOPs"));
+        return 0;
+    }
+}

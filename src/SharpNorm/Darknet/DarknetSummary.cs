@@ -1,0 +1,187 @@
+namespace SharpNorm.Darknet;
+
+/// <summary>One layer of a darknet network as darknet sizes it: inputs (layer indices; -1 is the network input), output shape, learnable values, work.</summary>
+public sealed record DarknetLayerInfo(int Index, string Type, int[] Inputs, int Channels, int Height, int Width, long Parameters, double Bflops, string Details);
+
+/// <summary>
+/// Sizes a darknet network from its cfg sections the way darknet's parser does (output sizes, route concatenation,
+/// shortcut sources, maxpool's default padding of size-1) and counts its parameters and BFLOPs
+/// (2 * multiply-adds / 1e9 of convolutional and connected layers, as darknet prints them).
+/// </summary>
+public static class DarknetSummary
+{
+    public static IReadOnlyList<DarknetLayerInfo> Describe(IReadOnlyList<DarknetSection> sections)
+    {
+        ArgumentNullException.ThrowIfNull(sections);
+        DarknetSection net = sections[0];
+        int height = net.Int("height", 0), width = net.Int("width", 0), channels = net.Int("channels", 0);
+        if (height <= 0 || width <= 0 || channels <= 0)
+            throw net.Error($"height, width and channels must be positive; got height={height}, width={width}, channels={channels}.");
+
+        var layers = new List<DarknetLayerInfo>();
+        int c = channels, h = height, w = width;
+        for (int s = 1; s < sections.Count; s++)
+        {
+            DarknetSection section = sections[s];
+            int index = layers.Count;
+            int[] inputs = [index - 1];
+            long parameters = 0;
+            double bflops = 0;
+            string details;
+            switch (section.Type)
+            {
+                case "convolutional":
+                {
+                    int filters = Positive(section, "filters", 1), size = Positive(section, "size", 1), stride = Positive(section, "stride", 1);
+                    int groups = Positive(section, "groups", 1);
+                    int padding = section.Int("pad", 0) != 0 ? size / 2 : NonNegative(section, "padding", 0);
+                    if (c % groups != 0 || filters % groups != 0)
+                        throw section.Error($"groups={groups} must divide the input channels ({c}) and filters ({filters}).", "groups");
+                    bool batchNormalize = section.Int("batch_normalize", 0) != 0;
+                    string activation = Activation(section, "logistic");
+                    int outH = (h + 2 * padding - size) / stride + 1, outW = (w + 2 * padding - size) / stride + 1;
+                    RequirePositive(section, outH, outW, h, w);
+                    long weights = (long)filters * (c / groups) * size * size;
+                    parameters = weights + filters + (batchNormalize ? filters : 0); // weights, biases (beta), scales (gamma)
+                    bflops = 2.0 * weights * outH * outW / 1e9;
+                    details = $"{filters} {size}x{size}/{stride}{(groups > 1 ? $" g{groups}" : "")}{(batchNormalize ? " bn" : "")} {activation}";
+                    (c, h, w) = (filters, outH, outW);
+                    break;
+                }
+                case "maxpool":
+                {
+                    int stride = Positive(section, "stride", 1), size = Positive(section, "size", stride);
+                    int padding = NonNegative(section, "padding", size - 1);
+                    int outH = (h + padding - size) / stride + 1, outW = (w + padding - size) / stride + 1;
+                    RequirePositive(section, outH, outW, h, w);
+                    details = $"{size}x{size}/{stride}";
+                    (h, w) = (outH, outW);
+                    break;
+                }
+                case "avgpool":
+                    details = "global";
+                    (h, w) = (1, 1);
+                    break;
+                case "route":
+                {
+                    int[] references = section.IntList("layers") ?? throw section.Error("needs layers=.");
+                    if (references.Length == 0) throw section.Error("layers= is empty.", "layers");
+                    inputs = references.Select(r => Resolve(section, r, index, "layers")).ToArray();
+                    int groups = Positive(section, "groups", 1), groupId = NonNegative(section, "group_id", 0);
+                    if (groupId >= groups) throw section.Error($"group_id={groupId} must be below groups={groups}.", "group_id");
+                    DarknetLayerInfo first = layers[inputs[0]];
+                    int total = 0;
+                    foreach (int input in inputs)
+                    {
+                        DarknetLayerInfo source = layers[input];
+                        if (source.Height != first.Height || source.Width != first.Width)
+                            throw section.Error($"layers {string.Join(", ", inputs)} differ in size ({first.Height}x{first.Width} and {source.Height}x{source.Width}); route concatenates channels of equal-sized maps.", "layers");
+                        if (source.Channels % groups != 0) throw section.Error($"groups={groups} must divide the {source.Channels} channels of layer {input}.", "groups");
+                        total += source.Channels / groups;
+                    }
+                    details = $"{string.Join(", ", inputs)}{(groups > 1 ? $" group {groupId}/{groups}" : "")}";
+                    (c, h, w) = (total, first.Height, first.Width);
+                    break;
+                }
+                case "shortcut":
+                {
+                    int from = section.Int("from", int.MinValue);
+                    if (from == int.MinValue) throw section.Error("needs from=.");
+                    int source = Resolve(section, from, index, "from");
+                    inputs = [index - 1, source];
+                    details = $"from {source}, {Activation(section, "linear")}";
+                    break;
+                }
+                case "upsample":
+                {
+                    int stride = section.Int("stride", 2);
+                    if (stride == 0) throw section.Error("stride must not be 0.", "stride");
+                    if (stride > 0) (h, w) = (h * stride, w * stride);
+                    else
+                    {
+                        if (h % -stride != 0 || w % -stride != 0) throw section.Error($"a downsample by {-stride} needs sizes divisible by it; got {h}x{w}.", "stride");
+                        (h, w) = (h / -stride, w / -stride);
+                    }
+                    details = $"{stride}x";
+                    break;
+                }
+                case "connected":
+                {
+                    int output = Positive(section, "output", 1);
+                    bool batchNormalize = section.Int("batch_normalize", 0) != 0;
+                    long weights = (long)c * h * w * output;
+                    parameters = weights + output + (batchNormalize ? output : 0);
+                    bflops = 2.0 * weights / 1e9;
+                    details = $"{c * h * w} -> {output}{(batchNormalize ? " bn" : "")} {Activation(section, "logistic")}";
+                    (c, h, w) = (output, 1, 1);
+                    break;
+                }
+                case "dropout":
+                {
+                    double probability = section.Float("probability", 0.5);
+                    if (probability is < 0 or > 1) throw section.Error($"probability={probability} must be in [0, 1].", "probability");
+                    details = $"p = {probability}";
+                    break;
+                }
+                case "softmax":
+                    details = $"groups {Positive(section, "groups", 1)}";
+                    break;
+                case "yolo":
+                {
+                    int classes = Positive(section, "classes", 20);
+                    double[] anchors = section.FloatList("anchors") ?? [];
+                    int[] mask = section.IntList("mask") ?? Enumerable.Range(0, Positive(section, "num", 1)).ToArray();
+                    if (anchors.Length % 2 != 0) throw section.Error("anchors must come in (width, height) pairs.", "anchors");
+                    foreach (int m in mask)
+                        if (m < 0 || 2 * m + 1 >= anchors.Length) throw section.Error($"mask index {m} has no anchor (there are {anchors.Length / 2}).", "mask");
+                    if (c != mask.Length * (classes + 5))
+                        throw section.Error($"expects {mask.Length} x (classes {classes} + 5) = {mask.Length * (classes + 5)} input channels; the layer before gives {c}.", "classes");
+                    details = $"{classes} classes, anchors {string.Join(" ", mask.Select(m => $"{anchors[2 * m]}x{anchors[2 * m + 1]}"))}";
+                    break;
+                }
+                case "cost":
+                    details = "";
+                    break;
+                case "net":
+                    throw section.Error("a second [net] section.");
+                default:
+                    throw section.Error("is not supported.");
+            }
+            layers.Add(new DarknetLayerInfo(index, section.Type, inputs, c, h, w, parameters, bflops, details));
+        }
+        return layers;
+    }
+
+    private static int Resolve(DarknetSection section, int reference, int index, string key)
+    {
+        int target = reference < 0 ? index + reference : reference;
+        if (target < 0 || target >= index)
+            throw section.Error($"{key} refers to layer {reference} (layer {target}), which is not an earlier layer of the network (this is layer {index}).", key);
+        return target;
+    }
+
+    private static string Activation(DarknetSection section, string fallback)
+    {
+        string activation = section.String("activation", fallback);
+        return activation is "logistic" or "linear" or "leaky" or "relu" or "mish" or "swish" or "tanh" or "elu" or "relie" or "ramp" or "lhtan" or "hardtan" or "plse" or "stair" or "loggy"
+            ? activation
+            : throw section.Error($"activation={activation} is not a darknet activation.", "activation");
+    }
+
+    private static int Positive(DarknetSection section, string key, int fallback)
+    {
+        int value = section.Int(key, fallback);
+        return value > 0 ? value : throw section.Error($"{key}={value} must be positive.", key);
+    }
+
+    private static int NonNegative(DarknetSection section, string key, int fallback)
+    {
+        int value = section.Int(key, fallback);
+        return value >= 0 ? value : throw section.Error($"{key}={value} must be >= 0.", key);
+    }
+
+    private static void RequirePositive(DarknetSection section, int outH, int outW, int h, int w)
+    {
+        if (outH <= 0 || outW <= 0) throw section.Error($"the input {h}x{w} is too small: the output would be {outH}x{outW}.");
+    }
+}
