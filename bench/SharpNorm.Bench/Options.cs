@@ -1,6 +1,7 @@
 namespace SharpNorm.Bench;
 
-internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int[]? Threads, int Warmup, int Runs, int WaitIdleSeconds, bool MallocReuse, bool Help)
+internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int[]? Threads, int Warmup, int Runs, int WaitIdleSeconds, bool MallocReuse, bool Help,
+    bool Cnn = false, int? WarmupGiven = null, int? RunsGiven = null)
 {
     public const string Usage =
         """
@@ -14,11 +15,20 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
           --malloc-reuse   keep freed memory in glibc's heap (no mmap for large blocks): libtorch then reuses its
                            output buffers instead of faulting in fresh pages on every call (tensors > 32 MiB)
           --wait-idle S    first wait up to S seconds for other processes to leave the CPUs idle (shared machines)
+
+        usage: bench/run.sh --cnn [--threads N] [--quick] [--json PATH] [--warmup N] [--runs N] [--malloc-reuse] [--wait-idle S]
+          --cnn            the CNN benchmark instead: SharpNorm's DarkNet-style Fashion-MNIST classifier and the same
+                           network in libtorch, trained side by side from equal weights on the same batches (ms per
+                           step, images/s, projected epoch time), eval throughput on the test set, and each of its
+                           convolutions alone (GFLOP/s forward and backward), with output checks between the two.
+                           --threads: thread counts (default Environment.ProcessorCount); --warmup/--runs: warm-up
+                           and timed training steps (default 5 and 20, --quick 5 and 10; conv layers: --runs or 15,
+                           --quick 10, at least 10)
         """;
 
     public static Options Parse(string[] args)
     {
-        bool quick = false, help = false, mallocReuse = false;
+        bool quick = false, help = false, mallocReuse = false, cnn = false;
         string? json = null, filter = null;
         int[]? threads = null;
         int? warmup = null, runs = null;
@@ -29,6 +39,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
             switch (args[i])
             {
                 case "--quick": quick = true; break;
+                case "--cnn": cnn = true; break;
                 case "--malloc-reuse": mallocReuse = true; break;
                 case "--json": json = Value(); break;
                 case "--filter": filter = Value(); break;
@@ -45,7 +56,9 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                 default: throw new ArgumentException($"unknown argument '{args[i]}'.");
             }
         }
-        return new Options(quick, json, filter, threads, warmup ?? (quick ? 3 : 5), runs ?? (quick ? 5 : 15), waitIdle, mallocReuse, help);
+        if (cnn && filter is not null) throw new ArgumentException("--filter does not apply to --cnn.");
+        return new Options(quick, json, filter, threads, warmup ?? (quick ? 3 : 5), runs ?? (quick ? 5 : 15), waitIdle, mallocReuse, help,
+            cnn, warmup, runs);
     }
 
     private static int PositiveInt(string s, string name, bool allowZero) =>

@@ -3,6 +3,7 @@
 //
 //   bench/run.sh [--quick] [--json PATH] [--filter TEXT] [--threads 1,2] [--warmup N] [--runs N]
 //                [--malloc-reuse] [--wait-idle SECONDS]        (--help lists them)
+//   bench/run.sh --cnn [--threads N] [--quick] [--json PATH]   the CNN benchmark (CnnBench.cs)
 
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -27,6 +28,7 @@ if (options.Help)
     Console.WriteLine(Options.Usage);
     return 0;
 }
+if (options.Cnn) return CnnBench.Run(options);
 
 var cases = BenchCase.All(options.Quick)
     .Where(c => options.Filter is null || c.Name.Contains(options.Filter, StringComparison.OrdinalIgnoreCase))

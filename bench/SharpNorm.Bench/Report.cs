@@ -39,7 +39,7 @@ internal static class Report
         }
     }
 
-    public static void WriteJson(string path, BenchReport report)
+    public static void WriteJson<TReport>(string path, TReport report)
     {
         var options = new JsonSerializerOptions
         {
