@@ -17,11 +17,11 @@ namespace SharpNorm.Kernels;
 public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPointIeee754<T>
 {
     /// <summary>Rows of the micro-kernel.</summary>
-    internal const int MR = 6;
+    internal const int MR = 8;
     /// <summary>Depth of a packed block: an MR x KC sliver of A and a KC x NR sliver of B stay in L1/L2.</summary>
     private const int KC = 256;
     /// <summary>Rows of C per tile (a multiple of MR).</summary>
-    private const int MC = 16 * MR;
+    private const int MC = 12 * MR;
     /// <summary>Micro-panels of columns per tile.</summary>
     private const int PanelsPerTile = 8;
     /// <summary>Below this many multiply-adds a product runs on the calling thread alone.</summary>
@@ -29,6 +29,7 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
 
     private readonly ChunkRunner _runner = ChunkRunner.Shared;
     private T[] _packedA = [];
+    private (nint Source, bool TransA, int M, int K, int Lda) _packedKey;
     private T[] _packedB = [];          // per worker: one KC x NR micro-panel
     private int _packedBLength;
 
@@ -51,7 +52,15 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
     /// lda) or, with <paramref name="transA"/>, the transpose of A stored k x m; likewise B.
     /// </summary>
     public void Multiply(bool transA, bool transB, int m, int n, int k, ReadOnlySpan<T> a, int lda, ReadOnlySpan<T> b, int ldb,
-        Span<T> c, int ldc, bool accumulate)
+        Span<T> c, int ldc, bool accumulate) => Multiply(transA, transB, m, n, k, a, lda, b, ldb, c, ldc, accumulate, reusePackedA: false);
+
+    /// <summary>
+    /// As <see cref="Multiply(bool, bool, int, int, int, ReadOnlySpan{T}, int, ReadOnlySpan{T}, int, Span{T}, int, bool)"/>;
+    /// with <paramref name="reusePackedA"/> the caller promises that A is the same memory, unchanged, as in the last
+    /// call with the same transA, m, k and lda, so its packed copy is used again (a convolution's weights, image after image).
+    /// </summary>
+    public void Multiply(bool transA, bool transB, int m, int n, int k, ReadOnlySpan<T> a, int lda, ReadOnlySpan<T> b, int ldb,
+        Span<T> c, int ldc, bool accumulate, bool reusePackedA)
     {
         Validate(transA, transB, m, n, k, a.Length, lda, b.Length, ldb, c.Length, ldc);
         if (m == 0 || n == 0) return;
@@ -67,7 +76,9 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
             : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
         _nr = 2 * (_bits == 0 ? 1 : _bits / 8 / sizeof(T));
         int panelsM = (m + MR - 1) / MR, blocksK = (k + KC - 1) / KC;
+        T[] previous = _packedA;
         Grow(ref _packedA, panelsM * MR * blocksK * KC);
+        if (!ReferenceEquals(previous, _packedA)) _packedKey = default;
         _packedBLength = KC * _nr;
         Grow(ref _packedB, Math.Max(1, Threads) * _packedBLength);
 
@@ -76,7 +87,9 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
         fixed (T* pc = c)
         fixed (T* packedA = _packedA)
         {
-            PackA(transA, m, k, pa, lda, packedA);
+            var key = (Source: (nint)pa, transA, m, k, lda);
+            if (!reusePackedA || key != _packedKey) PackA(transA, m, k, pa, lda, packedA);
+            _packedKey = key;
             _a = packedA;
             _b = pb;
             _c = pc;
@@ -102,11 +115,23 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
             {
                 T* dst = block + (nint)panel * kc * MR;
                 int i0 = panel * MR, rows = Math.Min(MR, m - i0);
-                for (int p = 0; p < kc; p++)
+                if (transA)
                 {
-                    for (int r = 0; r < rows; r++)
-                        dst[p * MR + r] = transA ? a[(nint)(p0 + p) * lda + i0 + r] : a[(nint)(i0 + r) * lda + p0 + p];
-                    for (int r = rows; r < MR; r++) dst[p * MR + r] = T.Zero;
+                    // op(A) = Aᵀ: the panel's MR values of one k are contiguous in A.
+                    for (int p = 0; p < kc; p++)
+                    {
+                        T* src = a + (nint)(p0 + p) * lda + i0;
+                        for (int r = 0; r < rows; r++) dst[p * MR + r] = src[r];
+                        for (int r = rows; r < MR; r++) dst[p * MR + r] = T.Zero;
+                    }
+                    continue;
+                }
+                if (rows < MR) new Span<T>(dst, kc * MR).Clear();
+                // Row by row: each row of A is read in order, and written every MR elements.
+                for (int r = 0; r < rows; r++)
+                {
+                    T* src = a + (nint)(i0 + r) * lda + p0;
+                    for (int p = 0; p < kc; p++) dst[p * MR + r] = src[p];
                 }
             }
         }
@@ -184,6 +209,7 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
         int w = TSimd.Count;
         TVector c00 = TSimd.Zero, c01 = TSimd.Zero, c10 = TSimd.Zero, c11 = TSimd.Zero, c20 = TSimd.Zero, c21 = TSimd.Zero;
         TVector c30 = TSimd.Zero, c31 = TSimd.Zero, c40 = TSimd.Zero, c41 = TSimd.Zero, c50 = TSimd.Zero, c51 = TSimd.Zero;
+        TVector c60 = TSimd.Zero, c61 = TSimd.Zero, c70 = TSimd.Zero, c71 = TSimd.Zero;
         ref T bRef = ref Unsafe.AsRef<T>(b);
         for (int p = 0; p < kc; p++)
         {
@@ -201,6 +227,10 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
             c40 = TSimd.MultiplyAdd(av, b0, c40); c41 = TSimd.MultiplyAdd(av, b1, c41);
             av = TSimd.Broadcast(ap[5]);
             c50 = TSimd.MultiplyAdd(av, b0, c50); c51 = TSimd.MultiplyAdd(av, b1, c51);
+            av = TSimd.Broadcast(ap[6]);
+            c60 = TSimd.MultiplyAdd(av, b0, c60); c61 = TSimd.MultiplyAdd(av, b1, c61);
+            av = TSimd.Broadcast(ap[7]);
+            c70 = TSimd.MultiplyAdd(av, b0, c70); c71 = TSimd.MultiplyAdd(av, b1, c71);
         }
 
         if (rows == MR && cols == 2 * w)
@@ -211,6 +241,8 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
             StoreRow<TSimd, TVector>(c + 3 * ldc, c30, c31, add);
             StoreRow<TSimd, TVector>(c + 4 * ldc, c40, c41, add);
             StoreRow<TSimd, TVector>(c + 5 * ldc, c50, c51, add);
+            StoreRow<TSimd, TVector>(c + 6 * ldc, c60, c61, add);
+            StoreRow<TSimd, TVector>(c + 7 * ldc, c70, c71, add);
             return;
         }
         // An edge tile: spill the accumulators, then add the valid part.
@@ -222,6 +254,8 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
         TSimd.Store(c30, ref t, 6 * w); TSimd.Store(c31, ref t, 7 * w);
         TSimd.Store(c40, ref t, 8 * w); TSimd.Store(c41, ref t, 9 * w);
         TSimd.Store(c50, ref t, 10 * w); TSimd.Store(c51, ref t, 11 * w);
+        TSimd.Store(c60, ref t, 12 * w); TSimd.Store(c61, ref t, 13 * w);
+        TSimd.Store(c70, ref t, 14 * w); TSimd.Store(c71, ref t, 15 * w);
         for (int r = 0; r < rows; r++)
             for (int j = 0; j < cols; j++)
                 c[(nint)r * ldc + j] = add ? c[(nint)r * ldc + j] + tile[r * 2 * w + j] : tile[r * 2 * w + j];

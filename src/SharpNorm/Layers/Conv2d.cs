@@ -176,6 +176,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         EnsureWorkers(groupParallel ? threads : 1, g);
         foreach (Worker w in _workers)
         {
+            w.WeightsPacked = false;
             w.Gemm.MaxVectorBits = MaxVectorBits;
             w.Gemm.MaxDegreeOfParallelism = groupParallel ? 1 : MaxDegreeOfParallelism;
         }
@@ -252,7 +253,8 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
                     : new ReadOnlySpan<T>(_dy + (nint)first * imageOut + group * groupOut * plane, groupOut * plane);
                 Span<T> dxFirst = new Span<T>(_out + (nint)first * imageIn + group * groupIn * g.InputPlane, groupIn * g.InputPlane);
                 w.Gemm.Multiply(true, false, columnRows, width, groupOut, groupWeight, columnRows, dyGroup, width,
-                    direct ? dxFirst : columns, width, accumulate: false);
+                    direct ? dxFirst : columns, width, accumulate: false, reusePackedA: w.WeightsPacked && Groups == 1);
+                w.WeightsPacked = true;
                 if (direct) continue;
                 for (int i = 0; i < count; i++)
                 {
@@ -276,7 +278,9 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
             {
                 // y (Og x count*P) = W_g (Og x K) · cols (K x count*P), then each image's block to its place.
                 Span<T> target = staged ? stage : new Span<T>(_out + (nint)first * imageOut + group * groupOut * plane, groupOut * plane);
-                w.Gemm.Multiply(false, false, groupOut, width, columnRows, groupWeight, columnRows, cols, width, target, width, accumulate: false);
+                w.Gemm.Multiply(false, false, groupOut, width, columnRows, groupWeight, columnRows, cols, width, target, width, accumulate: false,
+                    reusePackedA: w.WeightsPacked && Groups == 1);
+                w.WeightsPacked = true;
                 if (staged) UnstageImages(stage, _out, first, count, imageOut, group * groupOut * plane, groupOut, plane);
                 continue;
             }
@@ -363,5 +367,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         public readonly Gemm<T> Gemm = new();
         public T[] Columns = [];
         public T[] Stage = [];
+        /// <summary>The worker's product holds this call's packed weights (they change between calls, not within one).</summary>
+        public bool WeightsPacked;
     }
 }

@@ -40,7 +40,8 @@ public class AllocationTests
             layer.Backward(x.AsReadOnlyTensorSpan(), dy.AsReadOnlyTensorSpan(), dx.AsTensorSpan());
         }
 
-        for (int i = 0; i < 5; i++) Step();
+        // Enough calls for the runtime's tiered JIT to finish promoting the hot methods (it allocates while it does).
+        for (int i = 0; i < 60; i++) Step();
         long before = GC.GetAllocatedBytesForCurrentThread();
         for (int i = 0; i < 10; i++) Step();
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
@@ -69,7 +70,8 @@ public class AllocationTests
             layer.Gradient(dx.AsReadOnlyTensorSpan(), dy.AsReadOnlyTensorSpan());
         }
 
-        for (int i = 0; i < 5; i++) Step();
+        // Enough calls for the runtime's tiered JIT to finish promoting the hot methods (it allocates while it does).
+        for (int i = 0; i < 60; i++) Step();
         long before = GC.GetAllocatedBytesForCurrentThread();
         for (int i = 0; i < 10; i++) Step();
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
