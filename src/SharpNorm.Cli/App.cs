@@ -16,6 +16,7 @@ internal static class App
           sharpnorm train [options]                   train a model; writes model.safetensors, metrics.csv, curves.png
           sharpnorm eval --checkpoint FILE [options]  test accuracy and confusion matrix of a checkpoint
           sharpnorm darknet summary MODEL.cfg         layers, output shapes, parameters and BFLOPs of a darknet network
+          sharpnorm darknet random-weights MODEL.cfg OUT.weights   a random .weights file that fits the cfg
           sharpnorm help [COMMAND]                    this text, or a command's options
           sharpnorm --version                         the version
 

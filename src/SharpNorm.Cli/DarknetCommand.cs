@@ -9,9 +9,11 @@ internal static class DarknetCommand
 {
     public const string Usage = """
         Usage: sharpnorm darknet summary MODEL.cfg
+               sharpnorm darknet random-weights MODEL.cfg OUT.weights [--seed N]
 
-        Reads a darknet network description and prints its layers as darknet sizes them: output shapes,
-        learnable parameters and BFLOPs (2 x multiply-adds / 1e9), and the totals.
+        summary: the network's layers as darknet sizes them: output shapes, learnable parameters and BFLOPs
+        (2 x multiply-adds / 1e9), and the totals.
+        random-weights: a .weights file (version 0.2) of random values that fits the cfg exactly, for testing.
         """;
 
     public static int Run(IReadOnlyList<string> args)
@@ -21,8 +23,9 @@ internal static class DarknetCommand
             Console.Out.WriteLine(Usage);
             return 0;
         }
+        if (args[0] == "random-weights") return RandomWeights(args);
         if (args[0] != "summary")
-            throw new UsageException($"unknown darknet command '{args[0]}' (commands: summary)");
+            throw new UsageException($"unknown darknet command '{args[0]}' (commands: summary, random-weights)");
         if (args.Count != 2 || args[1].StartsWith('-'))
             throw new UsageException("darknet summary takes one argument, the .cfg file (see 'sharpnorm darknet --help')");
 
@@ -40,6 +43,28 @@ internal static class DarknetCommand
         Terminal.Out.Write(table);
         Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{layers.Count} layers, {layers.Sum(l => l.Parameters):N0} parameters, {layers.Sum(l => l.Bflops):F2} BFLOPs"));
+        return 0;
+    }
+
+    private static int RandomWeights(IReadOnlyList<string> args)
+    {
+        int seed = 0;
+        var positional = new List<string>();
+        for (int i = 1; i < args.Count; i++)
+        {
+            if (args[i] == "--seed")
+            {
+                if (i + 1 >= args.Count || !int.TryParse(args[i + 1], NumberStyles.Integer, CultureInfo.InvariantCulture, out seed))
+                    throw new UsageException($"option --seed: expected a whole number, got '{(i + 1 < args.Count ? args[i + 1] : "")}'");
+                i++;
+            }
+            else if (args[i].StartsWith('-')) throw new UsageException($"unknown option '{args[i]}' for 'darknet random-weights'");
+            else positional.Add(args[i]);
+        }
+        if (positional.Count != 2) throw new UsageException("darknet random-weights takes MODEL.cfg and OUT.weights (see 'sharpnorm darknet --help')");
+        IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(DarknetConfig.ReadFile(positional[0]));
+        DarknetWeightsFile.Write(positional[1], DarknetWeightsFile.Random(layers, seed));
+        Console.Out.WriteLine($"wrote {positional[1]}: {new FileInfo(positional[1]).Length:N0} bytes for {Path.GetFileName(positional[0])}");
         return 0;
     }
 }

@@ -1,7 +1,14 @@
 namespace SharpNorm.Darknet;
 
 /// <summary>One layer of a darknet network as darknet sizes it: inputs (layer indices; -1 is the network input), output shape, learnable values, work.</summary>
-public sealed record DarknetLayerInfo(int Index, string Type, int[] Inputs, int Channels, int Height, int Width, long Parameters, double Bflops, string Details);
+public sealed record DarknetLayerInfo(int Index, string Type, int[] Inputs, int Channels, int Height, int Width, long Parameters, double Bflops, string Details)
+{
+    /// <summary>Convolutional and connected layers: whether a batch norm follows (its arrays are in the .weights file).</summary>
+    public bool BatchNormalize { get; init; }
+
+    /// <summary>Convolutional and connected layers: the number of weights (OIHW, or outputs x inputs); 0 for the others.</summary>
+    public long WeightCount { get; init; }
+}
 
 /// <summary>
 /// Sizes a darknet network from its cfg sections the way darknet's parser does (output sizes, route concatenation,
@@ -25,7 +32,7 @@ public static class DarknetSummary
             DarknetSection section = sections[s];
             int index = layers.Count;
             int[] inputs = [index - 1];
-            long parameters = 0;
+            long parameters = 0, weightCount = 0;
             double bflops = 0;
             string details;
             switch (section.Type)
@@ -42,6 +49,7 @@ public static class DarknetSummary
                     int outH = (h + 2 * padding - size) / stride + 1, outW = (w + 2 * padding - size) / stride + 1;
                     RequirePositive(section, outH, outW, h, w);
                     long weights = (long)filters * (c / groups) * size * size;
+                    weightCount = weights;
                     parameters = weights + filters + (batchNormalize ? filters : 0); // weights, biases (beta), scales (gamma)
                     bflops = 2.0 * weights * outH * outW / 1e9;
                     details = $"{filters} {size}x{size}/{stride}{(groups > 1 ? $" g{groups}" : "")}{(batchNormalize ? " bn" : "")} {activation}";
@@ -110,6 +118,7 @@ public static class DarknetSummary
                     int output = Positive(section, "output", 1);
                     bool batchNormalize = section.Int("batch_normalize", 0) != 0;
                     long weights = (long)c * h * w * output;
+                    weightCount = weights;
                     parameters = weights + output + (batchNormalize ? output : 0);
                     bflops = 2.0 * weights / 1e9;
                     details = $"{c * h * w} -> {output}{(batchNormalize ? " bn" : "")} {Activation(section, "logistic")}";
@@ -147,7 +156,11 @@ public static class DarknetSummary
                 default:
                     throw section.Error("is not supported.");
             }
-            layers.Add(new DarknetLayerInfo(index, section.Type, inputs, c, h, w, parameters, bflops, details));
+            layers.Add(new DarknetLayerInfo(index, section.Type, inputs, c, h, w, parameters, bflops, details)
+            {
+                BatchNormalize = section.Type is "convolutional" or "connected" && section.Int("batch_normalize", 0) != 0,
+                WeightCount = weightCount,
+            });
         }
         return layers;
     }
