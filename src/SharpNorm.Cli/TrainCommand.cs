@@ -34,6 +34,8 @@ internal static class TrainCommand
                                  annealing over all steps); default 0.1 for sgd, 2e-3 for adamw
           --label-smoothing X    cross-entropy label smoothing in [0, 1) (default 0); the training loss
                                  includes it, the test loss is plain cross-entropy
+          --crop-padding N       augmentation: random crops of the image padded by N zeros (default 0: none);
+                                 horizontal flips are always on
           --seed N               seeds the weights, the shuffling and the augmentation (default 1)
           --threads N            threads for the layers; -1 for all cores (default -1)
           --limit N              train on the first N training images only, for a quick try
@@ -48,13 +50,13 @@ internal static class TrainCommand
         """;
 
     private static readonly string[] ValueOptions =
-        ["data", "norm", "epochs", "batch-size", "optimizer", "lr", "label-smoothing", "seed", "threads", "limit", "out"];
+        ["data", "norm", "epochs", "batch-size", "optimizer", "lr", "label-smoothing", "crop-padding", "seed", "threads", "limit", "out"];
 
     private const int Classes = 10;
 
     private sealed record Settings(
         string Data, NormChoice Norm, int Epochs, int BatchSize, string Optimizer, double LearningRate, double LabelSmoothing,
-        int Seed, int Threads, int? Limit, string Out);
+        int CropPadding, int Seed, int Threads, int? Limit, string Out);
 
     public static int Run(IReadOnlyList<string> args)
     {
@@ -82,6 +84,7 @@ internal static class TrainCommand
             Optimizer: optimizer,
             LearningRate: options.Double("lr", defaultRate, x => x > 0, "a number > 0"),
             LabelSmoothing: options.Double("label-smoothing", 0, x => x is >= 0 and < 1, "a number in [0, 1)"),
+            CropPadding: options.Int("crop-padding", 0, min: 0),
             Seed: options.Int("seed", 1),
             Threads: options.Threads(),
             Limit: options.Has("limit") ? options.Int("limit", 0, min: 1) : null,
@@ -100,7 +103,7 @@ internal static class TrainCommand
         var (mean, std) = train.PixelStatistics();
         if (!(std > 0)) throw new InvalidDataException($"the training images of {s.Data} are all the same value; cannot normalize them");
 
-        var trainLoader = new BatchLoader<float>(train, s.BatchSize, shuffle: true, seed: s.Seed, mean, std, new Augmentation(CropPadding: 2, HorizontalFlip: true));
+        var trainLoader = new BatchLoader<float>(train, s.BatchSize, shuffle: true, seed: s.Seed, mean, std, new Augmentation(CropPadding: s.CropPadding, HorizontalFlip: true));
         var testLoader = new BatchLoader<float>(test, Math.Max(s.BatchSize, 256), shuffle: false, seed: 0, mean, std);
         long totalSteps = (long)s.Epochs * trainLoader.BatchCount;
         if (totalSteps < 2)

@@ -15,11 +15,11 @@ public static class DarkNetClassifier
     /// <summary>Output channels, kernel size and whether a 2x2 max pool follows, per block.</summary>
     private static readonly (int Channels, int Kernel, bool Pool)[] Blocks =
     [
-        (32, 3, true),     // 28x28 -> 14x14
-        (64, 3, true),     // 14x14 -> 7x7
-        (128, 3, false),
-        (64, 1, false),
-        (128, 3, false),
+        (48, 3, true),     // 28x28 -> 14x14
+        (96, 3, true),     // 14x14 -> 7x7
+        (192, 3, false),
+        (96, 1, false),
+        (192, 3, false),
     ];
 
     /// <param name="norm">The normalization after each convolution; with none the convolutions get a bias.</param>
