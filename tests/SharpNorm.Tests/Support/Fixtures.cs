@@ -8,24 +8,30 @@ namespace SharpNorm.Tests.Support;
 /// <summary>Reference cases written by tools/FixtureGen from libtorch 2.10 (TorchSharp 0.107.0).</summary>
 public static class Fixtures
 {
-    private static readonly Dictionary<string, FixtureFile> Files = new();
+    public static FixtureFile Load(string fileName) => FixtureFiles.Load<FixtureFile>(fileName);
 
-    public static FixtureFile Load(string fileName)
+    public static FixtureCase Case(string fileName, string name) => Load(fileName).Cases.Single(c => c.Name == name);
+}
+
+/// <summary>Fixture files read once per process, whatever their record type.</summary>
+internal static class FixtureFiles
+{
+    private static readonly Dictionary<string, object> Files = new();
+
+    public static TFile Load<TFile>(string fileName) where TFile : class
     {
         lock (Files)
         {
-            if (!Files.TryGetValue(fileName, out FixtureFile? file))
+            if (!Files.TryGetValue(fileName, out object? file))
             {
                 string path = Path.Combine(AppContext.BaseDirectory, "Fixtures", fileName);
-                file = JsonSerializer.Deserialize<FixtureFile>(File.ReadAllText(path), new JsonSerializerOptions { PropertyNameCaseInsensitive = true })
+                file = JsonSerializer.Deserialize<TFile>(File.ReadAllText(path), new JsonSerializerOptions { PropertyNameCaseInsensitive = true })
                        ?? throw new InvalidDataException($"{path} holds no fixture.");
                 Files[fileName] = file;
             }
-            return file;
+            return (TFile)file;
         }
     }
-
-    public static FixtureCase Case(string fileName, string name) => Load(fileName).Cases.Single(c => c.Name == name);
 }
 
 public sealed record FixtureFile(string Generator, string Layer, List<FixtureCase> Cases);
@@ -61,22 +67,7 @@ public sealed record FixtureTensor(long[] Shape, string Data)
 /// <summary>LayerNorm and RMSNorm fixtures (layernorm.json, rmsnorm.json): normalized shape instead of channels.</summary>
 public static class ShapeFixtures
 {
-    private static readonly Dictionary<string, ShapeFixtureFile> Files = new();
-
-    public static ShapeFixtureFile Load(string fileName)
-    {
-        lock (Files)
-        {
-            if (!Files.TryGetValue(fileName, out ShapeFixtureFile? file))
-            {
-                string path = Path.Combine(AppContext.BaseDirectory, "Fixtures", fileName);
-                file = JsonSerializer.Deserialize<ShapeFixtureFile>(File.ReadAllText(path), new JsonSerializerOptions { PropertyNameCaseInsensitive = true })
-                       ?? throw new InvalidDataException($"{path} holds no fixture.");
-                Files[fileName] = file;
-            }
-            return file;
-        }
-    }
+    public static ShapeFixtureFile Load(string fileName) => FixtureFiles.Load<ShapeFixtureFile>(fileName);
 
     public static ShapeFixtureCase Case(string fileName, string name) => Load(fileName).Cases.Single(c => c.Name == name);
 }
@@ -94,22 +85,7 @@ public sealed record ShapeFixtureCase(
 /// <summary>Conv2d, MaxPool2d and AvgPool2d fixtures (conv2d.json, maxpool2d.json, avgpool2d.json): one forward and backward each.</summary>
 public static class WindowFixtures
 {
-    private static readonly Dictionary<string, WindowFixtureFile> Files = new();
-
-    public static WindowFixtureFile Load(string fileName)
-    {
-        lock (Files)
-        {
-            if (!Files.TryGetValue(fileName, out WindowFixtureFile? file))
-            {
-                string path = Path.Combine(AppContext.BaseDirectory, "Fixtures", fileName);
-                file = JsonSerializer.Deserialize<WindowFixtureFile>(File.ReadAllText(path), new JsonSerializerOptions { PropertyNameCaseInsensitive = true })
-                       ?? throw new InvalidDataException($"{path} holds no fixture.");
-                Files[fileName] = file;
-            }
-            return file;
-        }
-    }
+    public static WindowFixtureFile Load(string fileName) => FixtureFiles.Load<WindowFixtureFile>(fileName);
 
     public static WindowFixtureCase Case(string fileName, string name) => Load(fileName).Cases.Single(c => c.Name == name);
 }
