@@ -349,14 +349,6 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         }
     }
 
-    private static (int, int) Pair(int[] values, string name, int minimum)
-    {
-        ArgumentNullException.ThrowIfNull(values, name);
-        if (values.Length is not (1 or 2) || values.Any(v => v < minimum))
-            throw new ArgumentException($"{name} must be one or two integers >= {minimum}; got ({string.Join(", ", values)}).", name);
-        return values.Length == 1 ? (values[0], values[0]) : (values[0], values[1]);
-    }
-
     private static void Grow(ref T[] buffer, int length)
     {
         if (buffer.Length < length) buffer = new T[length];

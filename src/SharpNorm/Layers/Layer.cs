@@ -107,6 +107,15 @@ public abstract class Layer<T> : ILayer<T> where T : unmanaged, IFloatingPointIe
                 $"Expected {name} to be a dense row-major (contiguous) tensor; got shape {TensorData.Format(lengths)} with strides {TensorData.Format(strides)}.", name);
     }
 
+    /// <summary>A (height, width) pair from one value for both or two values, each at least <paramref name="minimum"/>.</summary>
+    private protected static (int, int) Pair(int[] values, string name, int minimum)
+    {
+        ArgumentNullException.ThrowIfNull(values, name);
+        if (values.Length is not (1 or 2) || values.Any(v => v < minimum))
+            throw new ArgumentException($"{name} must be one or two integers >= {minimum}; got ({string.Join(", ", values)}).", name);
+        return values.Length == 1 ? (values[0], values[0]) : (values[0], values[1]);
+    }
+
     /// <summary>Checks an input of rank 4 (N, C, H, W) with at least one element; returns (N, C, H, W).</summary>
     protected (int N, int C, int H, int W) Require4d(ReadOnlySpan<nint> shape)
     {

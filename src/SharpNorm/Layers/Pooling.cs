@@ -46,14 +46,6 @@ public abstract class Pool2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloa
     private protected string WindowDescription =>
         $"kernel ({KernelHeight}, {KernelWidth}), stride ({StrideHeight}, {StrideWidth}), padding ({PadHeight}, {PadWidth}){(CeilMode ? ", ceil mode" : "")}";
 
-    private protected static (int, int) Pair(int[] values, string name, int minimum)
-    {
-        ArgumentNullException.ThrowIfNull(values, name);
-        if (values.Length is not (1 or 2) || values.Any(v => v < minimum))
-            throw new ArgumentException($"{name} must be one or two integers >= {minimum}; got ({string.Join(", ", values)}).", name);
-        return values.Length == 1 ? (values[0], values[0]) : (values[0], values[1]);
-    }
-
     // The running job: planes of x and dy, and where results go.
     private WindowGeometry _window;
     private unsafe T* _x, _dy, _output;
