@@ -12,6 +12,8 @@ namespace SharpNorm.Layers;
 public abstract class Layer<T> : ILayer<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
     private int _maxDegreeOfParallelism = -1;
+    private nint[]? _checkedInput;         // the last input shape OutputShape accepted, and its output shape
+    private nint[] _checkedOutput = [];
 
     public virtual bool Training { get; set; } = true;
 
@@ -69,14 +71,14 @@ public abstract class Layer<T> : ILayer<T> where T : unmanaged, IFloatingPointIe
     public void Forward(ReadOnlyTensorSpan<T> x, TensorSpan<T> y)
     {
         RequireDense(x.Lengths, x.Strides, "x");
-        RequireShape(y.Lengths, OutputShape(x.Lengths), "y");
+        RequireShape(y.Lengths, CheckedOutputShape(x.Lengths), "y");
         ForwardCore(x.Lengths, TensorData.Flat(x, "x"), TensorData.Flat(y, "y"));
     }
 
     public void Backward(ReadOnlyTensorSpan<T> x, ReadOnlyTensorSpan<T> dy, TensorSpan<T> dx)
     {
         RequireDense(x.Lengths, x.Strides, "x");
-        RequireShape(dy.Lengths, OutputShape(x.Lengths), "dy");
+        RequireShape(dy.Lengths, CheckedOutputShape(x.Lengths), "dy");
         RequireShape(dx.Lengths, x.Lengths, "dx");
         ValidateBackward(x.Lengths);
         BackwardCore(x.Lengths, TensorData.Flat(x, "x"), TensorData.Flat(dy, "dy"), TensorData.Flat(dx, "dx"));
@@ -85,8 +87,20 @@ public abstract class Layer<T> : ILayer<T> where T : unmanaged, IFloatingPointIe
     public void Gradient(ReadOnlyTensorSpan<T> x, ReadOnlyTensorSpan<T> dy)
     {
         RequireDense(x.Lengths, x.Strides, "x");
-        RequireShape(dy.Lengths, OutputShape(x.Lengths), "dy");
+        RequireShape(dy.Lengths, CheckedOutputShape(x.Lengths), "dy");
         GradientCore(x.Lengths, TensorData.Flat(x, "x"), TensorData.Flat(dy, "dy"));
+    }
+
+    /// <summary>OutputShape for the input shape, remembered for the last shape so that repeated calls allocate nothing.</summary>
+    private ReadOnlySpan<nint> CheckedOutputShape(ReadOnlySpan<nint> input)
+    {
+        if (_checkedInput is null || !input.SequenceEqual(_checkedInput))
+        {
+            nint[] output = OutputShape(input);
+            _checkedInput = input.ToArray();
+            _checkedOutput = output;
+        }
+        return _checkedOutput;
     }
 
     /// <summary>Checks that hold only for Backward (a Forward must have come first, for layers that keep state).</summary>

@@ -132,7 +132,8 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
             Span<T> output = i == _layers.Length - 1 ? y : _outputs[i].AsSpan(0, Length(_shapes[i + 1]));
             _layers[i].Forward(new ReadOnlyTensorSpan<T>(input, _shapes[i], []), new TensorSpan<T>(output, _shapes[i + 1], []));
         }
-        _forwardShape = shape.ToArray();
+        if (_forwardShape is null || _forwardShape.Length != shape.Length) _forwardShape = new nint[shape.Length];
+        shape.CopyTo(_forwardShape);
     }
 
     protected override void ValidateBackward(ReadOnlySpan<nint> shape)

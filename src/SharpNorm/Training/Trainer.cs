@@ -20,6 +20,7 @@ public sealed record EpochResult(double Loss, double Accuracy, TimeSpan Time, in
 public sealed class Trainer<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
     private readonly ILayer<T> _model;
+    private readonly Parameter<T>[] _parameters;
     private readonly Optimizer<T> _optimizer;
     private readonly ILearningRateSchedule? _schedule;
     private readonly CrossEntropyLoss<T> _loss;
@@ -30,6 +31,7 @@ public sealed class Trainer<T> where T : unmanaged, IFloatingPointIeee754<T>
     public Trainer(ILayer<T> model, Optimizer<T> optimizer, ILearningRateSchedule? schedule, int classes, double labelSmoothing = 0)
     {
         _model = model ?? throw new ArgumentNullException(nameof(model));
+        _parameters = model.Parameters.ToArray();
         _optimizer = optimizer ?? throw new ArgumentNullException(nameof(optimizer));
         _schedule = schedule;
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(classes);
@@ -59,7 +61,7 @@ public sealed class Trainer<T> where T : unmanaged, IFloatingPointIeee754<T>
             correct += CrossEntropyLoss<T>.CountCorrect(logits, labels);
             seen += n;
             _loss.Backward(logits, labels, gradient);
-            foreach (Parameter<T> p in _model.Parameters) p.ZeroGrad();
+            foreach (Parameter<T> p in _parameters) p.ZeroGrad();
             _model.Gradient(x, gradient);
             if (_schedule is not null) _optimizer.LearningRate = _schedule.LearningRate(_optimizer.Steps);
             _optimizer.Step();

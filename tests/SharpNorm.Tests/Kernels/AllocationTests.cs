@@ -77,4 +77,35 @@ public class AllocationTests
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         Assert.True(allocated == 0, $"{allocated} bytes allocated in 10 steps");
     }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(-1)]
+    public void ATrainingStepAllocatesNothing(int threads)
+    {
+        var model = SharpNorm.Models.DarkNetClassifier.Create<float>(SharpNorm.Models.NormChoice.Batch, seed: 1);
+        model.MaxDegreeOfParallelism = threads;
+        var loss = new SharpNorm.Training.CrossEntropyLoss<float>();
+        var sgd = new SharpNorm.Training.Sgd<float>(model.Parameters, 0.01, momentum: 0.9, nesterov: true);
+        Tensor<float> x = new Gaussian(5).Tensor<float>([8, 1, 28, 28]);
+        var logits = Tensor.Create(new float[80], [8, 10]);
+        var gradient = Tensor.Create(new float[80], [8, 10]);
+        int[] labels = [0, 1, 2, 3, 4, 5, 6, 7];
+
+        void Step()
+        {
+            model.Forward(x.AsReadOnlyTensorSpan(), logits.AsTensorSpan());
+            loss.Forward(logits.AsReadOnlyTensorSpan(), labels);
+            loss.Backward(logits.AsReadOnlyTensorSpan(), labels, gradient.AsTensorSpan());
+            sgd.ZeroGrad();
+            model.Gradient(x.AsReadOnlyTensorSpan(), gradient.AsReadOnlyTensorSpan());
+            sgd.Step();
+        }
+
+        for (int i = 0; i < 60; i++) Step();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 10; i++) Step();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated == 0, $"{allocated} bytes allocated in 10 training steps");
+    }
 }
