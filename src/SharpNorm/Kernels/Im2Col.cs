@@ -45,10 +45,7 @@ internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
                 {
                     Span<T> row = columns.Slice(((c * g.KernelHeight + ki) * g.KernelWidth + kj) * rowStride, plane);
                     ReadOnlySpan<T> channel = image.Slice(c * g.InputPlane, g.InputPlane);
-                    int dx = kj * g.DilationWidth - g.PadWidth;
-                    // Output columns whose input column ow*sw + dx lies inside [0, W).
-                    int owBegin = Math.Max(0, CeilDiv(-dx, g.StrideWidth));
-                    int owEnd = Math.Min(g.OutputWidth, FloorDiv(g.Width - 1 - dx, g.StrideWidth) + 1);
+                    var (dx, owBegin, owEnd) = InsideColumns(g, kj);
                     for (int oh = 0; oh < g.OutputHeight; oh++)
                     {
                         Span<T> outRow = row.Slice(oh * g.OutputWidth, g.OutputWidth);
@@ -80,9 +77,7 @@ internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
                 {
                     ReadOnlySpan<T> row = columns.Slice(((c * g.KernelHeight + ki) * g.KernelWidth + kj) * rowStride, plane);
                     Span<T> channel = image.Slice(c * g.InputPlane, g.InputPlane);
-                    int dx = kj * g.DilationWidth - g.PadWidth;
-                    int owBegin = Math.Max(0, CeilDiv(-dx, g.StrideWidth));
-                    int owEnd = Math.Min(g.OutputWidth, FloorDiv(g.Width - 1 - dx, g.StrideWidth) + 1);
+                    var (dx, owBegin, owEnd) = InsideColumns(g, kj);
                     if (owBegin >= owEnd) continue;
                     for (int oh = 0; oh < g.OutputHeight; oh++)
                     {
@@ -97,6 +92,13 @@ internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
                             for (int ow = owBegin; ow < owEnd; ow++) outRow[ow * g.StrideWidth + dx] += inRow[ow];
                     }
                 }
+    }
+
+    /// <summary>For kernel column kj: the input column offset dx (input column = ow*sw + dx) and the output columns [begin, end) whose input column lies inside [0, W).</summary>
+    private static (int Dx, int Begin, int End) InsideColumns(in WindowGeometry g, int kj)
+    {
+        int dx = kj * g.DilationWidth - g.PadWidth;
+        return (dx, Math.Max(0, CeilDiv(-dx, g.StrideWidth)), Math.Min(g.OutputWidth, FloorDiv(g.Width - 1 - dx, g.StrideWidth) + 1));
     }
 
     private static int CeilDiv(int a, int b) => a >= 0 ? (a + b - 1) / b : -(-a / b);
