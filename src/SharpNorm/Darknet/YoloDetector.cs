@@ -1,0 +1,124 @@
+namespace SharpNorm.Darknet;
+
+/// <summary>A box by its centre and size, relative to the image (0..1) unless said otherwise.</summary>
+public readonly record struct DarknetBox(float X, float Y, float Width, float Height)
+{
+    /// <summary>darknet's box_iou: intersection over union.</summary>
+    public static float Iou(DarknetBox a, DarknetBox b)
+    {
+        static float Overlap(float x1, float w1, float x2, float w2) =>
+            MathF.Min(x1 + w1 / 2, x2 + w2 / 2) - MathF.Max(x1 - w1 / 2, x2 - w2 / 2);
+        float w = Overlap(a.X, a.Width, b.X, b.Width), h = Overlap(a.Y, a.Height, b.Y, b.Height);
+        float intersection = w < 0 || h < 0 ? 0 : w * h;
+        float union = a.Width * a.Height + b.Width * b.Height - intersection;
+        return union > 0 ? intersection / union : 0;
+    }
+}
+
+/// <summary>One box found by a [yolo] layer: where, how sure that something is there, and each class's probability (0 below the threshold or suppressed).</summary>
+public sealed record YoloDetection(DarknetBox Box, float Objectness, float[] Probabilities, int Layer);
+
+/// <summary>
+/// Turns [yolo] outputs into boxes as darknet's test_detector does: get_yolo_detections (objectness above the
+/// threshold; class probability = objectness x class score, kept above the threshold), correct_yolo_boxes (undo the
+/// letterbox), then do_nms_sort (per class, boxes overlapping a more probable one by more than the NMS threshold are
+/// suppressed).
+/// </summary>
+public static class YoloDetector
+{
+    /// <param name="network">A network after <see cref="DarknetNetwork.Forward"/>.</param>
+    /// <param name="image">Which image of the batch.</param>
+    /// <param name="imageHeight">The original image's height (before the letterbox).</param>
+    /// <param name="imageWidth">The original image's width.</param>
+    /// <param name="threshold">darknet's -thresh (0.5 by default in darknet detect).</param>
+    /// <param name="nmsThreshold">IoU above which a less probable box of the same class is suppressed (darknet: 0.45).</param>
+    /// <param name="letterboxed">Whether the input was letterboxed (darknet's default); false for a plain resize.</param>
+    public static List<YoloDetection> Detect(DarknetNetwork network, int image, int imageHeight, int imageWidth,
+        float threshold = 0.5f, float nmsThreshold = 0.45f, bool letterboxed = true)
+    {
+        ArgumentNullException.ThrowIfNull(network);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(imageHeight);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(imageWidth);
+        if (!(threshold >= 0 && threshold < 1)) throw new ArgumentOutOfRangeException(nameof(threshold), threshold, "threshold must be in [0, 1).");
+        if (!(nmsThreshold is >= 0 and <= 1)) throw new ArgumentOutOfRangeException(nameof(nmsThreshold), nmsThreshold, "nmsThreshold must be in [0, 1].");
+        var detections = new List<YoloDetection>();
+        int classes = -1;
+        foreach (int layer in network.OutputLayers)
+        {
+            YoloHead head = network.Yolo(layer) ?? throw new InvalidOperationException($"Layer {layer} is not a [yolo] layer: this network is not a detector.");
+            if (classes >= 0 && classes != head.Classes) throw new InvalidOperationException("The [yolo] layers disagree on the number of classes.");
+            classes = head.Classes;
+            DarknetLayerInfo info = network.Layers[layer];
+            int plane = info.Height * info.Width, entries = head.Classes + 5, perImage = info.Channels * plane;
+            ArgumentOutOfRangeException.ThrowIfNegative(image);
+            ReadOnlySpan<float> all = network.Output(layer);
+            if ((image + 1) * perImage > all.Length) throw new ArgumentOutOfRangeException(nameof(image), image, "No such image in the last batch.");
+            ReadOnlySpan<float> output = all.Slice(image * perImage, perImage);
+            for (int cell = 0; cell < plane; cell++)
+            {
+                int row = cell / info.Width, column = cell % info.Width;
+                for (int a = 0; a < head.Mask.Length; a++)
+                {
+                    int at = a * entries * plane + cell;
+                    float objectness = output[at + 4 * plane];
+                    if (objectness <= threshold) continue;
+                    int anchor = head.Mask[a];
+                    var box = new DarknetBox(
+                        (column + output[at]) / info.Width,
+                        (row + output[at + plane]) / info.Height,
+                        (float)(MathF.Exp(output[at + 2 * plane]) * head.Anchors[2 * anchor] / network.InputWidth),
+                        (float)(MathF.Exp(output[at + 3 * plane]) * head.Anchors[2 * anchor + 1] / network.InputHeight));
+                    var probabilities = new float[head.Classes];
+                    for (int k = 0; k < head.Classes; k++)
+                    {
+                        float probability = objectness * output[at + (5 + k) * plane];
+                        probabilities[k] = probability > threshold ? probability : 0;
+                    }
+                    detections.Add(new YoloDetection(Correct(box, imageHeight, imageWidth, network.InputHeight, network.InputWidth, letterboxed),
+                        objectness, probabilities, layer));
+                }
+            }
+        }
+        if (classes > 0) SuppressOverlaps(detections, classes, nmsThreshold);
+        return detections;
+    }
+
+    /// <summary>darknet's correct_yolo_boxes: from the network's (letterboxed) frame to the image's, relative coordinates.</summary>
+    private static DarknetBox Correct(DarknetBox b, int height, int width, int netHeight, int netWidth, bool letterboxed)
+    {
+        if (!letterboxed) return b;
+        (int newHeight, int newWidth) = DarknetImage.LetterboxSize(height, width, netHeight, netWidth);
+        return new DarknetBox(
+            (float)((b.X - (netWidth - newWidth) / 2.0 / netWidth) / ((float)newWidth / netWidth)),
+            (float)((b.Y - (netHeight - newHeight) / 2.0 / netHeight) / ((float)newHeight / netHeight)),
+            b.Width * ((float)netWidth / newWidth),
+            b.Height * ((float)netHeight / newHeight));
+    }
+
+    /// <summary>darknet's do_nms_sort: per class, most probable first, zero the class probability of boxes that overlap a kept one by more than <paramref name="threshold"/>.</summary>
+    public static void SuppressOverlaps(List<YoloDetection> detections, int classes, float threshold)
+    {
+        ArgumentNullException.ThrowIfNull(detections);
+        for (int k = 0; k < classes; k++)
+        {
+            int sortClass = k;
+            // A stable sort (darknet's qsort is not): ties keep their layer/cell order, so the result is reproducible.
+            YoloDetection[] sorted = detections.OrderByDescending(d => d.Probabilities[sortClass]).ToArray();
+            for (int i = 0; i < sorted.Length; i++)
+            {
+                if (sorted[i].Probabilities[k] == 0) continue;
+                for (int j = i + 1; j < sorted.Length; j++)
+                    if (DarknetBox.Iou(sorted[i].Box, sorted[j].Box) > threshold) sorted[j].Probabilities[k] = 0;
+            }
+        }
+    }
+
+    /// <summary>The largest <paramref name="count"/> scores with their indices, largest first (a classifier's top-5).</summary>
+    public static (int Index, float Score)[] Top(ReadOnlySpan<float> scores, int count)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);
+        var indexed = new (int Index, float Score)[scores.Length];
+        for (int i = 0; i < scores.Length; i++) indexed[i] = (i, scores[i]);
+        return indexed.OrderByDescending(p => p.Score).ThenBy(p => p.Index).Take(count).ToArray();
+    }
+}
