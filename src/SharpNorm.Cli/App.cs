@@ -10,12 +10,14 @@ namespace SharpNorm.Cli;
 internal static class App
 {
     public const string Usage = """
-        sharpnorm: train and evaluate SharpNorm's DarkNet-style classifier on Fashion-MNIST
+        sharpnorm: train and evaluate SharpNorm's DarkNet-style classifier on Fashion-MNIST; run darknet networks
 
         Usage:
           sharpnorm train [options]                   train a model; writes model.safetensors, metrics.csv, curves.png
           sharpnorm eval --checkpoint FILE [options]  test accuracy and confusion matrix of a checkpoint
           sharpnorm darknet summary MODEL.cfg         layers, output shapes, parameters and BFLOPs of a darknet network
+          sharpnorm darknet run MODEL.cfg MODEL.weights IMAGE     top-5 classes, or YOLO boxes, for one image
+          sharpnorm darknet export MODEL.cfg MODEL.weights OUT.safetensors   the weights as a PyTorch-style state dict
           sharpnorm darknet random-weights MODEL.cfg OUT.weights   a random .weights file that fits the cfg
           sharpnorm help [COMMAND]                    this text, or a command's options
           sharpnorm --version                         the version

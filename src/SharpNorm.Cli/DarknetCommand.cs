@@ -4,15 +4,30 @@ using Spectre.Console;
 
 namespace SharpNorm.Cli;
 
-/// <summary><c>sharpnorm darknet</c>: darknet networks (.cfg). So far: <c>summary</c>.</summary>
+/// <summary><c>sharpnorm darknet</c>: darknet networks (.cfg and .weights): summary, run, export, random-weights.</summary>
 internal static class DarknetCommand
 {
     public const string Usage = """
         Usage: sharpnorm darknet summary MODEL.cfg
+               sharpnorm darknet run MODEL.cfg MODEL.weights IMAGE [options]
+               sharpnorm darknet export MODEL.cfg MODEL.weights OUT.safetensors [--fold] [--bn MODE]
                sharpnorm darknet random-weights MODEL.cfg OUT.weights [--seed N]
 
         summary: the network's layers as darknet sizes them: output shapes, learnable parameters and BFLOPs
         (2 x multiply-adds / 1e9), and the totals.
+        run: the image (PNG, JPEG, WebP, ...) letterboxed to the network's size as darknet does, then the network.
+          A classifier prints its top classes; a YOLO network its boxes after non-maximum suppression.
+          --names FILE     class names, one per line (darknet's .names / .list files); else class numbers
+          --top N          classes a classifier prints (default 5)
+          --thresh P       YOLO: smallest probability printed (default 0.5, as darknet detect)
+          --nms T          YOLO: overlap (IoU) above which the less probable box is dropped (default 0.45)
+          --out FILE       YOLO: also write the image with the boxes drawn (.png or .jpg)
+          --bn MODE        pytorch (default): (x - mean) / sqrt(var + 1e-5), darknet's GPU formula and PyTorch's;
+                           darknet-cpu: (x - mean) / (sqrt(var) + 1e-6), pjreddie darknet's CPU formula
+          --unfused        run each batch norm as its own layer instead of folding it into the convolution
+          --threads N      threads (default: all cores)
+        export: the weights as a safetensors state dict named like PyTorch ports ({i}.conv.weight, {i}.bn.running_var,
+          {i}.fc.weight, ...) with the cfg in its metadata; --fold merges each batch norm into its layer.
         random-weights: a .weights file (version 0.2) of random values that fits the cfg exactly, for testing.
         """;
 
@@ -24,8 +39,10 @@ internal static class DarknetCommand
             return 0;
         }
         if (args[0] == "random-weights") return RandomWeights(args);
+        if (args[0] == "run") return DarknetRun.Run(args.Skip(1).ToList());
+        if (args[0] == "export") return Export(args.Skip(1).ToList());
         if (args[0] != "summary")
-            throw new UsageException($"unknown darknet command '{args[0]}' (commands: summary, random-weights)");
+            throw new UsageException($"unknown darknet command '{args[0]}' (commands: summary, run, export, random-weights)");
         if (args.Count != 2 || args[1].StartsWith('-'))
             throw new UsageException("darknet summary takes one argument, the .cfg file (see 'sharpnorm darknet --help')");
 
@@ -65,6 +82,22 @@ internal static class DarknetCommand
         IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(DarknetConfig.ReadFile(positional[0]));
         DarknetWeightsFile.Write(positional[1], DarknetWeightsFile.Random(layers, seed));
         Console.Out.WriteLine($"wrote {positional[1]}: {new FileInfo(positional[1]).Length:N0} bytes for {Path.GetFileName(positional[0])}");
+        return 0;
+    }
+
+    private static int Export(List<string> args)
+    {
+        (List<string> positional, ParsedOptions options) = DarknetRun.Split("darknet export", args, ["bn"], ["fold"]);
+        if (options.Help)
+        {
+            Console.Out.WriteLine(Usage);
+            return 0;
+        }
+        if (positional.Count != 3) throw new UsageException("darknet export takes MODEL.cfg, MODEL.weights and OUT.safetensors (see 'sharpnorm darknet --help')");
+        DarknetBatchNormMode mode = DarknetRun.BatchNormMode(options);
+        bool fold = options.Has("fold");
+        DarknetExport.Save(positional[0], positional[1], positional[2], fold, mode);
+        Console.Out.WriteLine($"wrote {positional[2]}: {new FileInfo(positional[2]).Length:N0} bytes{(fold ? $", batch norms folded ({DarknetRun.Name(mode)})" : "")}");
         return 0;
     }
 }

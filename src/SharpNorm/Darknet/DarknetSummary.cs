@@ -8,6 +8,9 @@ public sealed record DarknetLayerInfo(int Index, string Type, int[] Inputs, int 
 
     /// <summary>Convolutional and connected layers: the number of weights (OIHW, or outputs x inputs); 0 for the others.</summary>
     public long WeightCount { get; init; }
+
+    /// <summary>Convolutional and pooling layers: the (square) window size; 0 for the others.</summary>
+    public int KernelSize { get; init; }
 }
 
 /// <summary>
@@ -160,6 +163,7 @@ public static class DarknetSummary
             {
                 BatchNormalize = section.Type is "convolutional" or "connected" && section.Int("batch_normalize", 0) != 0,
                 WeightCount = weightCount,
+                KernelSize = section.Type is "convolutional" or "maxpool" ? section.Int("size", section.Type == "maxpool" ? section.Int("stride", 1) : 1) : 0,
             });
         }
         return layers;

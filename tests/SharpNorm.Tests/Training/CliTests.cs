@@ -6,7 +6,7 @@ namespace SharpNorm.Tests.Training;
 /// <summary>The sharpnorm command: every failure is one line on stderr and a non-zero exit code, never a stack trace.</summary>
 public class CliTests
 {
-    private static (int ExitCode, string Out, string Error) Run(params string[] args)
+    internal static (int ExitCode, string Out, string Error) Run(params string[] args)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "SharpNorm.Cli.dll"));
