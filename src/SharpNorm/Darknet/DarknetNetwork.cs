@@ -1,6 +1,8 @@
 using System.Numerics.Tensors;
 using SharpNorm.Layers;
 using SharpNorm.Tensors;
+using SharpNorm.Threading;
+using SharpNorm.Kernels;
 
 namespace SharpNorm.Darknet;
 
@@ -156,9 +158,17 @@ public sealed class DarknetNetwork
             foreach (DarknetNode node in _nodes) node.Resize(batch);
             _batch = batch;
         }
+        long[]? ticks = LayerTicks;
         for (int i = 0; i < _nodes.Length; i++)
+        {
+            long start = ticks is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
             _nodes[i].Forward(i == 0 ? input : _nodes[i - 1].Output, _nodes, batch);
+            if (ticks is not null) ticks[i] += System.Diagnostics.Stopwatch.GetTimestamp() - start;
+        }
     }
+
+    /// <summary>When set (one slot per layer), Forward adds each layer's time in Stopwatch ticks: a per-layer profile for the bench.</summary>
+    internal long[]? LayerTicks { get; set; }
 
     /// <summary>Forward on a copy: returns the last output layer's values (batch x C x H x W).</summary>
     public float[] Predict(float[] input, int batch)
@@ -439,11 +449,17 @@ internal sealed class ConnectedNode : DarknetNode
 
 /// <summary>
 /// [maxpool] as darknet computes it: windows start at out*stride - padding/2, and the maximum is over the window's
-/// elements inside the input (padding never wins). yolov3-tiny's size-2 stride-1 pool keeps 13x13 this way.
+/// elements inside the input (padding never wins; as in darknet, which starts from -FLT_MAX and keeps x only when x &gt; max, a NaN never wins). yolov3-tiny's size-2 stride-1
+/// pool keeps 13x13 this way. The common 2x2 stride-2 window is vectorized; any other combines each window's rows
+/// first, then its columns. Planes are shared among threads (each output plane is written by one chunk).
 /// </summary>
-internal sealed class MaxPoolNode : DarknetNode
+internal sealed class MaxPoolNode : DarknetNode, IChunkJob
 {
+    private const int PlanesPerChunk = 4;
     private readonly int _size, _stride, _offset, _channels, _height, _width;
+    private readonly bool _pairs;
+    private float[][] _rows = [];
+    private unsafe float* _input, _output;
 
     public MaxPoolNode(DarknetSection section, DarknetLayerInfo info, int c, int h, int w) : base(info)
     {
@@ -451,31 +467,83 @@ internal sealed class MaxPoolNode : DarknetNode
         _size = section.Int("size", _stride);
         _offset = section.Int("padding", _size - 1) / 2;
         (_channels, _height, _width) = (c, h, w);
+        _pairs = _size == 2 && _stride == 2 && _offset == 0;
     }
 
-    public override void Forward(ReadOnlySpan<float> input, DarknetNode[] nodes, int batch)
+    private int Threads => MaxDegreeOfParallelism == -1 ? Environment.ProcessorCount : MaxDegreeOfParallelism;
+
+    public override void Resize(int batch)
     {
-        Span<float> output = OutputBuffer;
-        int inPlane = _height * _width, outH = Info.Height, outW = Info.Width;
-        for (int p = 0; p < batch * _channels; p++)
+        base.Resize(batch);
+        if (_rows.Length < Threads) _rows = Enumerable.Range(0, Threads).Select(_ => new float[_width]).ToArray();
+    }
+
+    public override unsafe void Forward(ReadOnlySpan<float> input, DarknetNode[] nodes, int batch)
+    {
+        fixed (float* x = input)
+        fixed (float* y = OutputBuffer)
         {
-            ReadOnlySpan<float> plane = input.Slice(p * inPlane, inPlane);
-            Span<float> result = output.Slice(p * outH * outW, outH * outW);
-            for (int oy = 0; oy < outH; oy++)
+            _input = x;
+            _output = y;
+            int planes = batch * _channels;
+            ChunkRunner.Shared.Run(this, (planes + PlanesPerChunk - 1) / PlanesPerChunk, Math.Min(Threads, _rows.Length));
+            _input = _output = null;
+        }
+    }
+
+    unsafe void IChunkJob.Execute(int chunk, int worker)
+    {
+        int inPlane = _height * _width, outPlane = Info.Height * Info.Width;
+        int first = chunk * PlanesPerChunk, end = Math.Min(first + PlanesPerChunk, Batch * _channels);
+        for (int p = first; p < end; p++)
+        {
+            var plane = new ReadOnlySpan<float>(_input + (nint)p * inPlane, inPlane);
+            var result = new Span<float>(_output + (nint)p * outPlane, outPlane);
+            if (_pairs) Pairs(plane, result);
+            else General(plane, result, _rows[worker]);
+        }
+    }
+
+    /// <summary>2x2 windows, stride 2: each output row is the max of two input rows, then of adjacent pairs.</summary>
+    private void Pairs(ReadOnlySpan<float> plane, Span<float> result)
+    {
+        int outW = Info.Width, fullPairs = _width / 2;
+        for (int oy = 0; oy < Info.Height; oy++)
+        {
+            ReadOnlySpan<float> upper = plane.Slice(2 * oy * _width, _width);
+            ReadOnlySpan<float> lower = 2 * oy + 1 < _height ? plane.Slice((2 * oy + 1) * _width, _width) : upper;
+            Span<float> row = result.Slice(oy * outW, outW);
+            int ox = PairMaxima.Vectorized(upper, lower, row, fullPairs);
+            for (; ox < fullPairs; ox++)
+                row[ox] = Max(Max(Max(Max(float.MinValue, upper[2 * ox]), upper[2 * ox + 1]), lower[2 * ox]), lower[2 * ox + 1]);
+            if (outW > fullPairs) row[fullPairs] = Max(Max(float.MinValue, upper[_width - 1]), lower[_width - 1]); // an odd width's last column
+        }
+    }
+
+    /// <summary>darknet's comparison: a NaN never replaces the running maximum.</summary>
+    private static float Max(float max, float value) => value > max ? value : max;
+
+    private void General(ReadOnlySpan<float> plane, Span<float> result, Span<float> rows)
+    {
+        int outW = Info.Width;
+        for (int oy = 0; oy < Info.Height; oy++)
+        {
+            // The window's rows inside the input, combined: rows[x] = max over them of plane[y, x].
+            int y0 = oy * _stride - _offset, yStart = Math.Max(y0, 0), yEnd = Math.Min(y0 + _size, _height);
+            rows.Fill(float.MinValue); // darknet's -FLT_MAX: a NaN never wins, not even first
+            for (int y = yStart; y < yEnd; y++)
             {
-                int y0 = oy * _stride - _offset, yStart = Math.Max(y0, 0), yEnd = Math.Min(y0 + _size, _height);
-                for (int ox = 0; ox < outW; ox++)
-                {
-                    int x0 = ox * _stride - _offset, xStart = Math.Max(x0, 0), xEnd = Math.Min(x0 + _size, _width);
-                    float max = float.MinValue; // darknet's -FLT_MAX
-                    for (int y = yStart; y < yEnd; y++)
-                    {
-                        ReadOnlySpan<float> row = plane.Slice(y * _width, _width);
-                        for (int x = xStart; x < xEnd; x++)
-                            if (row[x] > max) max = row[x];
-                    }
-                    result[oy * outW + ox] = max;
-                }
+                ReadOnlySpan<float> next = plane.Slice(y * _width, _width);
+                for (int x = 0; x < _width; x++) rows[x] = Max(rows[x], next[x]);
+            }
+            // Then its columns inside the input.
+            Span<float> row = result.Slice(oy * outW, outW);
+            for (int ox = 0; ox < outW; ox++)
+            {
+                int x0 = ox * _stride - _offset, xStart = Math.Max(x0, 0), xEnd = Math.Min(x0 + _size, _width);
+                float max = float.MinValue;
+                for (int x = xStart; x < xEnd; x++) max = Max(max, rows[x]);
+                row[ox] = max;
             }
         }
     }

@@ -275,3 +275,76 @@ public class DarknetNetworkTests
         Assert.Equal(0.5f, wide.Box.Height, 5);
     }
 }
+
+/// <summary>Darknet's max pool against its own loop (windows from out*stride - padding/2, -FLT_MAX start, x &gt; max), NaNs and odd sizes included.</summary>
+public class DarknetMaxPoolTests
+{
+    private static float[] Reference(float[] input, int channels, int height, int width, int size, int stride, int padding, int outH, int outW)
+    {
+        var output = new float[channels * outH * outW];
+        int offset = padding / 2;
+        for (int k = 0; k < channels; k++)
+            for (int i = 0; i < outH; i++)
+                for (int j = 0; j < outW; j++)
+                {
+                    float max = float.MinValue;
+                    for (int n = 0; n < size; n++)
+                        for (int m = 0; m < size; m++)
+                        {
+                            int y = i * stride - offset + n, x = j * stride - offset + m;
+                            if (y < 0 || y >= height || x < 0 || x >= width) continue;
+                            float v = input[(k * height + y) * width + x];
+                            if (v > max) max = v;
+                        }
+                    output[(k * outH + i) * outW + j] = max;
+                }
+        return output;
+    }
+
+    [Theory]
+    [InlineData(2, 2, null)]
+    [InlineData(2, 1, null)]
+    [InlineData(3, 2, null)]
+    [InlineData(3, 1, 2)]
+    [InlineData(2, 2, 0)]
+    [InlineData(5, 3, 4)]
+    public void MatchesDarknetsLoop(int size, int stride, int? padding)
+    {
+        var random = new Random(size * 10 + stride);
+        foreach ((int height, int width) in new[] { (1, 1), (2, 3), (7, 37), (13, 13), (6, 64), (5, 97) })
+        {
+            if (height + (padding ?? size - 1) < size || width + (padding ?? size - 1) < size) continue;
+            string cfg = $"[net]\nwidth={width}\nheight={height}\nchannels=3\n[maxpool]\nsize={size}\nstride={stride}" + (padding is null ? "" : $"\npadding={padding}");
+            var network = DarknetNetwork.Build(DarknetConfig.Parse(cfg), null);
+            float[] input = Enumerable.Range(0, 2 * 3 * height * width).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
+            for (int i = 0; i < input.Length; i += 7) input[i] = float.NaN; // never wins in darknet
+            network.Forward(input, 2);
+            DarknetLayerInfo layer = network.Layers[0];
+            float[] expected = Reference(input, 6, height, width, size, stride, padding ?? size - 1, layer.Height, layer.Width);
+            Assert.Equal(expected, network.Output(0).ToArray());
+        }
+    }
+
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(0)]
+    public void PairMaximaAtEveryVectorWidth(int maxVectorBits)
+    {
+        var random = new Random(maxVectorBits);
+        for (int pairs = 0; pairs < 70; pairs++)
+        {
+            float[] upper = Enumerable.Range(0, 2 * pairs).Select(_ => (float)random.NextDouble()).ToArray();
+            float[] lower = Enumerable.Range(0, 2 * pairs).Select(_ => (float)random.NextDouble()).ToArray();
+            if (pairs > 3) (upper[5], lower[2]) = (float.NaN, float.NaN);
+            var row = new float[pairs];
+            int done = SharpNorm.Kernels.PairMaxima.Vectorized(upper, lower, row, pairs, maxVectorBits);
+            Assert.True(maxVectorBits > 0 || done == 0);
+            for (int i = 0; i < done; i++)
+            {
+                float expected = new[] { upper[2 * i], upper[2 * i + 1], lower[2 * i], lower[2 * i + 1] }.Where(v => !float.IsNaN(v)).Max();
+                Assert.Equal(expected, row[i]);
+            }
+        }
+    }
+}
