@@ -348,3 +348,73 @@ public class DarknetMaxPoolTests
         }
     }
 }
+
+/// <summary>Darknet classifiers as trainable Sequential models: the same logits as the inference network, and trainable.</summary>
+public class DarknetSequentialTests
+{
+    private static IReadOnlyList<DarknetSection> Scaled(string name, int size) =>
+        DarknetConfig.Parse(string.Join('\n', File.ReadAllLines(Path.Combine(AppContext.BaseDirectory, "Darknet", "cfg", name)).Select(line =>
+            line.Replace(" ", "").StartsWith("width=") ? $"width={size}" : line.Replace(" ", "").StartsWith("height=") ? $"height={size}" : line)), name);
+
+    [Theory]
+    [InlineData("darknet19.cfg")]
+    [InlineData("darknet.cfg")]
+    [InlineData("tiny.cfg")]
+    public void InEvalModeItGivesTheNetworksLogits(string cfg)
+    {
+        IReadOnlyList<DarknetSection> sections = Scaled(cfg, 64);
+        IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(sections);
+        DarknetWeights weights = DarknetWeightsFile.Random(layers, seed: 8);
+        var network = DarknetNetwork.Build(sections, weights, new DarknetNetworkOptions { FoldBatchNorm = false });
+        var model = DarknetSequential.Create(sections, weights);
+        model.Training = false;
+        var random = new Random(3);
+        float[] input = Enumerable.Range(0, 2 * 3 * 64 * 64).Select(_ => (float)random.NextDouble()).ToArray();
+        network.Forward(input, 2);
+        int logitsLayer = layers.Count - 2; // the layer before [softmax]
+        Assert.Equal("softmax", layers[^1].Type);
+        float[] expected = network.Output(logitsLayer).ToArray();
+        var logits = model.Forward(System.Numerics.Tensors.Tensor.Create(input, [2, 3, 64, 64]));
+        Assert.Equal([2, 1000], logits.Lengths.ToArray());
+        float[] actual = logits.ToArray();
+        for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], actual[i], 1e-4 * (1 + Math.Abs(expected[i])));
+    }
+
+    [Fact]
+    public void ItTrains()
+    {
+        IReadOnlyList<DarknetSection> sections = Scaled("tiny.cfg", 32);
+        var model = DarknetSequential.Create(sections, DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 2));
+        var random = new Random(4);
+        float[] input = Enumerable.Range(0, 4 * 3 * 32 * 32).Select(_ => (float)random.NextDouble()).ToArray();
+        var x = System.Numerics.Tensors.Tensor.Create(input, [4, 3, 32, 32]);
+        int[] labels = [1, 7, 7, 42];
+        var loss = new SharpNorm.Training.CrossEntropyLoss<float>();
+        var sgd = new SharpNorm.Training.Sgd<float>(model.Parameters, learningRate: 0.05, momentum: 0.9);
+        double first = 0, last = 0;
+        for (int step = 0; step < 8; step++)
+        {
+            var logits = model.Forward(x);
+            last = loss.Forward(logits, labels);
+            if (step == 0) first = last;
+            sgd.ZeroGrad();
+            model.Gradient(x, loss.Backward(logits, labels));
+            sgd.Step();
+        }
+        Assert.True(last < 0.5 * first, $"loss {first} -> {last}");
+    }
+
+    [Fact]
+    public void GraphNetworksAreRefused()
+    {
+        IReadOnlyList<DarknetSection> sections = Scaled("yolov3-tiny.cfg", 64);
+        var pool = Assert.Throws<DarknetConfigException>(() => DarknetSequential.Create(sections, DarknetWeightsFile.Random(DarknetSummary.Describe(sections), 1)));
+        Assert.Contains("yolov3-tiny.cfg:", pool.Message);
+        Assert.Contains("has no torch.nn.MaxPool2d twin", pool.Message); // the size-2 stride-1 pool comes first
+
+        IReadOnlyList<DarknetSection> route = DarknetConfig.Parse("[net]\nwidth=4\nheight=4\nchannels=1\n[convolutional]\nfilters=2\nsize=1\nactivation=linear\n[route]\nlayers=-1,0", "r.cfg");
+        var graph = Assert.Throws<DarknetConfigException>(() => DarknetSequential.Create(route, DarknetWeightsFile.Random(DarknetSummary.Describe(route), 1)));
+        Assert.True(graph.Message.Contains("r.cfg:9: [route]"), graph.Message);
+        Assert.Contains("not a chain", graph.Message);
+    }
+}

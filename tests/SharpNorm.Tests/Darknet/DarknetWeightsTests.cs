@@ -54,7 +54,7 @@ public class DarknetWeightsTests : IDisposable
         Assert.Equal(4f, BitConverter.ToSingle(bytes, 16 + 12 + 48));  // then the scales
         DarknetWeights read = DarknetWeightsFile.Read(path, layers);
         Assert.Equal(7UL, read.Seen);
-        Assert.Equal([4f, 5f, 6f], read.Layers[0]!.Scales);
+        Assert.Equal([4f, 5f, 6f], read.Layers[0]!.Scales!);
     }
 
     [Fact]
