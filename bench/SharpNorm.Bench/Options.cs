@@ -1,7 +1,7 @@
 namespace SharpNorm.Bench;
 
 internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int[]? Threads, int Warmup, int Runs, int WaitIdleSeconds, bool MallocReuse, bool Help,
-    bool Cnn = false, int? WarmupGiven = null, int? RunsGiven = null)
+    bool Cnn = false, int? WarmupGiven = null, int? RunsGiven = null, bool Darknet = false, string? Cfg = null)
 {
     public const string Usage =
         """
@@ -24,12 +24,24 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                            --threads: thread counts (default Environment.ProcessorCount); --warmup/--runs: warm-up
                            and timed training steps (default 5 and 20, --quick 5 and 10; conv layers: --runs or 15,
                            --quick 10, at least 10)
+
+        usage: bench/run.sh --darknet [--cfg PATH] [--threads N] [--quick] [--json PATH] [--warmup N] [--runs N] [--malloc-reuse]
+          --darknet        darknet inference latency (DarknetBench.cs): DarknetNetwork with folded batch norm, unfused,
+                           and the same network in libtorch (tools/DarknetTorch/TorchDarknet.cs, no_grad, eval), batch 1
+                           at the cfg's own size, random weights (seed 1) shared by all three; median, p10 and p90 ms,
+                           ratio libtorch / SharpNorm, and each output layer's normwise difference ||a-b||/||b|| to
+                           libtorch (and of both to libtorch in float64), which must stay below 1e-4.
+                           Default networks: yolov3-tiny (416x416) and darknet19 (224x224) from ../shared/darknet/cfg
+                           beside the repository, else tests/SharpNorm.Tests/Darknet/cfg.
+          --cfg PATH       that cfg alone instead (at its own [net] size)
+                           --threads: thread count (default Environment.ProcessorCount); --warmup/--runs: warm-up and
+                           timed runs per side (default 10 and 50, --quick 3 and 20; at least 20 timed)
         """;
 
     public static Options Parse(string[] args)
     {
-        bool quick = false, help = false, mallocReuse = false, cnn = false;
-        string? json = null, filter = null;
+        bool quick = false, help = false, mallocReuse = false, cnn = false, darknet = false;
+        string? json = null, filter = null, cfg = null;
         int[]? threads = null;
         int? warmup = null, runs = null;
         int waitIdle = 0;
@@ -40,6 +52,8 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
             {
                 case "--quick": quick = true; break;
                 case "--cnn": cnn = true; break;
+                case "--darknet": darknet = true; break;
+                case "--cfg": cfg = Value(); break;
                 case "--malloc-reuse": mallocReuse = true; break;
                 case "--json": json = Value(); break;
                 case "--filter": filter = Value(); break;
@@ -57,8 +71,10 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
             }
         }
         if (cnn && filter is not null) throw new ArgumentException("--filter does not apply to --cnn.");
+        if (darknet && (cnn || filter is not null)) throw new ArgumentException("--darknet does not combine with --cnn or --filter.");
+        if (cfg is not null && !darknet) throw new ArgumentException("--cfg applies to --darknet only.");
         return new Options(quick, json, filter, threads, warmup ?? (quick ? 3 : 5), runs ?? (quick ? 5 : 15), waitIdle, mallocReuse, help,
-            cnn, warmup, runs);
+            cnn, warmup, runs, darknet, cfg);
     }
 
     private static int PositiveInt(string s, string name, bool allowZero) =>

@@ -4,6 +4,7 @@
 //   bench/run.sh [--quick] [--json PATH] [--filter TEXT] [--threads 1,2] [--warmup N] [--runs N]
 //                [--malloc-reuse] [--wait-idle SECONDS]        (--help lists them)
 //   bench/run.sh --cnn [--threads N] [--quick] [--json PATH]   the CNN benchmark (CnnBench.cs)
+//   bench/run.sh --darknet [--cfg PATH] [--threads N] [--quick]  darknet inference latency (DarknetBench.cs)
 
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -29,6 +30,7 @@ if (options.Help)
     return 0;
 }
 if (options.Cnn) return CnnBench.Run(options);
+if (options.Darknet) return DarknetBench.Run(options);
 
 var cases = BenchCase.All(options.Quick)
     .Where(c => options.Filter is null || c.Name.Contains(options.Filter, StringComparison.OrdinalIgnoreCase))

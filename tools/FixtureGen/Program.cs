@@ -6,11 +6,13 @@
 // It also writes fixtures for the stateless layers GroupNorm, LayerNorm and RMSNorm (functional
 // group_norm / layer_norm, and rms_norm transcribed from primitives: TorchSharp 0.107 has no rms_norm).
 //
-// And fixtures for Conv2d, MaxPool2d and AvgPool2d (functional conv2d / max_pool2d / avg_pool2d).
+// And fixtures for Conv2d, MaxPool2d and AvgPool2d (functional conv2d / max_pool2d / avg_pool2d),
+// and for whole darknet networks (DarknetFixtures.cs, through tools/DarknetTorch/TorchDarknet.cs).
 //
 // Usage: FixtureGen OUTPUT_DIR [--only STEM[,STEM...]]   (see run.sh; writes batchnorm.json,
 //        instancenorm.json, groupnorm.json, layernorm.json, rmsnorm.json, conv2d.json,
-//        maxpool2d.json and avgpool2d.json, or only the named ones, e.g. --only conv2d,maxpool2d)
+//        maxpool2d.json, avgpool2d.json and darknet.json (with ../Darknet/weights/small-*.weights),
+//        or only the named ones, e.g. --only conv2d,maxpool2d)
 
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -19,7 +21,7 @@ using System.Text.Json;
 using TorchSharp;
 using static TorchSharp.torch;
 
-internal static class Program
+internal static partial class Program
 {
     private const string Generator = "tools/FixtureGen (TorchSharp 0.107.0, libtorch 2.10.0)";
     private static readonly double[] Epsilons = { 1e-5, 1e-3, 0.1 };
@@ -34,7 +36,7 @@ internal static class Program
 
     // File stems in the order they are generated.
     private static readonly string[] AllFiles =
-        { "batchnorm", "instancenorm", "groupnorm", "layernorm", "rmsnorm", "conv2d", "maxpool2d", "avgpool2d" };
+        { "batchnorm", "instancenorm", "groupnorm", "layernorm", "rmsnorm", "conv2d", "maxpool2d", "avgpool2d", "darknet" };
 
     private static int Main(string[] args)
     {
@@ -106,6 +108,16 @@ internal static class Program
         {
             torch.manual_seed(2006);
             WriteFile(Target("avgpool2d"), "AvgPool2d", BuildAvgPool2dCases().Select(c => (Action<Utf8JsonWriter>)(w => RunPool2dCase(w, c))));
+        }
+        // Whole darknet networks (DarknetFixtures.cs): also writes their random .weights files.
+        if (Selected("darknet"))
+        {
+            // mkldnn off here too: oneDNN's float32 forward convolution (jit:avx512_core) is wrong on this machine for
+            // batch 2 with input channels not a multiple of 16 (e.g. 24); DarknetFixtures also checks against float64.
+            bool mkldnn = Mkldnn.Enabled;
+            Mkldnn.Enabled = false;
+            WriteDarknet(Target("darknet")!);
+            Mkldnn.Enabled = mkldnn;
         }
         return 0;
     }

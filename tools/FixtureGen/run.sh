@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates tests/SharpNorm.Tests/Fixtures/{batchnorm,instancenorm,groupnorm,layernorm,rmsnorm,
-# conv2d,maxpool2d,avgpool2d}.json with libtorch (TorchSharp-cpu 0.107.0).
+# conv2d,maxpool2d,avgpool2d,darknet}.json with libtorch (TorchSharp-cpu 0.107.0); darknet also writes
+# tests/SharpNorm.Tests/Darknet/weights/small-*.weights (OUTPUT_DIR/../Darknet/weights).
 # Usage: tools/FixtureGen/run.sh [OUTPUT_DIR] [--only STEM[,STEM...]]
 #   e.g. tools/FixtureGen/run.sh --only conv2d,maxpool2d,avgpool2d   (writes just those files)
 set -euo pipefail
