@@ -309,6 +309,7 @@ internal sealed class ConvolutionalNode : DarknetNode
             else if (options.BatchNorm == DarknetBatchNormMode.PyTorch) norm = EvalNorm(info.Channels, arrays);
             else (scale, shift) = (scales.Select(v => (float)v).ToArray(), shifts.Select(v => (float)v).ToArray());
         }
+        conv.WeightsFrozen = true; // the network owns the layer and never changes its weights
         return new ConvolutionalNode(info, conv, norm, scale, shift, activation, c, h, w);
     }
 

@@ -69,6 +69,13 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     {
     }
 
+    /// <summary>
+    /// The caller promises that the weights no longer change (an inference network that owns the layer): each worker
+    /// packs them for the product once and reuses the packed copy from call to call. Packing is a pass over all the
+    /// weights, as costly as the product itself for a large layer on a small map (1024 filters on 8x8).
+    /// </summary>
+    internal bool WeightsFrozen { get; set; }
+
     public int InChannels { get; }
     public int OutChannels { get; }
     public int KernelHeight { get; }
@@ -176,7 +183,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         EnsureWorkers(groupParallel ? threads : 1, g);
         foreach (Worker w in _workers)
         {
-            w.WeightsPacked = false;
+            if (!WeightsFrozen) w.WeightsPacked = false;
             w.Gemm.MaxVectorBits = MaxVectorBits;
             w.Gemm.MaxDegreeOfParallelism = groupParallel ? 1 : MaxDegreeOfParallelism;
         }

@@ -418,3 +418,24 @@ public class DarknetSequentialTests
         Assert.Contains("not a chain", graph.Message);
     }
 }
+
+/// <summary>The network packs each convolution's weights once: later calls, other inputs and other batch sizes must still be right.</summary>
+public class DarknetRepeatedCallTests
+{
+    [Fact]
+    public void EveryCallGivesWhatAFreshNetworkGives()
+    {
+        IReadOnlyList<DarknetSection> sections = DarknetConfig.ReadFile(Path.Combine(AppContext.BaseDirectory, "Darknet", "cfg", "small-detector.cfg"));
+        DarknetWeights weights = DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 21);
+        var network = DarknetNetwork.Build(sections, weights);
+        var random = new Random(5);
+        foreach (int batch in new[] { 1, 3, 1, 2 })
+        {
+            float[] input = Enumerable.Range(0, batch * 3 * 32 * 32).Select(_ => (float)random.NextDouble()).ToArray();
+            network.Forward(input, batch);
+            var fresh = DarknetNetwork.Build(sections, weights);
+            fresh.Forward(input, batch);
+            foreach (int layer in network.OutputLayers) Assert.Equal(fresh.Output(layer).ToArray(), network.Output(layer).ToArray());
+        }
+    }
+}
