@@ -66,6 +66,44 @@ internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
                 }
     }
 
+    /// <summary>
+    /// Columns [first, first + count) of the image's column matrix (output positions in row-major (oh, ow) order),
+    /// rows <paramref name="rowStride"/> apart: a band of the output gathered on its own, so that a large image's
+    /// product can be split among threads with each band's columns small enough to stay in cache.
+    /// </summary>
+    public static void GatherBand(in WindowGeometry g, ReadOnlySpan<T> image, Span<T> columns, int rowStride, int first, int count)
+    {
+        int ow0 = g.OutputWidth, end = first + count;
+        for (int c = 0; c < g.Channels; c++)
+            for (int ki = 0; ki < g.KernelHeight; ki++)
+                for (int kj = 0; kj < g.KernelWidth; kj++)
+                {
+                    Span<T> row = columns.Slice(((c * g.KernelHeight + ki) * g.KernelWidth + kj) * rowStride, count);
+                    ReadOnlySpan<T> channel = image.Slice(c * g.InputPlane, g.InputPlane);
+                    var (dx, owBegin, owEnd) = InsideColumns(g, kj);
+                    for (int oh = first / ow0; oh * ow0 < end; oh++)
+                    {
+                        // This output row's part of the band: output columns [from, to), at row[(oh*OW + from) - first].
+                        int from = Math.Max(0, first - oh * ow0), to = Math.Min(ow0, end - oh * ow0);
+                        Span<T> outRow = row.Slice(oh * ow0 + from - first, to - from);
+                        int ih = oh * g.StrideHeight - g.PadHeight + ki * g.DilationHeight;
+                        int begin = Math.Clamp(owBegin, from, to), stop = Math.Clamp(owEnd, from, to);
+                        if ((uint)ih >= (uint)g.Height || begin >= stop)
+                        {
+                            outRow.Clear();
+                            continue;
+                        }
+                        outRow[..(begin - from)].Clear();
+                        outRow[(stop - from)..].Clear();
+                        ReadOnlySpan<T> inRow = channel.Slice(ih * g.Width, g.Width);
+                        if (g.StrideWidth == 1)
+                            inRow.Slice(begin + dx, stop - begin).CopyTo(outRow[(begin - from)..(stop - from)]);
+                        else
+                            for (int ow = begin; ow < stop; ow++) outRow[ow - from] = inRow[ow * g.StrideWidth + dx];
+                    }
+                }
+    }
+
     /// <summary>The adjoint of <see cref="Gather"/>: image = Σ over windows of the column values (image is overwritten).</summary>
     public static void Scatter(in WindowGeometry g, ReadOnlySpan<T> columns, Span<T> image, int rowStride)
     {

@@ -180,6 +180,30 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         int batch = (job == Job.Backward ? output.Length : x.Length) / (InChannels * g.InputPlane);
         int threads = Threads, imageGroups = ImageGroupCount(batch, g);
         bool groupParallel = imageGroups >= threads;
+        // Fewer images than threads, each a large map (a network at batch 1): bands of each image's output go to the
+        // threads instead, each band's columns gathered on their own and small enough to stay in cache.
+        int bandColumns = BandColumns(g);
+        bool banded = job == Job.Forward && !groupParallel && Groups == 1 && !g.IsPointwise && g.OutputPlane >= 2 * bandColumns;
+        if (banded)
+        {
+            EnsureWorkers(threads, g, bandColumns);
+            foreach (Worker w in _workers)
+            {
+                if (!WeightsFrozen) w.WeightsPacked = false;
+                w.Gemm.MaxVectorBits = MaxVectorBits;
+                w.Gemm.MaxDegreeOfParallelism = 1;
+            }
+            fixed (T* px = x)
+            fixed (T* pout = output)
+            {
+                (_job, _window, _batch, _bandColumns) = (job, g, batch, bandColumns);
+                _x = px;
+                _out = pout;
+                _runner.Run(_bandJob ??= new BandJob(this), batch * BandsPerImage(g, bandColumns), threads);
+                _x = _out = null;
+            }
+            return;
+        }
         EnsureWorkers(groupParallel ? threads : 1, g);
         foreach (Worker w in _workers)
         {
@@ -310,6 +334,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
                 for (int o = 0; o < OutChannels; o++) TensorPrimitives.Add(y.Slice(o * plane, plane), bias[o], y.Slice(o * plane, plane));
             }
         }
+
         if (_job == Job.Gradient && Bias is not null)
         {
             Span<T> dBias = _partBiasGradient.AsSpan(part!.Value * OutChannels, OutChannels);
@@ -339,15 +364,66 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
                 stage.Slice(c * width + i * plane, plane).CopyTo(new Span<T>(target + (nint)(first + i) * imageLength + offset + c * plane, plane));
     }
 
+    /// <summary>
+    /// Output positions per band of a banded forward: about 64K values of columns (a quarter of a 1 MB L2), whole
+    /// panels of the product's 32 columns, at least 256. Depends on the geometry alone.
+    /// </summary>
+    private static int BandColumns(in WindowGeometry g) => Math.Max(256, 65536 / g.ColumnRows / 32 * 32);
+
+    private static int BandsPerImage(in WindowGeometry g, int bandColumns) => (g.OutputPlane + bandColumns - 1) / bandColumns;
+
+    /// <summary>
+    /// One band of one image: its columns (K x band) gathered, y[:, band] = W · columns written in place (row stride P),
+    /// and the bias added. Each output value is the same sum, in the same order, as in the unbanded product.
+    /// </summary>
+    private unsafe void ForwardBand(int chunk, int worker)
+    {
+        WindowGeometry g = _window;
+        Worker w = _workers[worker];
+        int bands = BandsPerImage(g, _bandColumns), image = chunk / bands, band = chunk % bands;
+        int first = band * _bandColumns, count = Math.Min(_bandColumns, g.OutputPlane - first), plane = g.OutputPlane;
+        int imageIn = InChannels * g.InputPlane, imageOut = OutChannels * plane, columnRows = g.ColumnRows;
+        Span<T> columns = w.Columns.AsSpan(0, columnRows * count);
+        Im2Col<T>.GatherBand(g, new ReadOnlySpan<T>(_x + (nint)image * imageIn, imageIn), columns, count, first, count);
+        var y = new Span<T>(_out + (nint)image * imageOut + first, imageOut - first);
+        w.Gemm.Multiply(false, false, OutChannels, count, columnRows, TensorData.Flat(Weight.Value), columnRows, columns, count, y, plane,
+            accumulate: false, reusePackedA: w.WeightsPacked);
+        w.WeightsPacked = true;
+        if (Bias is null) return;
+        ReadOnlySpan<T> bias = TensorData.Flat(Bias.Value);
+        for (int o = 0; o < OutChannels; o++)
+        {
+            Span<T> part = y.Slice(o * plane, count);
+            TensorPrimitives.Add(part, bias[o], part);
+        }
+    }
+
+    private sealed class BandJob(Conv2d<T> layer) : IChunkJob
+    {
+        public void Execute(int chunk, int worker) => layer.ForwardBand(chunk, worker);
+    }
+
+    private BandJob? _bandJob;
+    private int _bandColumns;
+
+    private void EnsureWorkers(int count, in WindowGeometry g, int bandColumns)
+    {
+        AddWorkers(count);
+        foreach (Worker w in _workers) Grow(ref w.Columns, g.ColumnRows * bandColumns);
+    }
+
+    private void AddWorkers(int count)
+    {
+        if (_workers.Length >= count) return;
+        var workers = new Worker[count];
+        _workers.CopyTo(workers, 0);
+        for (int i = _workers.Length; i < count; i++) workers[i] = new Worker();
+        _workers = workers;
+    }
+
     private void EnsureWorkers(int count, in WindowGeometry g)
     {
-        if (_workers.Length < count)
-        {
-            var workers = new Worker[count];
-            _workers.CopyTo(workers, 0);
-            for (int i = _workers.Length; i < count; i++) workers[i] = new Worker();
-            _workers = workers;
-        }
+        AddWorkers(count);
         int width = ImagesPerGroup(g) * g.OutputPlane;
         foreach (Worker w in _workers)
         {

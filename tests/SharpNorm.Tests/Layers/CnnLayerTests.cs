@@ -93,6 +93,32 @@ public class CnnLayerTests
             }
     }
 
+    [Theory]
+    [InlineData(3, 16, 3, 1, 1, 1, true, 1, 70, 70)]    // 4900 outputs: two bands of 2400 and a rest
+    [InlineData(16, 8, 3, 2, 2, 2, false, 2, 81, 77)]   // bands of 448 outputs start and end inside output rows
+    [InlineData(8, 4, 5, 1, 0, 1, true, 3, 40, 37)]
+    public void Conv2dBandsOfALargeImageGiveTheUnbandedResult(int c, int o, int kernel, int stride, int padding, int dilation, bool bias, int batch, int height, int width)
+    {
+        // Fewer images than threads and large maps: the forward splits each image's output into bands (threads > 1).
+        var random = new Gaussian(7);
+        Tensor<float> x = random.Tensor<float>([batch, c, height, width]);
+        float[]? reference = null;
+        foreach (int threads in new[] { 1, 2, 4, 8 })
+            foreach (bool frozen in new[] { false, true })
+            {
+                var conv = new Conv2d<float>(c, o, kernel, stride, padding, dilation, bias: bias, random: new Random(5)) { MaxDegreeOfParallelism = threads };
+                conv.WeightsFrozen = frozen;
+                float[] values = conv.Forward(x).ToArray();
+                float[] again = conv.Forward(x).ToArray(); // frozen: the packed weights reused
+                Assert.Equal(values, again);
+                reference ??= values;
+                Assert.True(reference.AsSpan().SequenceEqual(values), $"{threads} threads, frozen {frozen}: bits differ from 1 thread");
+            }
+        var exact = new Conv2d<double>(c, o, kernel, stride, padding, dilation, bias: bias, random: new Random(5));
+        double[] expected = exact.Forward(Tensor.Create(x.ToArray().Select(v => (double)v).ToArray(), x.Lengths)).ToArray();
+        Check.Close(expected.Select(v => (float)v).ToArray(), reference!, 1e-4, 1e-4, "float against double");
+    }
+
     [Fact]
     public void LinearGradientsMatchCentralDifferences()
     {
