@@ -108,4 +108,22 @@ public class AllocationTests
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         Assert.True(allocated == 0, $"{allocated} bytes allocated in 10 training steps");
     }
+
+    [Theory]
+    [InlineData("yolov3-tiny.cfg", 1, -1)]      // batch 1 on 2+ threads: banded convolutions
+    [InlineData("small-detector.cfg", 3, 1)]
+    [InlineData("small-classifier.cfg", 2, -1)]
+    public void ADarknetForwardAllocatesNothing(string cfg, int batch, int threads)
+    {
+        var network = SharpNorm.Darknet.DarknetNetwork.Load(Path.Combine(AppContext.BaseDirectory, "Darknet", "cfg", cfg), null,
+            new SharpNorm.Darknet.DarknetNetworkOptions { MaxDegreeOfParallelism = threads });
+        var input = new float[batch * network.InputChannels * network.InputHeight * network.InputWidth];
+        for (int i = 0; i < input.Length; i++) input[i] = i % 17 / 17f;
+
+        for (int i = 0; i < 60; i++) network.Forward(input, batch);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 10; i++) network.Forward(input, batch);
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated == 0, $"{allocated} bytes allocated in 10 forward passes");
+    }
 }
