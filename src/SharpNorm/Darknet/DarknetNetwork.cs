@@ -333,11 +333,17 @@ internal sealed class ConvolutionalNode : DarknetNode
     internal static BatchNorm<float> EvalNorm(int channels, DarknetLayerWeights arrays)
     {
         var norm = new BatchNorm<float>(channels, eps: 1e-5) { Training = false };
+        LoadNorm(norm, arrays);
+        return norm;
+    }
+
+    /// <summary>darknet's scales, biases (beta), rolling mean and variance into a BatchNorm.</summary>
+    internal static void LoadNorm(BatchNorm<float> norm, DarknetLayerWeights arrays)
+    {
         arrays.Scales!.CopyTo(TensorData.Flat(norm.Weight!.Value));
         arrays.Biases.CopyTo(TensorData.Flat(norm.Bias!.Value));
         arrays.RollingMean!.CopyTo(TensorData.Flat(norm.RunningMean!));
         arrays.RollingVariance!.CopyTo(TensorData.Flat(norm.RunningVar!));
-        return norm;
     }
 
     public override void Resize(int batch)

@@ -7,13 +7,20 @@ namespace SharpNorm.Darknet;
 /// A chain-shaped darknet network (a classifier such as DarkNet-19: convolutional, maxpool, avgpool, connected, dropout,
 /// then softmax/cost) as a trainable <see cref="Sequential{T}"/> of SharpNorm layers, for fine-tuning with
 /// SharpNorm.Training.Trainer: Conv2d, BatchNorm2d (PyTorch's training semantics: momentum 0.1, biased batch
-/// variance to normalize, unbiased for the running variance), LeakyReLU(0.1) / ReLU, MaxPool2d, GlobalAvgPool2d, Flatten,
+/// variance to normalize, unbiased for the running variance; or darknet's with <c>darknetBatchNorm</c>), LeakyReLU(0.1) /
+/// ReLU, MaxPool2d, GlobalAvgPool2d, Flatten,
 /// Linear, BatchNorm1d, Dropout. The trailing [softmax]/[cost] are left out: the model gives logits, the loss applies the
 /// softmax. Networks with route, shortcut, upsample or yolo layers are not chains and are refused.
 /// </summary>
 public static class DarknetSequential
 {
-    public static Sequential<float> Create(IReadOnlyList<DarknetSection> sections, DarknetWeights weights)
+    /// <param name="sections">The cfg.</param>
+    /// <param name="weights">The starting weights.</param>
+    /// <param name="darknetBatchNorm">
+    /// Train the batch norms as darknet does: normalized by the unbiased batch variance, running statistics updated
+    /// with momentum 0.01 (darknet's .99/.01). False (default): PyTorch's BatchNorm2d defaults (biased, momentum 0.1).
+    /// </param>
+    public static Sequential<float> Create(IReadOnlyList<DarknetSection> sections, DarknetWeights weights, bool darknetBatchNorm = false)
     {
         ArgumentNullException.ThrowIfNull(sections);
         ArgumentNullException.ThrowIfNull(weights);
@@ -40,7 +47,7 @@ public static class DarknetSequential
                     var conv = new Conv2d<float>(c, info.Channels, size, stride, padding, groups: groups, bias: !info.BatchNormalize);
                     arrays.Weights.CopyTo(TensorData.Flat(conv.Weight.Value));
                     layers.Add(conv);
-                    if (info.BatchNormalize) layers.Add(Norm(info.Channels, arrays));
+                    if (info.BatchNormalize) layers.Add(Norm(info.Channels, arrays, darknetBatchNorm));
                     else arrays.Biases.CopyTo(TensorData.Flat(conv.Bias!.Value));
                     AddActivation(layers, section, "logistic");
                     break;
@@ -67,7 +74,7 @@ public static class DarknetSequential
                     var linear = new Linear<float>(c * h * w, info.Channels, bias: !info.BatchNormalize);
                     arrays.Weights.CopyTo(TensorData.Flat(linear.Weight.Value));
                     layers.Add(linear);
-                    if (info.BatchNormalize) layers.Add(Norm(info.Channels, arrays));
+                    if (info.BatchNormalize) layers.Add(Norm(info.Channels, arrays, darknetBatchNorm));
                     else arrays.Biases.CopyTo(TensorData.Flat(linear.Bias!.Value));
                     AddActivation(layers, section, "logistic");
                     break;
@@ -87,10 +94,10 @@ public static class DarknetSequential
         return new Sequential<float>([.. layers]);
     }
 
-    private static BatchNorm<float> Norm(int channels, DarknetLayerWeights arrays)
+    private static BatchNorm<float> Norm(int channels, DarknetLayerWeights arrays, bool darknet)
     {
-        BatchNorm<float> norm = ConvolutionalNode.EvalNorm(channels, arrays);
-        norm.Training = true;
+        var norm = darknet ? new BatchNorm<float>(channels, eps: 1e-5, momentum: 0.01, unbiasedNormalization: true) : new BatchNorm<float>(channels, eps: 1e-5);
+        ConvolutionalNode.LoadNorm(norm, arrays);
         return norm;
     }
 

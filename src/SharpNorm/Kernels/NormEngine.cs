@@ -80,14 +80,17 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Forward(in NormGeometry g, ReadOnlySpan<T> x, Span<T> y, ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta, double eps,
-        bool subtractMean = true)
+        bool subtractMean = true, bool unbiasedNormalization = false)
     {
+        if (unbiasedNormalization && (g.IsRowShape || !subtractMean))
+            throw new ArgumentException($"Normalizing by the unbiased variance is for batch statistics (BatchNorm), not rows; got {g}.", nameof(unbiasedNormalization));
         if (!subtractMean && !g.IsRowShape)
             throw new ArgumentException($"Normalizing without subtracting the mean needs one group per row (A, 1, 1, J, 1); got {g}.", nameof(subtractMean));
         Prepare(g);
         LoadAffine(gamma, beta);
         _eps = eps;
         _subtractMean = subtractMean;
+        _unbiased = unbiasedNormalization;
         if (_plan.IsRow)
         {
             LoadRowAffine(gamma, beta);
@@ -121,6 +124,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         Prepare(g);
         LoadAffine(gamma, beta);
         _subtractMean = true;
+        _unbiased = false;
         if (_plan.IsRow)
         {
             LoadRowAffine(gamma, beta);
@@ -554,14 +558,21 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         }
     }
 
-    /// <summary>Mean, biased variance and 1/sqrt(var + eps) from Σ (x - c) and Σ (x - c)² over count elements.</summary>
-    private static (double mean, double variance, double invStd) Statistics(double shiftedSum, double shiftedSquares, double center, double count, double eps)
+    /// <summary>
+    /// Mean, biased variance and 1/sqrt(var + eps) from Σ (x - c) and Σ (x - c)² over count elements; in the unbiased
+    /// mode (darknet's training) invstd is 1/sqrt(var * count/(count - 1) + eps), while the variance kept stays biased.
+    /// </summary>
+    private (double mean, double variance, double invStd) Statistics(double shiftedSum, double shiftedSquares, double center, double count, double eps)
     {
         double shiftedMean = shiftedSum / count;
         double variance = (shiftedSquares - shiftedSum * shiftedMean) / count;
         if (variance < 0) variance = 0; // rounding can dip below zero; NaN stays NaN
-        return (center + shiftedMean, variance, 1.0 / Math.Sqrt(variance + eps));
+        double normalizing = _unbiased ? variance * count / (count - 1) : variance;
+        return (center + shiftedMean, variance, 1.0 / Math.Sqrt(normalizing + eps));
     }
+
+    /// <summary>Normalizing by the unbiased batch variance (darknet's training): set by the last training Forward.</summary>
+    private bool _unbiased;
 
     /// <summary>y = (x - c) * p + q with p = gamma*invstd, q = beta + (c - mean)*p.</summary>
     private static (T p, T q) NormalizeCoefficients(double gamma, double beta, double invStd, double center, double mean)
@@ -576,11 +587,12 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
 
     /// <summary>
     /// dx = invstd * (g - Σg/M - xhat * Σ g*xhat / M) with g = gamma*dy, written dx = p*dy + q*(x - c) + w:
-    /// p = gamma*invstd, q = -invstd² Σg*xhat / M, w = -invstd Σg / M + q (c - mean).
+    /// p = gamma*invstd, q = -invstd² Σg*xhat / M, w = -invstd Σg / M + q (c - mean). Normalized by the unbiased
+    /// variance (d var/dx = 2(x - mean)/(M - 1)), the xhat term divides by M - 1 instead.
     /// </summary>
-    private static (T p, T q, T w) InputGradientCoefficients(double gamma, double invStd, double sumG, double sumGXhat, double count, double centerOffset)
+    private (T p, T q, T w) InputGradientCoefficients(double gamma, double invStd, double sumG, double sumGXhat, double count, double centerOffset)
     {
-        double slope = -invStd * invStd * sumGXhat / count;
+        double slope = -invStd * invStd * sumGXhat / (_unbiased ? count - 1 : count);
         return (T.CreateTruncating(gamma * invStd), T.CreateTruncating(slope), T.CreateTruncating(-invStd * sumG / count + slope * centerOffset));
     }
 

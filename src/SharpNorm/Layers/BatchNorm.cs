@@ -15,11 +15,21 @@ public sealed class BatchNorm<T> : RunningStatsNorm<T> where T : unmanaged, IFlo
     /// <param name="affine">Whether the layer has learnable gamma (Weight) and beta (Bias).</param>
     /// <param name="trackRunningStats">Whether the layer keeps running statistics and uses them in eval mode.</param>
     /// <param name="layout">Channels in dimension 1 (default) or last, as PyTorch's channels_last tensors.</param>
+    /// <param name="unbiasedNormalization">
+    /// Training normalizes by the unbiased batch variance, as darknet's BatchNorm does, instead of the biased one
+    /// (PyTorch's, the default). The running variance is the unbiased one either way; eval mode is unchanged.
+    /// </param>
     public BatchNorm(int numFeatures, double eps = 1e-5, double? momentum = 0.1, bool affine = true, bool trackRunningStats = true,
-        ChannelLayout layout = ChannelLayout.First)
+        ChannelLayout layout = ChannelLayout.First, bool unbiasedNormalization = false)
         : base(numFeatures, eps, momentum, affine, trackRunningStats, layout)
     {
+        UnbiasedNormalization = unbiasedNormalization;
     }
+
+    /// <summary>Whether training normalizes by the unbiased batch variance (darknet) rather than the biased one (PyTorch).</summary>
+    public bool UnbiasedNormalization { get; }
+
+    protected override bool NormalizesByUnbiasedVariance => UnbiasedNormalization;
 
     protected override string LayerName => "BatchNorm";
     protected override int MinRank => 2;

@@ -74,6 +74,9 @@ public abstract class NormLayer<T> : ILayer<T> where T : unmanaged, IFloatingPoi
     /// <summary>False for RMSNorm: the mean is not subtracted and the mean square takes the variance's place.</summary>
     protected virtual bool SubtractsMean => true;
 
+    /// <summary>Whether training normalizes by the unbiased batch variance (darknet's BatchNorm) instead of the biased one (PyTorch's).</summary>
+    protected virtual bool NormalizesByUnbiasedVariance => false;
+
     /// <summary>Whether the next Forward normalizes with the batch's own statistics (else <see cref="ForwardWithOwnStatistics"/>).</summary>
     protected virtual bool UsesBatchStatistics => true;
 
@@ -137,7 +140,7 @@ public abstract class NormLayer<T> : ILayer<T> where T : unmanaged, IFloatingPoi
         // Validation is complete: from here on nothing throws, so state changes are all-or-nothing.
         if (useBatchStatistics)
         {
-            _engine.Forward(g, input, output, GammaOrEmpty(), BetaOrEmpty(), Eps, SubtractsMean);
+            _engine.Forward(g, input, output, GammaOrEmpty(), BetaOrEmpty(), Eps, SubtractsMean, NormalizesByUnbiasedVariance);
             OnBatchStatistics(g);
         }
         else

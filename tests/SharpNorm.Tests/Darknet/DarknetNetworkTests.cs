@@ -381,6 +381,18 @@ public class DarknetSequentialTests
     }
 
     [Fact]
+    public void DarknetsBatchNormTrainingIsOnRequest()
+    {
+        IReadOnlyList<DarknetSection> sections = Scaled("tiny.cfg", 32);
+        DarknetWeights weights = DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 2);
+        var norms = DarknetSequential.Create(sections, weights, darknetBatchNorm: true).Layers.OfType<SharpNorm.Layers.BatchNorm<float>>().ToArray();
+        Assert.NotEmpty(norms);
+        Assert.All(norms, n => Assert.True(n.UnbiasedNormalization && n.Momentum == 0.01));
+        Assert.All(DarknetSequential.Create(sections, weights).Layers.OfType<SharpNorm.Layers.BatchNorm<float>>(),
+            n => Assert.True(!n.UnbiasedNormalization && n.Momentum == 0.1));
+    }
+
+    [Fact]
     public void ItTrains()
     {
         IReadOnlyList<DarknetSection> sections = Scaled("tiny.cfg", 32);

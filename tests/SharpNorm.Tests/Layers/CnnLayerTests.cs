@@ -14,7 +14,7 @@ namespace SharpNorm.Tests.Layers;
 public class CnnLayerTests
 {
     /// <summary>Backward's dx and Gradient's parameter gradients against central differences of L = Σ y·r.</summary>
-    private static void CheckGradients(ILayer<double> layer, nint[] shape, int seed, double scale = 1)
+    internal static void CheckGradients(ILayer<double> layer, nint[] shape, int seed, double scale = 1)
     {
         var random = new Gaussian(seed);
         Tensor<double> x = random.Tensor<double>(shape, scale);
