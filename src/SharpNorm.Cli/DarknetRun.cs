@@ -34,12 +34,16 @@ internal static class DarknetRun
         (float[] pixels, int height, int width) = LoadImage(imagePath);
         if (network.InputChannels != 3)
             throw new InvalidDataException($"{Path.GetFileName(cfgPath)} takes {network.InputChannels} channels; images give 3 (RGB).");
-        float[] input = DarknetImage.Letterbox(pixels, 3, height, width, network.InputHeight, network.InputWidth);
+        // pjreddie's darknet letterboxes; AlexeyAB's resizes unless [net] letter_box=1: follow the cfg where it says.
+        bool letterbox = DarknetConfig.ReadFile(cfgPath)[0].Int("letter_box", 1) != 0;
+        float[] input = letterbox
+            ? DarknetImage.Letterbox(pixels, 3, height, width, network.InputHeight, network.InputWidth)
+            : DarknetImage.Resize(pixels, 3, height, width, network.InputHeight, network.InputWidth);
         var clock = Stopwatch.StartNew();
         network.Forward(input, 1);
         double milliseconds = clock.Elapsed.TotalMilliseconds;
         string header = string.Create(CultureInfo.InvariantCulture,
-            $"{Path.GetFileName(cfgPath)} on {Path.GetFileName(imagePath)} ({width} x {height}, letterboxed to {network.InputWidth} x {network.InputHeight}): {milliseconds:F1} ms");
+            $"{Path.GetFileName(cfgPath)} on {Path.GetFileName(imagePath)} ({width} x {height}, {(letterbox ? "letterboxed" : "resized")} to {network.InputWidth} x {network.InputHeight}): {milliseconds:F1} ms");
 
         if (network.Yolo(network.OutputLayers[0]) is null)
         {
@@ -51,7 +55,7 @@ internal static class DarknetRun
             return 0;
         }
 
-        List<YoloDetection> detections = YoloDetector.Detect(network, 0, height, width, (float)threshold, (float)nms);
+        List<YoloDetection> detections = YoloDetector.Detect(network, 0, height, width, (float)threshold, (float)nms, letterbox);
         CheckNames(names, network.Yolo(network.OutputLayers[0])!.Classes);
         var found = new List<(int Class, float Probability, DarknetBox Box)>();
         foreach (YoloDetection detection in detections)
@@ -110,10 +114,14 @@ internal static class DarknetRun
     private static (float[] Pixels, int Height, int Width) LoadImage(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"image not found: {path}", path);
-        using SKBitmap? decoded = SKBitmap.Decode(path);
-        if (decoded is null) throw new InvalidDataException($"{Path.GetFileName(path)}: not an image this build can decode (PNG, JPEG, WebP, GIF, BMP).");
-        using var rgba = new SKBitmap(new SKImageInfo(decoded.Width, decoded.Height, SKColorType.Rgba8888, SKAlphaType.Unpremul));
-        if (!decoded.CopyTo(rgba, SKColorType.Rgba8888)) throw new InvalidDataException($"{Path.GetFileName(path)}: could not convert the image to RGB.");
+        using SKCodec? codec = SKCodec.Create(path);
+        if (codec is null) throw new InvalidDataException($"{Path.GetFileName(path)}: not an image this build can decode (PNG, JPEG, WebP, GIF, BMP).");
+        // Unpremultiplied: stb_image (darknet) drops alpha and keeps the stored colours; premultiplying would darken them.
+        var info = new SKImageInfo(codec.Info.Width, codec.Info.Height, SKColorType.Rgba8888, SKAlphaType.Unpremul);
+        using var rgba = new SKBitmap(info);
+        SKCodecResult result = codec.GetPixels(info, rgba.GetPixels());
+        if (result is not (SKCodecResult.Success or SKCodecResult.IncompleteInput))
+            throw new InvalidDataException($"{Path.GetFileName(path)}: could not decode the image ({result}).");
         float[] pixels = DarknetImage.FromInterleaved(rgba.GetPixelSpan(), rgba.Width, rgba.Height, 4, rgba.RowBytes);
         return (pixels, rgba.Height, rgba.Width);
     }

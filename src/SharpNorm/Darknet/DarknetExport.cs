@@ -22,7 +22,8 @@ public static class DarknetExport
         var entries = new List<(string, SafetensorsEntry)>();
         foreach (DarknetLayerInfo layer in layers)
         {
-            if (weights.Layers[layer.Index] is not { } arrays) continue;
+            if (layer.Type is not ("convolutional" or "connected")) continue;
+            DarknetLayerWeights arrays = DarknetNetwork.Arrays(weights, layer);
             bool connected = layer.Type == "connected";
             string module = $"{layer.Index}.{(connected ? "fc" : "conv")}";
             long[] weightShape = connected

@@ -37,7 +37,8 @@ public static class DarknetImage
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(newHeight);
         var part = new float[channels * height * newWidth];
         var resized = new float[channels * newHeight * newWidth];
-        float wScale = (float)(width - 1) / (newWidth - 1), hScale = (float)(height - 1) / (newHeight - 1);
+        // darknet divides by (new - 1); a one-pixel side takes the first row or column instead of dividing by zero.
+        float wScale = newWidth == 1 ? 0 : (float)(width - 1) / (newWidth - 1), hScale = newHeight == 1 ? 0 : (float)(height - 1) / (newHeight - 1);
         for (int k = 0; k < channels; k++)
             for (int r = 0; r < height; r++)
             {
@@ -82,7 +83,11 @@ public static class DarknetImage
     public static float[] Letterbox(ReadOnlySpan<float> image, int channels, int height, int width, int netHeight, int netWidth)
     {
         Check(image, channels, height, width);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(netHeight);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(netWidth);
         (int newHeight, int newWidth) = LetterboxSize(height, width, netHeight, netWidth);
+        if (newHeight == 0 || newWidth == 0)
+            throw new ArgumentException($"A {width} x {height} image is too narrow to letterbox into {netWidth} x {netHeight}: one side would be 0 pixels.", nameof(image));
         float[] resized = Resize(image, channels, height, width, newHeight, newWidth);
         var boxed = new float[channels * netHeight * netWidth];
         Array.Fill(boxed, 0.5f);

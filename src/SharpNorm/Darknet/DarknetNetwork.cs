@@ -91,6 +91,7 @@ public sealed class DarknetNetwork
         if (options.MaxDegreeOfParallelism is 0 or < -1)
             throw new ArgumentOutOfRangeException(nameof(options), options.MaxDegreeOfParallelism, "MaxDegreeOfParallelism must be -1 (all cores) or positive.");
         IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(sections);
+        if (layers.Count == 0) throw sections[0].Error("the network has no layers after [net].");
         weights ??= DarknetWeightsFile.Random(layers, 0);
         if (weights.Layers.Count != layers.Count)
             throw new ArgumentException($"The weights are for {weights.Layers.Count} layers; the network has {layers.Count}.", nameof(weights));
@@ -122,7 +123,7 @@ public sealed class DarknetNetwork
         return new DarknetNetwork(layers, nodes, channels, height, width, options);
     }
 
-    private static DarknetLayerWeights Arrays(DarknetWeights weights, DarknetLayerInfo info)
+    internal static DarknetLayerWeights Arrays(DarknetWeights weights, DarknetLayerInfo info)
     {
         DarknetLayerWeights arrays = weights.Layers[info.Index]
             ?? throw new ArgumentException($"The weights have no arrays for layer {info.Index} ({info.Type}).", nameof(weights));
@@ -155,6 +156,10 @@ public sealed class DarknetNetwork
                 $"Expected {batch} x {InputChannels} x {InputHeight} x {InputWidth} = {expected} input values; got {input.Length}.", nameof(input));
         if (batch != _batch)
         {
+            long largest = _nodes.Max(n => (long)n.Info.Channels * n.Info.Height * n.Info.Width) * batch;
+            if (largest > Array.MaxLength)
+                throw new ArgumentOutOfRangeException(nameof(batch), batch, $"A batch of {batch} needs a layer output of {largest} values, more than an array holds; use smaller batches.");
+            _batch = 0; // until every layer has its buffers: a failed resize (out of memory) leaves no half-sized network behind
             foreach (DarknetNode node in _nodes) node.Resize(batch);
             _batch = batch;
         }
@@ -194,6 +199,16 @@ public sealed record YoloHead(int Classes, int[] Mask, double[] Anchors, double 
 /// <summary>One layer of a built darknet network: owns its output buffer.</summary>
 internal abstract class DarknetNode(DarknetLayerInfo info)
 {
+    /// <summary>
+    /// Options of AlexeyAB's darknet that change a layer's results and are not implemented here: refused naming the
+    /// line, never silently ignored (a wrong answer is worse than an error).
+    /// </summary>
+    protected static void RefuseUnsupported(DarknetSection section, params string[] keys)
+    {
+        foreach (string key in keys)
+            if (section.Has(key)) throw section.Error($"{key} is not supported.", key);
+    }
+
     private float[] _output = [];
 
     public DarknetLayerInfo Info { get; } = info;
@@ -286,6 +301,7 @@ internal sealed class ConvolutionalNode : DarknetNode
         int size = section.Int("size", 1), stride = section.Int("stride", 1), groups = section.Int("groups", 1);
         int padding = section.Int("pad", 0) != 0 ? size / 2 : section.Int("padding", 0);
         if (section.Int("dilation", 1) != 1) throw section.Error("dilation is not supported.", "dilation");
+        RefuseUnsupported(section, "stride_x", "stride_y", "binary", "xnor", "deform", "antialiasing", "share_index", "assisted_excitation");
         DarknetActivation activation = DarknetActivations.Parse(section, "logistic");
         bool fold = info.BatchNormalize && options.FoldBatchNorm;
         var conv = new Conv2d<float>(c, info.Channels, size, stride, padding, groups: groups, bias: !info.BatchNormalize || fold);
@@ -470,6 +486,7 @@ internal sealed class MaxPoolNode : DarknetNode, IChunkJob
 
     public MaxPoolNode(DarknetSection section, DarknetLayerInfo info, int c, int h, int w) : base(info)
     {
+        RefuseUnsupported(section, "stride_x", "stride_y", "maxpool_depth", "antialiasing");
         _stride = section.Int("stride", 1);
         _size = section.Int("size", _stride);
         _offset = section.Int("padding", _size - 1) / 2;
@@ -608,6 +625,8 @@ internal sealed class ShortcutNode : DarknetNode
             throw section.Error($"adds layer {from.Index} ({from.Channels} x {from.Height} x {from.Width}) to the previous output ({c} x {h} x {w}); their sizes must match.", "from");
         if (section.Float("alpha", 1) != 1 || section.Float("beta", 1) != 1)
             throw section.Error("alpha and beta other than 1 are not supported.");
+        // AlexeyAB's weighted shortcut keeps weights in the .weights file: ignoring them would misread every later array.
+        RefuseUnsupported(section, "weights_type", "weights_normalization");
         _activation = DarknetActivations.Parse(section, "linear");
         _channels = Math.Min(c, from.Channels);
         _plane = h * w;
@@ -668,6 +687,7 @@ internal sealed class SoftmaxNode : DarknetNode
 
     public SoftmaxNode(DarknetSection section, DarknetLayerInfo info, int inputs) : base(info)
     {
+        RefuseUnsupported(section, "tree");
         _groups = section.Int("groups", 1);
         if (inputs % _groups != 0) throw section.Error($"groups={_groups} must divide the {inputs} inputs.", "groups");
         _temperature = (float)section.Float("temperature", 1);
@@ -680,13 +700,13 @@ internal sealed class SoftmaxNode : DarknetNode
         int part = OutputSize / _groups;
         for (int g = 0; g < batch * _groups; g++)
         {
+            // darknet's softmax: exp(x/T - largest/T) / Σ, so that large logits cannot overflow exp.
+            ReadOnlySpan<float> logits = input.Slice(g * part, part);
             Span<float> values = output.Slice(g * part, part);
-            if (_temperature == 1) TensorPrimitives.SoftMax(input.Slice(g * part, part), values);
-            else
-            {
-                TensorPrimitives.Divide(input.Slice(g * part, part), _temperature, values);
-                TensorPrimitives.SoftMax(values, values);
-            }
+            TensorPrimitives.Subtract(logits, TensorPrimitives.Max(logits), values);
+            if (_temperature != 1) TensorPrimitives.Divide(values, _temperature, values);
+            TensorPrimitives.Exp(values, values);
+            TensorPrimitives.Divide(values, TensorPrimitives.Sum(values), values);
         }
     }
 }
@@ -703,6 +723,8 @@ internal sealed class YoloNode : DarknetNode
         double[] anchors = section.FloatList("anchors") ?? [];
         int[] mask = section.IntList("mask") ?? Enumerable.Range(0, section.Int("num", 1)).ToArray();
         double scaleXY = section.Float("scale_x_y", 1);
+        // new_coords (scaled YOLOv4, YOLOv7) decodes boxes differently, without the logistic.
+        if (section.Int("new_coords", 0) != 0) throw section.Error("new_coords=1 is not supported.", "new_coords");
         Head = new YoloHead(classes, mask, anchors, scaleXY);
     }
 

@@ -43,7 +43,7 @@ public static class DarknetSequential
                     if (flat) throw section.Error("a convolution after a connected layer is not supported.");
                     int size = section.Int("size", 1), stride = section.Int("stride", 1), groups = section.Int("groups", 1);
                     int padding = section.Int("pad", 0) != 0 ? size / 2 : section.Int("padding", 0);
-                    DarknetLayerWeights arrays = weights.Layers[info.Index]!;
+                    DarknetLayerWeights arrays = DarknetNetwork.Arrays(weights, info);
                     var conv = new Conv2d<float>(c, info.Channels, size, stride, padding, groups: groups, bias: !info.BatchNormalize);
                     arrays.Weights.CopyTo(TensorData.Flat(conv.Weight.Value));
                     layers.Add(conv);
@@ -70,7 +70,7 @@ public static class DarknetSequential
                 {
                     if (!flat) layers.Add(new Flatten<float>());
                     flat = true;
-                    DarknetLayerWeights arrays = weights.Layers[info.Index]!;
+                    DarknetLayerWeights arrays = DarknetNetwork.Arrays(weights, info);
                     var linear = new Linear<float>(c * h * w, info.Channels, bias: !info.BatchNormalize);
                     arrays.Weights.CopyTo(TensorData.Flat(linear.Weight.Value));
                     layers.Add(linear);

@@ -60,13 +60,24 @@ internal sealed class ChunkRunner
             Helper[] helperThreads = _helperThreads;
             for (int i = 0; i < helpers; i++) helperThreads[i].WakeIfSleeping();
 
-            RunChunks(job, worker: 0);
+            Exception? own = null;
+            try
+            {
+                RunChunks(job, worker: 0);
+            }
+            catch (Exception e)
+            {
+                // Hand out no more chunks, but wait for the helpers: they may be using memory the caller pinned for this job.
+                own = e;
+                Interlocked.Exchange(ref _nextChunk, _chunkCount);
+            }
 
             // The last helper to finish releases _done once per job; spin for it first, then take that permit.
             long spinUntil = Stopwatch.GetTimestamp() + SpinTicks;
             while (Volatile.Read(ref _pending) != 0 && Stopwatch.GetTimestamp() < spinUntil) Thread.SpinWait(16);
             _done.Wait();
             _job = null;
+            if (own is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(own);
             if (_failure is { } failure) throw new AggregateException("A normalization kernel failed on a helper thread.", failure);
         }
         finally

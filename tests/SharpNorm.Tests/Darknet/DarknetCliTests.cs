@@ -124,6 +124,22 @@ public class DarknetCliTests : IDisposable
     }
 
     [Fact]
+    public void ACfgWithLetterBoxZeroIsResizedAsAlexeyABsDarknetDoes()
+    {
+        string image = Path.Combine(_directory, "image.png"), weights = RandomWeights("tiny.cfg");
+        float[] pixels = WriteImage(image);
+        string cfg = Path.Combine(_directory, "resized.cfg");
+        File.WriteAllText(cfg, File.ReadAllText(Cfg("tiny.cfg")).Replace("[net]", "[net]\nletter_box=0"));
+        var (code, output, error) = CliTests.Run("darknet", "run", cfg, weights, image, "--top", "1");
+        Assert.True(code == 0, error);
+        Assert.Contains("(60 x 40, resized to 224 x 224)", output);
+        var network = DarknetNetwork.Load(cfg, weights);
+        network.Forward(DarknetImage.Resize(pixels, 3, 40, 60, 224, 224), 1);
+        (int index, float score) = YoloDetector.Top(network.Output(network.OutputLayers[0]), 1)[0];
+        Assert.EndsWith(string.Create(CultureInfo.InvariantCulture, $"{score * 100,6:F2}%  class {index}"), output.TrimEnd());
+    }
+
+    [Fact]
     public void AFileThatIsNotAnImageIsNamed()
     {
         var (code, _, error) = CliTests.Run("darknet", "run", Cfg("tiny.cfg"), RandomWeights("tiny.cfg"), "/etc/hostname");

@@ -451,3 +451,63 @@ public class DarknetRepeatedCallTests
         }
     }
 }
+
+/// <summary>Edge cases found in review: large logits, empty networks, options that would be silently wrong, too-large batches.</summary>
+public class DarknetRobustnessTests
+{
+    [Fact]
+    public void SoftmaxOfLargeLogitsStaysFinite()
+    {
+        var network = DarknetNetwork.Build(DarknetConfig.Parse("[net]\nwidth=1\nheight=1\nchannels=3\n[softmax]"), null);
+        network.Forward([1000f, 999f, 0f], 1);
+        float[] p = network.Output(0).ToArray();
+        double e = Math.Exp(-1);
+        Assert.Equal(1 / (1 + e), p[0], 6);
+        Assert.Equal(e / (1 + e), p[1], 6);
+        Assert.Equal(0f, p[2]);
+    }
+
+    [Theory]
+    [InlineData("[net]\nwidth=4\nheight=4\nchannels=1", "no layers")]
+    [InlineData("[net]\nwidth=4\nheight=4\nchannels=1\n[convolutional]\nfilters=1\nsize=1\nstride_x=2", "stride_x is not supported")]
+    [InlineData("[net]\nwidth=4\nheight=4\nchannels=1\n[convolutional]\nfilters=1\nsize=1\n[convolutional]\nfilters=1\nsize=1\n[shortcut]\nfrom=-2\nweights_type=per_feature", "weights_type is not supported")]
+    [InlineData("[net]\nwidth=1\nheight=1\nchannels=6\n[yolo]\nmask=0\nanchors=1,1\nclasses=1\nnew_coords=1", "new_coords=1 is not supported")]
+    [InlineData("[net]\nwidth=1\nheight=1\nchannels=6\n[softmax]\ntree=data/9k.tree", "tree is not supported")]
+    public void NetworksThatWouldBeSilentlyWrongAreRefused(string cfg, string message)
+    {
+        var error = Assert.Throws<DarknetConfigException>(() => DarknetNetwork.Build(DarknetConfig.Parse(cfg, "x.cfg"), null));
+        Assert.Contains(message, error.Message);
+        Assert.StartsWith("x.cfg:", error.Message);
+    }
+
+    [Fact]
+    public void ATooLargeBatchIsRefusedAndTheNetworkStillWorks()
+    {
+        // One input value per image, 4M values per image after the upsample: 600 images fit the input, not the layer.
+        var network = DarknetNetwork.Build(DarknetConfig.Parse("[net]\nwidth=1\nheight=1\nchannels=1\n[convolutional]\nfilters=1024\nsize=1\nactivation=linear\n[upsample]\nstride=64"), null);
+        float[] input = [0.5f];
+        network.Forward(input, 1);
+        float[] before = network.Output(network.OutputLayers[0]).ToArray();
+        var error = Assert.Throws<ArgumentOutOfRangeException>(() => network.Forward(new float[600], 600));
+        Assert.Contains("more than an array holds", error.Message);
+        network.Forward(input, 1);
+        Assert.Equal(before, network.Output(network.OutputLayers[0]).ToArray());
+    }
+
+    [Fact]
+    public void FineTuningChecksTheWeights()
+    {
+        IReadOnlyList<DarknetSection> sections = DarknetConfig.Parse("[net]\nwidth=2\nheight=2\nchannels=1\n[convolutional]\nfilters=2\nsize=1\nbatch_normalize=1\nactivation=leaky");
+        var shortWeights = new DarknetWeights(0, 2, 0, 0, [new DarknetLayerWeights(0, false, [0f, 0f], [1f, 1f], [0f, 0f], [1f, 1f], [1f])]);
+        Assert.Contains("weights has 1 values; the layer needs 2", Assert.Throws<ArgumentException>(() => DarknetSequential.Create(sections, shortWeights)).Message);
+        Assert.Throws<ArgumentException>(() => DarknetExport.StateDict(DarknetSummary.Describe(sections), shortWeights).ToList());
+    }
+
+    [Fact]
+    public void ImagesResizeToOnePixelAndRefuseAnEmptyLetterbox()
+    {
+        float[] row = DarknetImage.Resize([1, 2, 3, 4, 5, 6], 1, 2, 3, 1, 3);
+        Assert.Equal([1f, 2f, 3f], row); // the first row, as darknet's corner-aligned scale would give with one output row
+        Assert.Throws<ArgumentException>(() => DarknetImage.Letterbox(new float[1000], 1, 1, 1000, 416, 416));
+    }
+}
