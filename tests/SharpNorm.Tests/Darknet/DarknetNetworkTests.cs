@@ -13,7 +13,7 @@ public class DarknetNetworkTests
     private static string Cfg(string name) => Path.Combine(AppContext.BaseDirectory, "Darknet", "cfg", name);
 
     /// <summary>A cfg of the tests' copies at a smaller input size (the layers are the same; the maps smaller).</summary>
-    private static IReadOnlyList<DarknetSection> Scaled(string name, int size) =>
+    internal static IReadOnlyList<DarknetSection> Scaled(string name, int size) =>
         DarknetConfig.Parse(string.Join('\n', File.ReadAllLines(Cfg(name)).Select(line =>
             line.Replace(" ", "").StartsWith("width=") ? $"width={size}" : line.Replace(" ", "").StartsWith("height=") ? $"height={size}" : line)), name);
 
@@ -352,17 +352,13 @@ public class DarknetMaxPoolTests
 /// <summary>Darknet classifiers as trainable Sequential models: the same logits as the inference network, and trainable.</summary>
 public class DarknetSequentialTests
 {
-    private static IReadOnlyList<DarknetSection> Scaled(string name, int size) =>
-        DarknetConfig.Parse(string.Join('\n', File.ReadAllLines(Path.Combine(AppContext.BaseDirectory, "Darknet", "cfg", name)).Select(line =>
-            line.Replace(" ", "").StartsWith("width=") ? $"width={size}" : line.Replace(" ", "").StartsWith("height=") ? $"height={size}" : line)), name);
-
     [Theory]
     [InlineData("darknet19.cfg")]
     [InlineData("darknet.cfg")]
     [InlineData("tiny.cfg")]
     public void InEvalModeItGivesTheNetworksLogits(string cfg)
     {
-        IReadOnlyList<DarknetSection> sections = Scaled(cfg, 64);
+        IReadOnlyList<DarknetSection> sections = DarknetNetworkTests.Scaled(cfg, 64);
         IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(sections);
         DarknetWeights weights = DarknetWeightsFile.Random(layers, seed: 8);
         var network = DarknetNetwork.Build(sections, weights, new DarknetNetworkOptions { FoldBatchNorm = false });
@@ -383,7 +379,7 @@ public class DarknetSequentialTests
     [Fact]
     public void DarknetsBatchNormTrainingIsOnRequest()
     {
-        IReadOnlyList<DarknetSection> sections = Scaled("tiny.cfg", 32);
+        IReadOnlyList<DarknetSection> sections = DarknetNetworkTests.Scaled("tiny.cfg", 32);
         DarknetWeights weights = DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 2);
         var norms = DarknetSequential.Create(sections, weights, darknetBatchNorm: true).Layers.OfType<SharpNorm.Layers.BatchNorm<float>>().ToArray();
         Assert.NotEmpty(norms);
@@ -395,7 +391,7 @@ public class DarknetSequentialTests
     [Fact]
     public void ItTrains()
     {
-        IReadOnlyList<DarknetSection> sections = Scaled("tiny.cfg", 32);
+        IReadOnlyList<DarknetSection> sections = DarknetNetworkTests.Scaled("tiny.cfg", 32);
         var model = DarknetSequential.Create(sections, DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 2));
         var random = new Random(4);
         float[] input = Enumerable.Range(0, 4 * 3 * 32 * 32).Select(_ => (float)random.NextDouble()).ToArray();
@@ -419,7 +415,7 @@ public class DarknetSequentialTests
     [Fact]
     public void GraphNetworksAreRefused()
     {
-        IReadOnlyList<DarknetSection> sections = Scaled("yolov3-tiny.cfg", 64);
+        IReadOnlyList<DarknetSection> sections = DarknetNetworkTests.Scaled("yolov3-tiny.cfg", 64);
         var pool = Assert.Throws<DarknetConfigException>(() => DarknetSequential.Create(sections, DarknetWeightsFile.Random(DarknetSummary.Describe(sections), 1)));
         Assert.Contains("yolov3-tiny.cfg:", pool.Message);
         Assert.Contains("has no torch.nn.MaxPool2d twin", pool.Message); // the size-2 stride-1 pool comes first
