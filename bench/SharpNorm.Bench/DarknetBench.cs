@@ -87,6 +87,7 @@ internal static class DarknetBench
 
         var timings = new List<DarknetTimingRow>();
         var checks = new List<DarknetCheckRow>();
+        var profiles = new List<(string Network, (DarknetLayerInfo Layer, double Ms)[] Layers)>();
         var contention = new CpuContention();
         foreach (var (name, path) in networks)
         {
@@ -127,6 +128,13 @@ internal static class DarknetBench
                 if (i >= 0) torchMs[i] = ms;
                 CnnBench.Pause(afterTorch: true);
             }
+            // Where the folded network's time goes: each layer's share over further runs.
+            var ticks = new long[layers.Count];
+            folded.LayerTicks = ticks;
+            for (int i = 0; i < runs; i++) folded.Forward(input, 1);
+            folded.LayerTicks = null;
+            profiles.Add((name, layers.Select(l => (l, ticks[l.Index] * 1000.0 / Stopwatch.Frequency / runs)).ToArray()));
+
             double? torchMedian = reference is null ? null : new Sample(torchMs).Median;
             timings.Add(Row(name, shape, bflops, "SharpNorm, folded batch norm", threads, foldedMs, torchMedian));
             timings.Add(Row(name, shape, bflops, "SharpNorm, unfused batch norm", threads, unfusedMs, torchMedian));
@@ -179,6 +187,17 @@ internal static class DarknetBench
             Console.WriteLine("|---|---:|---|---:|---:|---:|---:|---|");
             foreach (DarknetCheckRow c in checks)
                 Console.WriteLine($"| {c.Network} | {(c.Layer >= 0 ? $"{c.Layer} ({c.Type})" : c.Type)} | {c.Shape} | {c.FoldedVsLibTorch:E2} | {c.UnfusedVsLibTorch:E2} | {Format(c.FoldedVsFloat64)} | {Format(c.LibTorchVsFloat64)} | {c.Verdict} |");
+            Console.WriteLine();
+        }
+        foreach (var (network, profile) in profiles)
+        {
+            double total = profile.Sum(p => p.Ms);
+            Console.WriteLine($"### {network}: SharpNorm (folded) per layer, mean of {runs} runs, {total:F2} ms in all");
+            Console.WriteLine();
+            Console.WriteLine("| # | layer | details | output | ms | share | GFLOP/s |");
+            Console.WriteLine("|--:|---|---|---|--:|--:|--:|");
+            foreach (var (layer, ms) in profile)
+                Console.WriteLine($"| {layer.Index} | {layer.Type} | {layer.Details} | {layer.Channels}x{layer.Height}x{layer.Width} | {ms:F3} | {100 * ms / total:F1} % | {(layer.Bflops > 0 ? $"{layer.Bflops / ms * 1e3:F0}" : "")} |");
             Console.WriteLine();
         }
         Console.WriteLine($"Load average at start {loadStart}, at end {loadEnd}; other processes' CPU use over the run: {(other is null ? "n/a" : $"{other:F2} cores on average")}.");

@@ -172,7 +172,7 @@ public sealed class DarknetNetwork
         }
     }
 
-    /// <summary>When set (one slot per layer), Forward adds each layer's time in Stopwatch ticks: a per-layer profile for the bench.</summary>
+    /// <summary>When set (one slot per layer), Forward adds each layer's time in Stopwatch ticks: the bench's per-layer profile.</summary>
     internal long[]? LayerTicks { get; set; }
 
     /// <summary>Forward on a copy: returns the last output layer's values (batch x C x H x W).</summary>
