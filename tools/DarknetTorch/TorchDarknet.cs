@@ -32,6 +32,26 @@ namespace SharpNorm.Tools;
 /// </remarks>
 public sealed class TorchDarknet : IDisposable
 {
+    /// <summary>
+    /// Test weights that tell the two batch-norm formulas apart: every fourth channel (c % 4 == 1) gets a rolling
+    /// variance 1000 times smaller and a scale sqrt(1000) times smaller, so its output keeps its size but
+    /// sqrt(var + 1e-5) and sqrt(var) + 1e-6 then differ by some 0.5% there. Used by FixtureGen and the parity tests.
+    /// </summary>
+    public static DarknetWeights SmallVariances(DarknetWeights weights) => weights with
+    {
+        Layers = weights.Layers.Select(l =>
+        {
+            if (l?.Scales is null || l.RollingVariance is null) return l;
+            float[] scales = (float[])l.Scales.Clone(), variance = (float[])l.RollingVariance.Clone();
+            for (int c = 1; c < variance.Length; c += 4)
+            {
+                variance[c] *= 1e-3f;
+                scales[c] *= MathF.Sqrt(1e-3f);
+            }
+            return l with { Scales = scales, RollingVariance = variance };
+        }).ToArray(),
+    };
+
     private readonly Layer[] _layers;
     private readonly bool _darknetCpuBatchNorm;
     private readonly ScalarType _dtype;

@@ -34,7 +34,7 @@ internal static partial class Program
             IReadOnlyList<DarknetSection> sections = DarknetConfig.ReadFile(Path.Combine(cfgDir, spec.Name + ".cfg"));
             IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(sections);
             string weightsPath = Path.Combine(weightsDir, spec.Name + ".weights");
-            DarknetWeightsFile.Write(weightsPath, SmallVariances(DarknetWeightsFile.Random(layers, spec.WeightsSeed)));
+            DarknetWeightsFile.Write(weightsPath, TorchDarknet.SmallVariances(DarknetWeightsFile.Random(layers, spec.WeightsSeed)));
             DarknetWeights weights = DarknetWeightsFile.Read(weightsPath, layers); // exactly what the tests read
             Console.Error.WriteLine($"{weightsPath}: {new FileInfo(weightsPath).Length} bytes");
             foreach (bool darknetCpu in new[] { false, true })
@@ -42,26 +42,6 @@ internal static partial class Program
         }
         WriteFile(path, "Darknet", cases);
     }
-
-    /// <summary>
-    /// Every fourth batch-norm channel (c % 4 == 1) gets a rolling variance 1000 times smaller and a scale sqrt(1000)
-    /// times smaller: its output keeps its size, but the two batch-norm formulas then differ by some 0.5% there
-    /// (sqrt(var + 1e-5) against sqrt(var) + 1e-6 with var ~ 1e-3), so the fixtures tell the two modes apart.
-    /// </summary>
-    private static DarknetWeights SmallVariances(DarknetWeights weights) => weights with
-    {
-        Layers = weights.Layers.Select(l =>
-        {
-            if (l?.Scales is null || l.RollingVariance is null) return l;
-            float[] scales = (float[])l.Scales.Clone(), variance = (float[])l.RollingVariance.Clone();
-            for (int c = 1; c < variance.Length; c += 4)
-            {
-                variance[c] *= 1e-3f;
-                scales[c] *= MathF.Sqrt(1e-3f);
-            }
-            return l with { Scales = scales, RollingVariance = variance };
-        }).ToArray(),
-    };
 
     private static void RunDarknetCase(Utf8JsonWriter w, DarknetSpec spec, IReadOnlyList<DarknetSection> sections, IReadOnlyList<DarknetLayerInfo> layers,
         DarknetWeights weights, bool darknetCpu)

@@ -37,10 +37,10 @@ public static class DarknetExport
             else if (fold)
             {
                 (double[] scales, double[] shifts) = ConvolutionalNode.FoldedNorm(arrays, mode);
-                int perOutput = arrays.Weights.Length / layer.Channels;
-                float[] folded = arrays.Weights.Select((v, i) => (float)(v * scales[i / perOutput])).ToArray();
+                float[] folded = new float[arrays.Weights.Length], bias = new float[layer.Channels];
+                ConvolutionalNode.Fold(arrays, scales, shifts, folded, bias);
                 entries.Add(($"{module}.weight", Floats(folded, weightShape)));
-                entries.Add(($"{module}.bias", Floats(shifts.Select(v => (float)v).ToArray(), [layer.Channels])));
+                entries.Add(($"{module}.bias", Floats(bias, [layer.Channels])));
             }
             else
             {

@@ -312,21 +312,28 @@ internal sealed class ConvolutionalNode : DarknetNode
         else
         {
             (double[] scales, double[] shifts) = FoldedNorm(arrays, options.BatchNorm);
-            if (fold)
-            {
-                // fuse_conv_bn_eval: W' = W * scale (per output channel), b' = shift (darknet's conv has no bias of its own).
-                Span<float> weights = TensorData.Flat(conv.Weight.Value);
-                int perFilter = weights.Length / info.Channels;
-                for (int o = 0; o < info.Channels; o++)
-                    foreach (ref float v in weights.Slice(o * perFilter, perFilter)) v = (float)(v * scales[o]);
-                Span<float> bias = TensorData.Flat(conv.Bias!.Value);
-                for (int o = 0; o < info.Channels; o++) bias[o] = (float)shifts[o];
-            }
+            if (fold) Fold(arrays, scales, shifts, TensorData.Flat(conv.Weight.Value), TensorData.Flat(conv.Bias!.Value));
             else if (options.BatchNorm == DarknetBatchNormMode.PyTorch) norm = EvalNorm(info.Channels, arrays);
             else (scale, shift) = (scales.Select(v => (float)v).ToArray(), shifts.Select(v => (float)v).ToArray());
         }
         conv.WeightsFrozen = true; // the network owns the layer and never changes its weights
         return new ConvolutionalNode(info, conv, norm, scale, shift, activation, c, h, w);
+    }
+
+    /// <summary>
+    /// fuse_conv_bn_eval: W' = W * scale per output (row of <paramref name="weights"/>, from darknet's weights), b' = shift
+    /// (darknet's layers with a norm have no bias of their own).
+    /// </summary>
+    internal static void Fold(DarknetLayerWeights arrays, double[] scales, double[] shifts, Span<float> weights, Span<float> bias)
+    {
+        int outputs = shifts.Length, perOutput = arrays.Weights.Length / outputs;
+        for (int o = 0; o < outputs; o++)
+        {
+            ReadOnlySpan<float> source = arrays.Weights.AsSpan(o * perOutput, perOutput);
+            Span<float> target = weights.Slice(o * perOutput, perOutput);
+            for (int i = 0; i < perOutput; i++) target[i] = (float)(source[i] * scales[o]);
+            bias[o] = (float)shifts[o];
+        }
     }
 
     /// <summary>The norm as y = scale*x + shift per channel, in double: scale = gamma / denominator, shift = beta - mean*scale.</summary>
@@ -427,14 +434,7 @@ internal sealed class ConnectedNode : DarknetNode
         else
         {
             (double[] scales, double[] shifts) = ConvolutionalNode.FoldedNorm(arrays, options.BatchNorm);
-            if (options.FoldBatchNorm)
-            {
-                for (int o = 0; o < info.Channels; o++)
-                {
-                    foreach (ref float v in weights.Slice(o * inputs, inputs)) v = (float)(v * scales[o]);
-                    bias[o] = (float)shifts[o];
-                }
-            }
+            if (options.FoldBatchNorm) ConvolutionalNode.Fold(arrays, scales, shifts, weights, bias);
             else
             {
                 bias.Clear(); // darknet's connected layer with a norm adds only the norm's beta

@@ -43,13 +43,8 @@ public static class DarknetSequential
                     if (flat) throw section.Error("a convolution after a connected layer is not supported.");
                     int size = section.Int("size", 1), stride = section.Int("stride", 1), groups = section.Int("groups", 1);
                     int padding = section.Int("pad", 0) != 0 ? size / 2 : section.Int("padding", 0);
-                    DarknetLayerWeights arrays = DarknetNetwork.Arrays(weights, info);
                     var conv = new Conv2d<float>(c, info.Channels, size, stride, padding, groups: groups, bias: !info.BatchNormalize);
-                    arrays.Weights.CopyTo(TensorData.Flat(conv.Weight.Value));
-                    layers.Add(conv);
-                    if (info.BatchNormalize) layers.Add(Norm(info.Channels, arrays, darknetBatchNorm));
-                    else arrays.Biases.CopyTo(TensorData.Flat(conv.Bias!.Value));
-                    AddActivation(layers, section, "logistic");
+                    AddWeighted(layers, conv, conv.Weight, conv.Bias, DarknetNetwork.Arrays(weights, info), section, darknetBatchNorm);
                     break;
                 }
                 case "maxpool":
@@ -70,13 +65,8 @@ public static class DarknetSequential
                 {
                     if (!flat) layers.Add(new Flatten<float>());
                     flat = true;
-                    DarknetLayerWeights arrays = DarknetNetwork.Arrays(weights, info);
                     var linear = new Linear<float>(c * h * w, info.Channels, bias: !info.BatchNormalize);
-                    arrays.Weights.CopyTo(TensorData.Flat(linear.Weight.Value));
-                    layers.Add(linear);
-                    if (info.BatchNormalize) layers.Add(Norm(info.Channels, arrays, darknetBatchNorm));
-                    else arrays.Biases.CopyTo(TensorData.Flat(linear.Bias!.Value));
-                    AddActivation(layers, section, "logistic");
+                    AddWeighted(layers, linear, linear.Weight, linear.Bias, DarknetNetwork.Arrays(weights, info), section, darknetBatchNorm);
                     break;
                 }
                 case "dropout":
@@ -92,6 +82,17 @@ public static class DarknetSequential
         }
         if (!flat) layers.Add(new Flatten<float>()); // (N, C, 1, 1) logits as (N, C), as the loss takes them
         return new Sequential<float>([.. layers]);
+    }
+
+    /// <summary>A convolutional or connected layer with darknet's arrays, then its norm (or its own bias), then its activation.</summary>
+    private static void AddWeighted(List<ILayer<float>> layers, ILayer<float> layer, Parameter<float> weight, Parameter<float>? bias,
+        DarknetLayerWeights arrays, DarknetSection section, bool darknetBatchNorm)
+    {
+        arrays.Weights.CopyTo(TensorData.Flat(weight.Value));
+        layers.Add(layer);
+        if (bias is null) layers.Add(Norm(arrays.Biases.Length, arrays, darknetBatchNorm));
+        else arrays.Biases.CopyTo(TensorData.Flat(bias.Value));
+        AddActivation(layers, section, "logistic");
     }
 
     private static BatchNorm<float> Norm(int channels, DarknetLayerWeights arrays, bool darknet)

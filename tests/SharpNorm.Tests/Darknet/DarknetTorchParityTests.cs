@@ -34,7 +34,7 @@ public class DarknetTorchParityTests(ITestOutputHelper output)
             if (!References.TryGetValue((cfg, mode), out var reference))
             {
                 IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(sections);
-                DarknetWeights weights = SmallVariances(DarknetWeightsFile.Random(layers, seed: 11));
+                DarknetWeights weights = TorchDarknet.SmallVariances(DarknetWeightsFile.Random(layers, seed: 11));
                 DarknetSection net = sections[0];
                 var random = new Random(12);
                 float[] input = Enumerable.Range(0, net.Int("channels", 0) * net.Int("height", 0) * net.Int("width", 0)).Select(_ => (float)random.NextDouble()).ToArray();
@@ -46,26 +46,6 @@ public class DarknetTorchParityTests(ITestOutputHelper output)
             return (sections, reference.Weights, reference.Input, reference.Outputs);
         }
     }
-
-    /// <summary>
-    /// As tools/FixtureGen does for the fixtures: every fourth batch-norm channel gets a 1000 times smaller rolling
-    /// variance (and a sqrt(1000) times smaller scale, so its outputs keep their size), where the two batch-norm
-    /// formulas differ by ~0.5%: a network computing the wrong one fails.
-    /// </summary>
-    private static DarknetWeights SmallVariances(DarknetWeights weights) => weights with
-    {
-        Layers = weights.Layers.Select(l =>
-        {
-            if (l?.Scales is null || l.RollingVariance is null) return l;
-            float[] scales = (float[])l.Scales.Clone(), variance = (float[])l.RollingVariance.Clone();
-            for (int c = 1; c < variance.Length; c += 4)
-            {
-                variance[c] *= 1e-3f;
-                scales[c] *= MathF.Sqrt(1e-3f);
-            }
-            return l with { Scales = scales, RollingVariance = variance };
-        }).ToArray(),
-    };
 
     [LibTorchTheory]
     [InlineData("darknet19.cfg", DarknetBatchNormMode.PyTorch)]
