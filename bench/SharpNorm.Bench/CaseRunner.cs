@@ -212,13 +212,11 @@ internal sealed class CaseRunner : IDisposable
         Thread.Sleep(100);
 
         // train fwd
-        Sample sharp = Timing.Measure(SharpForward, warmup, runs);
-        Sample? torch = _torch?.MeasureForward(training: true, warmup, runs);
+        (Sample sharp, Sample? torch) = Timing.MeasureSideBySide(new(SharpForward), _torch?.ForwardOperation(training: true), warmup, runs);
         yield return Row(Op.TrainForward, threads, sharp, torch);
 
         // train fwd+bwd, and the backward alone (SharpNorm; chain-rule form at 1 thread)
-        sharp = Timing.Measure(SharpForwardBackward, warmup, runs);
-        torch = _torch?.MeasureForwardBackward(warmup, runs);
+        (sharp, torch) = Timing.MeasureSideBySide(new(SharpForwardBackward), _torch?.ForwardBackwardOperation(), warmup, runs);
         SharpForward(); // the forward the backward-only runs refer to (untimed)
         Sample backward = Timing.Measure(SharpBackwardAndGradient, warmup, runs);
         Sample? chain = null;
@@ -231,9 +229,8 @@ internal sealed class CaseRunner : IDisposable
 
         // eval fwd (running statistics from the training forwards above)
         _layer.Training = false;
-        sharp = Timing.Measure(SharpForward, warmup, runs);
+        (sharp, torch) = Timing.MeasureSideBySide(new(SharpForward), _torch?.ForwardOperation(training: false), warmup, runs);
         _layer.Training = true;
-        torch = _torch?.MeasureForward(training: false, warmup, runs);
         yield return Row(Op.EvalForward, threads, sharp, torch);
     }
 

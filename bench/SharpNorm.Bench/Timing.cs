@@ -3,9 +3,60 @@ using System.Numerics.Tensors;
 
 namespace SharpNorm.Bench;
 
+/// <summary>An operation to time and its untimed setup before each run.</summary>
+internal sealed record TimedOperation(Action Run, Action? BeforeEach = null);
+
 /// <summary>Median-of-runs timing: a Stopwatch timestamp pair around each run, optional untimed setup before each.</summary>
 internal static class Timing
 {
+    /// <summary>Timed runs per block in <see cref="MeasureSideBySide"/>.</summary>
+    public const int BlockRuns = 5;
+
+    /// <summary>
+    /// Times two operations over the same stretch of time: after <paramref name="warmup"/> untimed runs of each, they
+    /// take turns in blocks of <see cref="BlockRuns"/> timed runs, each block after one untimed run of its own. On a
+    /// shared machine, whose speed drifts over seconds (a neighbour's burst, a slow stretch of one core), a slow
+    /// stretch then falls on both sides instead of on whichever happened to be timed then, so their ratio holds where
+    /// their absolute times do not. Within a block each run follows a run of the same operation, as with back-to-back
+    /// runs: what the operation left in the caches is there for the next.
+    /// </summary>
+    public static (Sample First, Sample? Second) MeasureSideBySide(TimedOperation first, TimedOperation? second, int warmup, int runs)
+    {
+        if (second is null) return (Measure(first.Run, warmup, runs, first.BeforeEach), null);
+        for (int i = 0; i < warmup; i++)
+        {
+            RunOnce(first);
+            RunOnce(second);
+        }
+        var firstMs = new double[runs];
+        var secondMs = new double[runs];
+        for (int done = 0; done < runs; done += BlockRuns)
+        {
+            int count = Math.Min(BlockRuns, runs - done);
+            RunBlock(first, firstMs.AsSpan(done, count));
+            RunBlock(second, secondMs.AsSpan(done, count));
+        }
+        return (new Sample(firstMs), new Sample(secondMs));
+    }
+
+    private static void RunOnce(TimedOperation operation)
+    {
+        operation.BeforeEach?.Invoke();
+        operation.Run();
+    }
+
+    private static void RunBlock(TimedOperation operation, Span<double> ms)
+    {
+        RunOnce(operation);
+        for (int i = 0; i < ms.Length; i++)
+        {
+            operation.BeforeEach?.Invoke();
+            long start = Stopwatch.GetTimestamp();
+            operation.Run();
+            ms[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        }
+    }
+
     public static Sample Measure(Action run, int warmup, int runs, Action? beforeEach = null)
     {
         for (int i = 0; i < warmup; i++)

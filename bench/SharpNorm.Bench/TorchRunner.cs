@@ -168,24 +168,20 @@ internal sealed class TorchRunner : IDisposable
     }
 
     /// <summary>Forward only, under no_grad: training (batch statistics, running stats updated) or eval.</summary>
-    public Sample MeasureForward(bool training, int warmup, int runs)
+    public TimedOperation ForwardOperation(bool training) => new(() =>
     {
         using var noGrad = torch.no_grad();
-        return Timing.Measure(() =>
-        {
-            using var scope = torch.NewDisposeScope();
-            Forward(training);
-        }, warmup, runs);
-    }
+        using var scope = torch.NewDisposeScope();
+        Forward(training);
+    });
 
     /// <summary>Training forward + y.backward(dy) with autograd; gradients set to None before each run (untimed).</summary>
-    public Sample MeasureForwardBackward(int warmup, int runs) =>
-        Timing.Measure(() =>
-        {
-            using var scope = torch.NewDisposeScope();
-            Tensor y = Forward(training: true);
-            y.backward(_dyList);
-        }, warmup, runs, beforeEach: ClearGrads);
+    public TimedOperation ForwardBackwardOperation() => new(() =>
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor y = Forward(training: true);
+        y.backward(_dyList);
+    }, BeforeEach: ClearGrads);
 
     public void ClearGrads()
     {
