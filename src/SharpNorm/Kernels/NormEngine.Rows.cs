@@ -176,9 +176,9 @@ public sealed unsafe partial class NormEngine<T>
             sum += pieceSum;
             squares += pieceSquares;
         }
-        _center[index] = c;
         (_groupMean[index], _groupVariance[index], _groupInvStd[index]) = _subtractMean
             ? Statistics(sum, squares, double.CreateTruncating(c), width, _eps)
             : (0, squares / width, 1.0 / Math.Sqrt(squares / width + _eps));
+        _center[index] = _subtractMean ? ApplyCenter(_groupMean[index], c) : c;
     }
 }

@@ -108,6 +108,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         {
             CombineSegment(segment);
             SegmentStatistics(segment);
+            RecenterSegment(segment);
             SegmentNormalizeCoefficients(segment);
         }
         Run(JobKind.NormalizeUnits, x, default, y);
@@ -316,6 +317,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
                     SumUnits<MomentsOp>(x, default, u0, u1, worker);
                     CombineSegment(segment);
                     SegmentStatistics(segment);
+                    RecenterSegment(segment);
                     SegmentNormalizeCoefficients(segment);
                     ApplyUnits<NormalizeOp>(x, default, output, u0, u1);
                 }
@@ -389,7 +391,9 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
             {
                 var (mean, variance, invStd) = Statistics(sum1, sum2, center, count, _eps);
                 (_groupMean[group], _groupVariance[group], _groupInvStd[group]) = (mean, variance, invStd);
-                (p, q) = NormalizeCoefficients(_gamma[b], _beta[b], invStd, center, mean);
+                c = ApplyCenter(mean, c);
+                _center[group] = c;
+                (p, q) = NormalizeCoefficients(_gamma[b], _beta[b], invStd, double.CreateTruncating(c), mean);
             }
             else
             {
@@ -449,6 +453,24 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         var (first, groups) = SegmentGroups(segment);
         for (int group = first; group < first + groups; group++)
             _center.AsSpan(group * g.J, g.J).Fill(x[(int)g.Offset(group / g.B, 0, group % g.B, 0)]);
+    }
+
+    /// <summary>
+    /// The center the element-wise passes use once the statistics are known: the mean rounded to T. The first element
+    /// (the statistics pass's shift) would do mathematically, but then q = beta + (c - mean)*p carries (c - mean)*p,
+    /// up to a few units, and its rounding lands on every output, near zero too, where a ReLU's mask looks; about
+    /// the rounded mean, x - c is exact for x within a factor two of it (Sterbenz) and q rounds like beta. The backward
+    /// reads the same center: its Σ dy*(x - c) then needs almost no correction.
+    /// </summary>
+    private static T ApplyCenter(double mean, T shift) => double.IsFinite(mean) ? T.CreateTruncating(mean) : shift;
+
+    /// <summary>Every group of the segment: its center becomes <see cref="ApplyCenter"/> of its mean.</summary>
+    private void RecenterSegment(int segment)
+    {
+        NormGeometry g = Geometry;
+        var (first, groups) = SegmentGroups(segment);
+        for (int group = first; group < first + groups; group++)
+            _center.AsSpan(group * g.J, g.J).Fill(ApplyCenter(_groupMean[group], _center[group * g.J]));
     }
 
     /// <summary>Per slot of the segment: the unit partials added in unit order.</summary>

@@ -52,6 +52,58 @@ public class PrecisionTests
         Assert.True(maxError > 1e-3, $"naive float statistics unexpectedly accurate: {maxError:E3}");
     }
 
+    public static TheoryData<string> NearZeroCases() => new(NearZeroLayers.Keys);
+
+    // Each case: the float and double layers, the input shape, and which group (of the statistics) element i is in.
+    private static readonly Dictionary<string, (Func<NormLayer<float>> Float, Func<NormLayer<double>> Double, nint[] Shape, Func<long, long> GroupOf)> NearZeroLayers = new()
+    {
+        ["BatchNorm2d, 3 channels"] = (() => new BatchNorm<float>(3), () => new BatchNorm<double>(3), [16, 3, 14, 14], i => i / 196 % 3),
+        ["BatchNorm2d, 20 channels"] = (() => new BatchNorm<float>(20), () => new BatchNorm<double>(20), [8, 20, 7, 7], i => i / 49 % 20),
+        ["BatchNorm1d (N, C)"] = (() => new BatchNorm<float>(8), () => new BatchNorm<double>(8), [512, 8], i => i % 8),
+        ["BatchNorm2d channels-last"] = (() => new BatchNorm<float>(8, layout: ChannelLayout.Last), () => new BatchNorm<double>(8, layout: ChannelLayout.Last), [8, 14, 14, 8], i => i % 8),
+        ["InstanceNorm2d 7x7"] = (() => new InstanceNorm<float>(8), () => new InstanceNorm<double>(8), [16, 8, 7, 7], i => i / 49),
+        ["GroupNorm(2, 8)"] = (() => new GroupNorm<float>(2, 8), () => new GroupNorm<double>(2, 8), [8, 8, 14, 14], i => i / (4 * 196)),
+        ["LayerNorm(448)"] = (() => new LayerNorm<float>(448), () => new LayerNorm<double>(448), [64, 448], i => i / 448),
+    };
+
+    /// <summary>
+    /// Outputs near zero (|y| < 0.01, where a ReLU's mask looks) stay accurate even when each group's
+    /// first element, the statistics pass's shift, is an outlier (8 spreads from the mean). Inputs lie on a 1/64 grid so
+    /// that the float sums, and with them the mean, are exact: what is left is the rounding of the element-wise pass.
+    /// Normalizing about the first element instead would put q = (c - mean)*p, about 8, into every output, and its
+    /// rounding (up to 4.8e-7) with it. (The variance is not exact, but its error scales with |y|, small here.)
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(NearZeroCases))]
+    public void OutputsNearZeroStayAccurateWhenAGroupStartsWithAnOutlier(string name)
+    {
+        var (makeFloat, makeDouble, shape, groupOf) = NearZeroLayers[name];
+        long length = shape.Aggregate(1L, (p, d) => p * d);
+        var random = new Gaussian(11);
+        float[] noise = random.Array<float>(length);
+        var x = new float[length];
+        var started = new HashSet<long>();
+        for (long i = 0; i < length; i++)
+            x[i] = started.Add(groupOf(i)) ? 3f + 8 * 0.5f : 3f + MathF.Round(0.5f * noise[i] * 64) / 64;
+        double[] xd = x.Select(v => (double)v).ToArray();
+
+        float[] y = new float[length];
+        double[] reference = new double[length];
+        makeFloat().Forward(new ReadOnlyTensorSpan<float>(x, shape, []), new TensorSpan<float>(y, shape, []));
+        makeDouble().Forward(new ReadOnlyTensorSpan<double>(xd, shape, []), new TensorSpan<double>(reference, shape, []));
+
+        double worst = 0;
+        int nearZero = 0;
+        for (long i = 0; i < length; i++)
+        {
+            if (Math.Abs(reference[i]) >= 0.01) continue;
+            nearZero++;
+            worst = Math.Max(worst, Math.Abs(y[i] - reference[i]));
+        }
+        Assert.True(nearZero >= 20, $"{name}: only {nearZero} outputs near zero");
+        Assert.True(worst <= 2e-8, $"{name}: max |y - reference| over outputs with |y| < 0.01 is {worst:E2}");
+    }
+
     private static double[] ReferenceNormalize(float[] x, int[] groupOf, double eps)
     {
         int groups = groupOf.Max() + 1;
