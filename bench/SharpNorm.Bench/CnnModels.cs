@@ -107,13 +107,19 @@ internal sealed class TorchCnn : IDisposable
 {
     private readonly TorchModule _model;
     private readonly torch.optim.Optimizer _optimizer;
+    private readonly torch.ScalarType _dtype;
 
-    public TorchCnn(Sequential<float> sharp)
+    /// <param name="sharp">The SharpNorm model whose structure and initial parameters are copied.</param>
+    /// <param name="float64">A float64 twin: the reference that tells which float32 side is off when they disagree
+    /// (oneDNN has no float64 convolutions, so libtorch's own kernels run).</param>
+    public TorchCnn(Sequential<float> sharp, bool float64 = false)
     {
         var modules = new List<(string, TorchModule)>();
         for (int i = 0; i < sharp.Count; i++)
             modules.Add((i.ToString(System.Globalization.CultureInfo.InvariantCulture), Mirror(sharp[i])));
         _model = torch.nn.Sequential(modules.ToArray());
+        _dtype = float64 ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
+        if (float64) _model.to(_dtype);
 
         var sharpParameters = sharp.NamedParameters.ToDictionary(p => p.Name, p => p.Parameter);
         int copied = 0;
@@ -127,7 +133,7 @@ internal sealed class TorchCnn : IDisposable
                 if (!parameter.shape.SequenceEqual(shape))
                     throw new InvalidOperationException($"{name}: libtorch shape [{string.Join(", ", parameter.shape)}], SharpNorm [{string.Join(", ", shape)}].");
                 using TorchTensor values = FromArray(SharpCnn.Flat(source.Value).ToArray(), shape);
-                parameter.copy_(values);
+                parameter.copy_(values); // converts to the parameter's type
                 copied++;
             }
         }
@@ -157,12 +163,12 @@ internal sealed class TorchCnn : IDisposable
     {
         using var scope = torch.NewDisposeScope();
         _optimizer.zero_grad();
-        TorchTensor output = _model.call(x);
+        TorchTensor output = _model.call(x.dtype == _dtype ? x : x.to(_dtype));
         TorchTensor loss = torch.nn.functional.cross_entropy(output, labels);
         loss.backward();
         _optimizer.step();
         if (logits is not null) ToArray(output).CopyTo(logits, 0);
-        return loss.item<float>();
+        return _dtype == torch.ScalarType.Float64 ? loss.item<double>() : loss.item<float>();
     }
 
     public bool Training
@@ -215,7 +221,7 @@ internal sealed class TorchCnn : IDisposable
     public static float[] ToArray(TorchTensor t)
     {
         using var scope = torch.NewDisposeScope();
-        return t.detach().contiguous().data<float>().ToArray();
+        return t.detach().to(torch.ScalarType.Float32).contiguous().data<float>().ToArray();
     }
 
     public void Dispose()
