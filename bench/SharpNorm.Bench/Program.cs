@@ -71,7 +71,7 @@ Console.WriteLine(torchError is null
     : $"libtorch unavailable ({torchError}); its columns are left blank.");
 Console.WriteLine(mallocNote ?? "glibc malloc: defaults (libtorch mmaps blocks over its dynamic threshold, at most 32 MiB, afresh on each call; see --malloc-reuse)");
 Console.WriteLine($"Timing: median of {options.Runs} timed runs after {options.Warmup} warm-up runs (Stopwatch per run); SharpNorm and libtorch " +
-                  $"take turns in blocks of {Timing.BlockRuns} timed runs, each block after one untimed run; float32, threads {string.Join(", ", threadCounts)}" +
+                  $"take turns in blocks of {Timing.BlockRuns} timed runs, each block after one untimed run and a {Timing.PauseMs} ms pause; float32, threads {string.Join(", ", threadCounts)}" +
                   (options.Quick ? " [--quick]" : ""));
 
 if (options.WaitIdleSeconds > 0)

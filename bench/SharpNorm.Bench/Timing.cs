@@ -12,13 +12,18 @@ internal static class Timing
     /// <summary>Timed runs per block in <see cref="MeasureSideBySide"/>.</summary>
     public const int BlockRuns = 5;
 
+    /// <summary>Untimed pause after each block of <see cref="MeasureSideBySide"/>, ms.</summary>
+    public const int PauseMs = 10;
+
     /// <summary>
     /// Times two operations over the same stretch of time: after <paramref name="warmup"/> untimed runs of each, they
     /// take turns in blocks of <see cref="BlockRuns"/> timed runs, each block after one untimed run of its own. On a
     /// shared machine, whose speed drifts over seconds (a neighbour's burst, a slow stretch of one core), a slow
     /// stretch then falls on both sides instead of on whichever happened to be timed then, so their ratio holds where
     /// their absolute times do not. Within a block each run follows a run of the same operation, as with back-to-back
-    /// runs: what the operation left in the caches is there for the next.
+    /// runs: what the operation left in the caches is there for the next. Between blocks a pause of
+    /// <see cref="PauseMs"/> lets the side that ran last stop spinning (SharpNorm's helpers for 500 µs, libgomp's
+    /// OpenMP threads for some 300000 pause loops), so neither side's timed runs compete with the other's idle threads.
     /// </summary>
     public static (Sample First, Sample? Second) MeasureSideBySide(TimedOperation first, TimedOperation? second, int warmup, int runs)
     {
@@ -34,7 +39,9 @@ internal static class Timing
         {
             int count = Math.Min(BlockRuns, runs - done);
             RunBlock(first, firstMs.AsSpan(done, count));
+            Thread.Sleep(PauseMs);
             RunBlock(second, secondMs.AsSpan(done, count));
+            Thread.Sleep(PauseMs);
         }
         return (new Sample(firstMs), new Sample(secondMs));
     }
