@@ -46,6 +46,9 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     /// <summary>Outputs at least this large are written with stores that skip the caches (they would not stay there anyway).</summary>
     internal const long StreamingStoreBytes = 32L << 20;
 
+    /// <summary>This engine's streaming threshold in bytes (<see cref="StreamingStoreBytes"/>; tests lower it to reach the path on small inputs).</summary>
+    internal long StreamingMinBytes { get; set; } = StreamingStoreBytes;
+
     private enum JobKind
     {
         ForwardSegments, BackwardSegments, MomentUnits, GradientSumUnits, NormalizeUnits, InputGradientUnits, ScaleUnits,
@@ -266,7 +269,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         Grow(ref _workerScratch, Math.Max(1, Threads) * _workerScratchLength);
         _items = items;
         _itemsPerChunk = (items + chunkCount - 1) / chunkCount;
-        _streaming = !output.IsEmpty && (long)output.Length * sizeof(T) >= StreamingStoreBytes;
+        _streaming = !output.IsEmpty && (long)output.Length * sizeof(T) >= StreamingMinBytes;
         fixed (T* px = x)
         fixed (T* psecond = second)
         fixed (T* poutput = output)
@@ -319,7 +322,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
                     SegmentStatistics(segment);
                     RecenterSegment(segment);
                     SegmentNormalizeCoefficients(segment);
-                    ApplyUnits<NormalizeOp>(x, default, output, u0, u1);
+                    ApplyUnits<NormalizeOp>(x, default, output, u0, u1, worker);
                 }
                 else
                 {
@@ -327,7 +330,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
                     CombineSegment(segment);
                     SegmentGradientSums(segment);
                     SegmentInputGradientCoefficients(segment);
-                    ApplyUnits<InputGradientOp>(x, second, output, u0, u1);
+                    ApplyUnits<InputGradientOp>(x, second, output, u0, u1, worker);
                 }
             }
             return;
@@ -337,9 +340,9 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         {
             case JobKind.MomentUnits: SumUnits<MomentsOp>(x, default, first, end, worker); break;
             case JobKind.GradientSumUnits: SumUnits<GradientSumsOp>(x, second, first, end, worker); break;
-            case JobKind.NormalizeUnits: ApplyInStorageOrder<NormalizeOp>(x, default, output, first, end); break;
-            case JobKind.InputGradientUnits: ApplyInStorageOrder<InputGradientOp>(x, second, output, first, end); break;
-            case JobKind.ScaleUnits: ApplyInStorageOrder<ScaleOp>(x, default, output, first, end); break;
+            case JobKind.NormalizeUnits: ApplyInStorageOrder<NormalizeOp>(x, default, output, first, end, worker); break;
+            case JobKind.InputGradientUnits: ApplyInStorageOrder<InputGradientOp>(x, second, output, first, end, worker); break;
+            case JobKind.ScaleUnits: ApplyInStorageOrder<ScaleOp>(x, default, output, first, end, worker); break;
         }
     }
 
@@ -429,18 +432,18 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     }
 
     /// <summary>An element-wise pass over the plan's storage-order apply units [first, end).</summary>
-    private void ApplyInStorageOrder<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int first, int end) where TOp : struct, IApplyOp
+    private void ApplyInStorageOrder<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int first, int end, int worker) where TOp : struct, IApplyOp
     {
         if (_plan.IsColumn)
-            NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, first, end, _center, _p, _q, _w);
+            NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, first, end, _center, _p, _q, _w, _streaming, WorkerScratch(worker));
         else
             NormKernels<T>.RunApplyInStorageOrder<TOp>(MaxVectorBits, _plan, x, second, output, first, end, _center, _p, _q, _w, _streaming);
     }
 
-    private void ApplyUnits<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int firstUnit, int endUnit) where TOp : struct, IApplyOp
+    private void ApplyUnits<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int firstUnit, int endUnit, int worker) where TOp : struct, IApplyOp
     {
         if (_plan.IsColumn)
-            NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w);
+            NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w, _streaming, WorkerScratch(worker));
         else
             NormKernels<T>.RunUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w, _streaming);
     }
@@ -662,9 +665,12 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         Grow(ref _sum2, slots);
         Grow(ref _partial1, _plan.PartialCount);
         Grow(ref _partial2, _plan.PartialCount);
-        _workerScratchLength = _plan.IsColumn ? 2 * _plan.SlotsPerSegment : 0;
+        // Column shape: the row sums' two accumulators, or the streaming apply's four rotated coefficient rows.
+        _workerScratchLength = _plan.IsColumn ? 4 * _plan.SlotsPerSegment : 0;
         Grow(ref _workerScratch, Math.Max(1, Threads) * _workerScratchLength);
     }
+
+    private Span<T> WorkerScratch(int worker) => _workerScratch.AsSpan(worker * _workerScratchLength, _workerScratchLength);
 
     private static void Grow<TElement>(ref TElement[] buffer, int length)
     {

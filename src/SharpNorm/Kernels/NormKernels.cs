@@ -174,19 +174,23 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
             RowUnitSums<TOp, SimdScalar<T>, T>(plan, x, second, center, firstUnit, endUnit, partial1, partial2, scratch);
     }
 
-    /// <summary>Column shape: for units [firstUnit, endUnit), output = op(x, second) with per-column coefficients (W per a).</summary>
+    /// <summary>
+    /// Column shape: for units [firstUnit, endUnit), output = op(x, second) with per-column coefficients (W per a).
+    /// With streaming, the output is written with cache-bypassing stores where W is a multiple of the vector length,
+    /// and scratch (4W long) holds the rotated coefficient rows.
+    /// </summary>
     public static void RowUnitApply<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, bool streaming = false, Span<T> scratch = default)
         where TOp : struct, IApplyOp
     {
         if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
-            RowUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RowUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming, scratch);
         else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
-            RowUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RowUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming, scratch);
         else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
-            RowUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RowUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming, scratch);
         else
-            RowUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w);
+            RowUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming: false, scratch);
     }
 
     /// <summary>The slot of a run-shape unit and the element ranges it covers: runs [rBegin, rEnd) from sBegin, sLength long.</summary>
@@ -596,18 +600,83 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RowUnitApply<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w)
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, bool streaming, Span<T> scratch)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
     {
-        int width = plan.Geometry.B * plan.Geometry.J;
+        NormGeometry g = plan.Geometry;
+        int width = g.B * g.J;
+        // Streaming stores want whole aligned vectors: with W a multiple of the vector length, every row of the output
+        // starts at the same alignment, so the unit is walked as rows that begin at an aligned element (see StreamingColumnApply).
+        bool stream = streaming && TSimd.Count > 1 && width % TSimd.Count == 0;
         for (int unit = firstUnit; unit < endUnit; unit++)
         {
-            int row = unit / plan.UnitsPerSlot * width;
-            RowUnitApply<TOp, TSimd, TVector>(plan, x, second, output, unit, center.Slice(row, width), p.Slice(row, width),
-                q.Slice(row, width), TOp.ReadsSecond ? w.Slice(row, width) : default);
+            int a = unit / plan.UnitsPerSlot, row = a * width;
+            ReadOnlySpan<T> c = center.Slice(row, width), pa = p.Slice(row, width), qa = q.Slice(row, width);
+            ReadOnlySpan<T> wa = TOp.ReadsSecond ? w.Slice(row, width) : default;
+            if (!stream)
+            {
+                RowUnitApply<TOp, TSimd, TVector>(plan, x, second, output, unit, c, pa, qa, wa);
+                continue;
+            }
+            int rBegin = unit % plan.UnitsPerSlot * plan.RowsPerUnit, rEnd = Math.Min(g.R, rBegin + plan.RowsPerUnit);
+            nint first = ((nint)a * g.R + rBegin) * width;
+            ref T x0 = ref Unsafe.Add(ref MemoryMarshal.GetReference(x), first);
+            StreamingColumnApply<TOp, TSimd, TVector>(ref x0, ref TOp.ReadsSecond ? ref Unsafe.Add(ref MemoryMarshal.GetReference(second), first) : ref x0,
+                ref Unsafe.Add(ref MemoryMarshal.GetReference(output), first), rEnd - rBegin, width, c, pa, qa, wa, scratch);
         }
+    }
+
+    /// <summary>
+    /// Column shape with cache-bypassing stores, W a multiple of the vector length: scalar steps up to the first
+    /// vector-aligned output element h, then the unit seen as rows that start at column h (every one aligned), with the
+    /// coefficient rows rotated by h in <paramref name="scratch"/> (4W); the last partial row by scalar steps. Every
+    /// element gets its own column's coefficients, so the bits are those of the cached path.
+    /// </summary>
+    private static void StreamingColumnApply<TOp, TSimd, TVector>(ref T x, ref T second, ref T output, int rows, int width,
+        ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, Span<T> scratch)
+        where TOp : struct, IApplyOp
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        nint length = (nint)rows * width;
+        int head = 0;
+        while (head < width && head < length && !IsVectorAligned<TSimd, TVector>(ref Unsafe.Add(ref output, head))) head++;
+        for (int i = 0; i < head; i++)
+            ScalarApply<TOp>(ref x, ref second, ref output, i, center[i], p[i], q[i], TOp.ReadsSecond ? w[i] : T.Zero);
+
+        Span<T> c = scratch[..width], pr = scratch.Slice(width, width), qr = scratch.Slice(2 * width, width), wr = scratch.Slice(3 * width, width);
+        for (int k = 0; k < width; k++)
+        {
+            int column = (k + head) % width;
+            (c[k], pr[k], qr[k], wr[k]) = (center[column], p[column], q[column], TOp.ReadsSecond ? w[column] : T.Zero);
+        }
+        ref T xr = ref Unsafe.Add(ref x, head), sr = ref Unsafe.Add(ref second, head), outr = ref Unsafe.Add(ref output, head);
+        nint rest = length - head;
+        int fullRows = (int)(rest / width);
+        ref T c0 = ref MemoryMarshal.GetReference(c), p0 = ref MemoryMarshal.GetReference(pr), q0 = ref MemoryMarshal.GetReference(qr), w0 = ref MemoryMarshal.GetReference(wr);
+        if (width <= NarrowRow) NarrowRowApply<TOp, TSimd, TVector>(fullRows, ref xr, ref sr, ref outr, width, ref c0, ref p0, ref q0, ref w0, streaming: true);
+        else
+            for (int r = 0; r < fullRows; r++)
+            {
+                nint offset = (nint)r * width;
+                ApplyRow<TOp, TSimd, TVector>(1, ref Unsafe.Add(ref xr, offset), ref Unsafe.Add(ref sr, offset), ref Unsafe.Add(ref outr, offset),
+                    width, ref c0, ref p0, ref q0, ref w0, streaming: true);
+            }
+        for (nint i = (nint)fullRows * width; i < rest; i++)
+        {
+            int k = (int)(i % width);
+            ScalarApply<TOp>(ref xr, ref sr, ref outr, i, c[k], pr[k], qr[k], wr[k]);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ScalarApply<TOp>(ref T x, ref T second, ref T output, nint i, T c, T p, T q, T w) where TOp : struct, IApplyOp
+    {
+        T xs = Unsafe.Add(ref x, i);
+        T os = TOp.ReadsSecond ? Unsafe.Add(ref second, i) : xs;
+        Unsafe.Add(ref output, i) = TOp.Apply<T, SimdScalar<T>, T>(xs, os, c, p, q, w);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -651,7 +720,8 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
     }
 
     /// <summary>Narrow rows: four vectors of columns at a time keep their coefficients in registers down all the rows.</summary>
-    private static void NarrowRowApply<TOp, TSimd, TVector>(int rows, ref T x, ref T second, ref T output, int width, ref T center, ref T p, ref T q, ref T w)
+    private static void NarrowRowApply<TOp, TSimd, TVector>(int rows, ref T x, ref T second, ref T output, int width, ref T center, ref T p, ref T q, ref T w,
+        bool streaming = false)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
@@ -668,19 +738,33 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
             {
                 nint i = (nint)row * width + c;
                 TVector x0 = TSimd.Load(ref x, i), x1 = TSimd.Load(ref x, i + n), x2 = TSimd.Load(ref x, i + 2 * n), x3 = TSimd.Load(ref x, i + 3 * n);
-                TSimd.Store(TOp.Apply<T, TSimd, TVector>(x0, TOp.ReadsSecond ? TSimd.Load(ref second, i) : x0, c0, p0, q0, w0), ref output, i);
-                TSimd.Store(TOp.Apply<T, TSimd, TVector>(x1, TOp.ReadsSecond ? TSimd.Load(ref second, i + n) : x1, c1, p1, q1, w1), ref output, i + n);
-                TSimd.Store(TOp.Apply<T, TSimd, TVector>(x2, TOp.ReadsSecond ? TSimd.Load(ref second, i + 2 * n) : x2, c2, p2, q2, w2), ref output, i + 2 * n);
-                TSimd.Store(TOp.Apply<T, TSimd, TVector>(x3, TOp.ReadsSecond ? TSimd.Load(ref second, i + 3 * n) : x3, c3, p3, q3, w3), ref output, i + 3 * n);
+                TVector y0 = TOp.Apply<T, TSimd, TVector>(x0, TOp.ReadsSecond ? TSimd.Load(ref second, i) : x0, c0, p0, q0, w0);
+                TVector y1 = TOp.Apply<T, TSimd, TVector>(x1, TOp.ReadsSecond ? TSimd.Load(ref second, i + n) : x1, c1, p1, q1, w1);
+                TVector y2 = TOp.Apply<T, TSimd, TVector>(x2, TOp.ReadsSecond ? TSimd.Load(ref second, i + 2 * n) : x2, c2, p2, q2, w2);
+                TVector y3 = TOp.Apply<T, TSimd, TVector>(x3, TOp.ReadsSecond ? TSimd.Load(ref second, i + 3 * n) : x3, c3, p3, q3, w3);
+                if (streaming)
+                {
+                    TSimd.StoreStreaming(y0, ref output, i);
+                    TSimd.StoreStreaming(y1, ref output, i + n);
+                    TSimd.StoreStreaming(y2, ref output, i + 2 * n);
+                    TSimd.StoreStreaming(y3, ref output, i + 3 * n);
+                }
+                else
+                {
+                    TSimd.Store(y0, ref output, i);
+                    TSimd.Store(y1, ref output, i + n);
+                    TSimd.Store(y2, ref output, i + 2 * n);
+                    TSimd.Store(y3, ref output, i + 3 * n);
+                }
             }
         }
         if (c < width) ApplyRow<TOp, TSimd, TVector>(rows, ref Unsafe.Add(ref x, c), ref Unsafe.Add(ref second, c), ref Unsafe.Add(ref output, c),
-            width, ref Unsafe.Add(ref center, c), ref Unsafe.Add(ref p, c), ref Unsafe.Add(ref q, c), ref Unsafe.Add(ref w, c), width - c);
+            width, ref Unsafe.Add(ref center, c), ref Unsafe.Add(ref p, c), ref Unsafe.Add(ref q, c), ref Unsafe.Add(ref w, c), width - c, streaming);
     }
 
     /// <summary>Applies the op to <paramref name="rows"/> consecutive rows, loading each column's coefficients once.</summary>
     private static void ApplyRow<TOp, TSimd, TVector>(int rows, ref T x, ref T second, ref T output, int width, ref T center, ref T p, ref T q, ref T w,
-        int columns = -1)
+        int columns = -1, bool streaming = false)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
@@ -696,7 +780,9 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
             {
                 TVector xv = TSimd.Load(ref x, row * width + c);
                 TVector ov = TOp.ReadsSecond ? TSimd.Load(ref second, row * width + c) : xv;
-                TSimd.Store(TOp.Apply<T, TSimd, TVector>(xv, ov, cv, pv, qv, wv), ref output, row * width + c);
+                TVector yv = TOp.Apply<T, TSimd, TVector>(xv, ov, cv, pv, qv, wv);
+                if (streaming) TSimd.StoreStreaming(yv, ref output, row * width + c);
+                else TSimd.Store(yv, ref output, row * width + c);
             }
         }
         for (; c < columns; c++)

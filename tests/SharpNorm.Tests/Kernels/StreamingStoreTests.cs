@@ -49,4 +49,70 @@ public class StreamingStoreTests
             Assert.True(Math.Abs(y[i] - expected) <= 1e-4, $"y[{i}] = {y[i]}, expected {expected}");
         }
     }
+
+    public static TheoryData<string, int, int> ColumnCases()
+    {
+        var data = new TheoryData<string, int, int>();
+        foreach (string name in ColumnLayers.Keys)
+            foreach (int bits in new[] { 512, 256, 128, 0 })
+                foreach (int offset in new[] { 0, 1, 5 })
+                    data.Add(name, bits, offset);
+        return data;
+    }
+
+    // Column-shape layers (channels innermost): widths below, at, and off the vector lengths; several a's (InstanceNorm, GroupNorm).
+    private static readonly Dictionary<string, (Func<NormLayer<float>> Create, nint[] Shape)> ColumnLayers = new()
+    {
+        ["BatchNorm1d (N, 1)"] = (() => new BatchNorm<float>(1), [300, 1]),
+        ["BatchNorm1d (N, 3)"] = (() => new BatchNorm<float>(3), [301, 3]),
+        ["BatchNorm1d (N, 16)"] = (() => new BatchNorm<float>(16), [130, 16]),
+        ["BatchNorm1d (N, 37)"] = (() => new BatchNorm<float>(37), [129, 37]),
+        ["BatchNorm1d (N, 300)"] = (() => new BatchNorm<float>(300), [70, 300]),
+        ["BatchNorm2d channels-last, C 8"] = (() => new BatchNorm<float>(8, layout: ChannelLayout.Last), [3, 9, 11, 8]),
+        ["InstanceNorm2d channels-last, C 20"] = (() => new InstanceNorm<float>(20, affine: true, layout: ChannelLayout.Last), [3, 7, 9, 20]),
+        ["GroupNorm(3, 12) channels-last"] = (() => new GroupNorm<float>(3, 12, layout: ChannelLayout.Last), [2, 5, 13, 12]),
+    };
+
+    /// <summary>
+    /// The column shape's streaming apply (forced on small inputs by lowering the threshold) writes the bits of the
+    /// cached path: training forward, backward through the statistics, eval forward and the eval backward (dy scaled),
+    /// for every vector width and outputs off vector alignment by 0, 1 and 5 elements.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(ColumnCases))]
+    public void ColumnShapeStreamingMatchesCachedStoresBitForBit(string name, int maxVectorBits, int offset)
+    {
+        var (create, shape) = ColumnLayers[name];
+        long length = shape.Aggregate(1L, (p, d) => p * d);
+        var random = new Gaussian(17);
+        float[] x = random.Array<float>(length, 1.5, 0.7), dy = random.Array<float>(length);
+
+        float[][] Run(bool streaming)
+        {
+            NormLayer<float> layer = create();
+            layer.Engine.MaxVectorBits = maxVectorBits;
+            layer.Engine.StreamingMinBytes = streaming ? 0 : long.MaxValue;
+            if (layer.Weight is { } weight)
+                for (int i = 0; i < weight.Value.FlattenedLength; i++) weight.Value[i] = 0.5f + 0.1f * (i % 7);
+            if (layer.Bias is { } bias)
+                for (int i = 0; i < bias.Value.FlattenedLength; i++) bias.Value[i] = 0.1f * (i % 5) - 0.2f;
+            var outputs = new float[4][];
+            for (int k = 0; k < 4; k++)
+            {
+                float[] buffer = new float[length + offset];
+                var target = new TensorSpan<float>(buffer.AsSpan(offset), shape, []);
+                layer.Training = k < 2;
+                var xs = new ReadOnlyTensorSpan<float>(x, shape, []);
+                if (k % 2 == 0) layer.Forward(xs, target);
+                else layer.Backward(xs, new ReadOnlyTensorSpan<float>(dy, shape, []), target);
+                outputs[k] = buffer[offset..];
+            }
+            return outputs;
+        }
+
+        float[][] cached = Run(streaming: false), streamed = Run(streaming: true);
+        string[] what = ["training forward", "backward through the statistics", "eval forward", "eval backward"];
+        for (int k = 0; k < 4; k++)
+            Assert.True(cached[k].AsSpan().SequenceEqual(streamed[k]), $"{name}: {what[k]} differs with streaming stores");
+    }
 }
