@@ -17,6 +17,12 @@ internal interface IChunkJob
 /// run, so jobs make results independent of it (each chunk writes its own outputs). One job runs at a time: a caller
 /// that finds the pool busy (another thread's layer) runs its job alone, with the same results.
 /// </summary>
+/// <remarks>
+/// A helper takes part in a job only if it enters it while the job is open; once the caller has run out of chunks it
+/// closes the job and waits for the helpers that entered (they may hold a chunk), never for one still waking up. On a
+/// VM a sleeping thread can take a millisecond to run again; a job of a few hundred microseconds then runs on the
+/// threads that are there instead of waiting for it.
+/// </remarks>
 internal sealed class ChunkRunner
 {
     /// <summary>The pool all engines share: helpers are a process-wide resource, like OpenMP's.</summary>
@@ -34,7 +40,11 @@ internal sealed class ChunkRunner
     private IChunkJob? _job;
     private int _chunkCount;
     private int _nextChunk;
-    private int _pending;
+    // The running job's entry: its generation in the high half, Closed once the caller has no chunks left, and in the
+    // low bits the number of helpers inside it. Helpers enter only an open job of the generation they saw published.
+    private long _entry;
+    private const long Closed = 1L << 31;
+    private const long ActiveMask = Closed - 1;
     private Exception? _failure;
 
     /// <summary>Runs chunks 0..chunkCount-1 of <paramref name="job"/> on at most <paramref name="threads"/> threads.</summary>
@@ -53,9 +63,9 @@ internal sealed class ChunkRunner
             _job = job;
             _chunkCount = chunkCount;
             _nextChunk = 0;
-            _pending = helpers;
             _failure = null;
             long generation = (Volatile.Read(ref _ticket) >> 32) + 1;
+            Volatile.Write(ref _entry, generation << 32);
             Interlocked.Exchange(ref _ticket, (generation << 32) | (uint)helpers); // publishes the fields above
             Helper[] helperThreads = _helperThreads;
             for (int i = 0; i < helpers; i++) helperThreads[i].WakeIfSleeping();
@@ -72,10 +82,15 @@ internal sealed class ChunkRunner
                 Interlocked.Exchange(ref _nextChunk, _chunkCount);
             }
 
-            // The last helper to finish releases _done once per job; spin for it first, then take that permit.
-            long spinUntil = Stopwatch.GetTimestamp() + SpinTicks;
-            while (Volatile.Read(ref _pending) != 0 && Stopwatch.GetTimestamp() < spinUntil) Thread.SpinWait(16);
-            _done.Wait();
+            // No chunks are left to hand out: close the job to helpers not yet in it, and wait for those inside. If any
+            // were, the last one out releases _done once; spin for it first, then take that permit.
+            long entry = Interlocked.Or(ref _entry, Closed);
+            if ((entry & ActiveMask) != 0)
+            {
+                long spinUntil = Stopwatch.GetTimestamp() + SpinTicks;
+                while ((Volatile.Read(ref _entry) & ActiveMask) != 0 && Stopwatch.GetTimestamp() < spinUntil) Thread.SpinWait(16);
+                _done.Wait();
+            }
             _job = null;
             if (own is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(own);
             if (_failure is { } failure) throw new AggregateException("A normalization kernel failed on a helper thread.", failure);
@@ -129,6 +144,7 @@ internal sealed class ChunkRunner
             }
             seen = ticket >> 32;
             if (index > (int)(uint)ticket) continue; // this job wants fewer helpers
+            if (!TryEnter(seen)) continue;           // the caller finished it without this helper
 
             try
             {
@@ -139,8 +155,22 @@ internal sealed class ChunkRunner
                 Interlocked.CompareExchange(ref _failure, e, null);
                 Volatile.Write(ref _nextChunk, int.MaxValue / 2); // let the others stop early
             }
-            if (Interlocked.Decrement(ref _pending) == 0) _done.Release();
+            long left = Interlocked.Decrement(ref _entry);
+            if ((left & Closed) != 0 && (left & ActiveMask) == 0) _done.Release();
         }
+    }
+
+    /// <summary>Counts this helper into the job of <paramref name="generation"/> if that job is still open.</summary>
+    private bool TryEnter(long generation)
+    {
+        long entry = Volatile.Read(ref _entry);
+        while (entry >> 32 == generation && (entry & Closed) == 0)
+        {
+            long seen = Interlocked.CompareExchange(ref _entry, entry + 1, entry);
+            if (seen == entry) return true;
+            entry = seen;
+        }
+        return false;
     }
 
     /// <summary>One helper thread's own wake-up: a permit meant for it cannot be taken by another.</summary>
