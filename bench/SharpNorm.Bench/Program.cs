@@ -70,8 +70,8 @@ Console.WriteLine(torchError is null
     ? $"libtorch: TorchSharp {machine.TorchSharp} (TorchSharp-cpu 0.107.0, libtorch 2.10.0 CPU)"
     : $"libtorch unavailable ({torchError}); its columns are left blank.");
 Console.WriteLine(mallocNote ?? "glibc malloc: defaults (libtorch mmaps blocks over its dynamic threshold, at most 32 MiB, afresh on each call; see --malloc-reuse)");
-Console.WriteLine($"Timing: median of {options.Runs} timed runs after {options.Warmup} warm-up runs (Stopwatch per run); SharpNorm and libtorch " +
-                  $"take turns in blocks of {Timing.BlockRuns} timed runs, each block after one untimed run and a {Timing.PauseMs} ms pause; float32, threads {string.Join(", ", threadCounts)}" +
+Console.WriteLine($"Timing: median of {options.Runs} timed runs (Stopwatch per run) after {options.Warmup} warm-up runs lasting {Timing.WarmupMs} ms at least; " +
+                  $"SharpNorm's runs, then libtorch's once SharpNorm's threads are idle (and the reverse before the next op); float32, threads {string.Join(", ", threadCounts)}" +
                   (options.Quick ? " [--quick]" : ""));
 
 if (options.WaitIdleSeconds > 0)

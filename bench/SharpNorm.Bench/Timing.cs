@@ -9,58 +9,58 @@ internal sealed record TimedOperation(Action Run, Action? BeforeEach = null);
 /// <summary>Median-of-runs timing: a Stopwatch timestamp pair around each run, optional untimed setup before each.</summary>
 internal static class Timing
 {
-    /// <summary>Timed runs per block in <see cref="MeasureSideBySide"/>.</summary>
-    public const int BlockRuns = 5;
+    /// <summary>Longest untimed pause between the two sides of <see cref="MeasureSideBySide"/>, ms.</summary>
+    public const int PauseMs = 300;
 
-    /// <summary>Untimed pause after each block of <see cref="MeasureSideBySide"/>, ms.</summary>
-    public const int PauseMs = 10;
+    /// <summary>Untimed runs before a side's timed runs last at least this long, ms (and number at least the warm-up count).</summary>
+    public const int WarmupMs = 4;
 
     /// <summary>
-    /// Times two operations over the same stretch of time: after <paramref name="warmup"/> untimed runs of each, they
-    /// take turns in blocks of <see cref="BlockRuns"/> timed runs, each block after one untimed run of its own. On a
-    /// shared machine, whose speed drifts over seconds (a neighbour's burst, a slow stretch of one core), a slow
-    /// stretch then falls on both sides instead of on whichever happened to be timed then, so their ratio holds where
-    /// their absolute times do not. Within a block each run follows a run of the same operation, as with back-to-back
-    /// runs: what the operation left in the caches is there for the next. Between blocks a pause of
-    /// <see cref="PauseMs"/> lets the side that ran last stop spinning (SharpNorm's helpers for 500 µs, libgomp's
-    /// OpenMP threads for some 300000 pause loops), so neither side's timed runs compete with the other's idle threads.
+    /// Times two operations one after the other, each after its warm-up, with a pause between them until the side that
+    /// ran has gone quiet. Each side's runs are back to back, as in a program that uses one library: what the operation
+    /// left in the caches is there for the next run, and its pool threads are awake. They are not interleaved in short
+    /// blocks: libgomp's OpenMP threads spin on for some 10 ms after libtorch's last call, and SharpNorm blocks timed
+    /// between libtorch's ran at up to 2.5x their time even after a wait for those threads to go quiet (far less often
+    /// with OMP_WAIT_POLICY=PASSIVE): one library's idle threads would be charged to the other. Drift between the two
+    /// sides' stretches is what the medians over several processes are for.
     /// </summary>
     public static (Sample First, Sample? Second) MeasureSideBySide(TimedOperation first, TimedOperation? second, int warmup, int runs)
     {
-        if (second is null) return (Measure(first.Run, warmup, runs, first.BeforeEach), null);
-        for (int i = 0; i < warmup; i++)
-        {
-            RunOnce(first);
-            RunOnce(second);
-        }
-        var firstMs = new double[runs];
-        var secondMs = new double[runs];
-        for (int done = 0; done < runs; done += BlockRuns)
-        {
-            int count = Math.Min(BlockRuns, runs - done);
-            RunBlock(first, firstMs.AsSpan(done, count));
-            Thread.Sleep(PauseMs);
-            RunBlock(second, secondMs.AsSpan(done, count));
-            Thread.Sleep(PauseMs);
-        }
-        return (new Sample(firstMs), new Sample(secondMs));
+        Sample a = MeasureWarm(first, warmup, runs);
+        if (second is null) return (a, null);
+        WaitUntilQuiet();
+        Sample b = MeasureWarm(second, warmup, runs);
+        WaitUntilQuiet();
+        return (a, b);
     }
 
-    private static void RunOnce(TimedOperation operation)
+    private static Sample MeasureWarm(TimedOperation operation, int warmup, int runs)
     {
-        operation.BeforeEach?.Invoke();
-        operation.Run();
-    }
-
-    private static void RunBlock(TimedOperation operation, Span<double> ms)
-    {
-        RunOnce(operation);
-        for (int i = 0; i < ms.Length; i++)
+        long warmUntil = Stopwatch.GetTimestamp() + Stopwatch.Frequency * WarmupMs / 1000;
+        for (int i = 0; i < warmup || Stopwatch.GetTimestamp() < warmUntil; i++)
         {
             operation.BeforeEach?.Invoke();
-            long start = Stopwatch.GetTimestamp();
             operation.Run();
-            ms[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        }
+        return Measure(operation.Run, 0, runs, operation.BeforeEach);
+    }
+
+    /// <summary>
+    /// Sleeps until this process's threads have gone quiet (under a fifth of a core over 5 ms), at most
+    /// <see cref="PauseMs"/>.
+    /// </summary>
+    private static void WaitUntilQuiet()
+    {
+        using var process = Process.GetCurrentProcess();
+        long deadline = Stopwatch.GetTimestamp() + Stopwatch.Frequency * PauseMs / 1000;
+        TimeSpan busy = process.TotalProcessorTime;
+        while (Stopwatch.GetTimestamp() < deadline)
+        {
+            Thread.Sleep(5);
+            process.Refresh();
+            TimeSpan now = process.TotalProcessorTime;
+            if ((now - busy).TotalMilliseconds < 1) return;
+            busy = now;
         }
     }
 
