@@ -198,8 +198,8 @@ internal sealed class CaseRunner : IDisposable
         _layer.MaxDegreeOfParallelism = threads == Environment.ProcessorCount ? -1 : threads;
         if (_torch is not null) TorchRunner.SetThreads(threads);
 
-        // JIT: enough calls on this very geometry and thread count for the kernels it uses to reach tier-1 code
-        // (30 calls, then a background compile) before anything is timed.
+        // Warm-up on this very geometry and thread count: every code path compiled (once, optimized: tiered compilation
+        // is off in the bench), the engine's buffers sized, the pages of every array touched.
         for (int i = 0; i < JitWarmCalls; i++)
         {
             _layer.Training = true;
@@ -209,10 +209,10 @@ internal sealed class CaseRunner : IDisposable
             SharpForward();
         }
         _layer.Training = true;
-        Thread.Sleep(100);
 
         // train fwd
         (Sample sharp, Sample? torch) = Timing.MeasureSideBySide(new(SharpForward), _torch?.ForwardOperation(training: true), warmup, runs);
+        if (_torch is not null) TorchRunner.EnableGrad();
         yield return Row(Op.TrainForward, threads, sharp, torch);
 
         // train fwd+bwd, and the backward alone (SharpNorm; chain-rule form at 1 thread)
@@ -230,6 +230,7 @@ internal sealed class CaseRunner : IDisposable
         // eval fwd (running statistics from the training forwards above)
         _layer.Training = false;
         (sharp, torch) = Timing.MeasureSideBySide(new(SharpForward), _torch?.ForwardOperation(training: false), warmup, runs);
+        if (_torch is not null) TorchRunner.EnableGrad();
         _layer.Training = true;
         yield return Row(Op.EvalForward, threads, sharp, torch);
     }
@@ -251,8 +252,8 @@ internal sealed class CaseRunner : IDisposable
     }
 
     /// <summary>
-    /// Brings the SharpNorm kernels and the chain-rule backward to their optimized (tier-1, PGO) code before any
-    /// timing, on small inputs of each case's layout (the chain-rule form is warmed only here: it is slow on the
+    /// Compiles the SharpNorm kernels and the chain-rule backward (optimized on first call: tiered compilation is off in
+    /// the bench) before any timing, on small inputs of each case's layout (the chain-rule form is warmed only here: it is slow on the
     /// real inputs; <see cref="Measure"/> warms SharpNorm again on each case's own inputs).
     /// </summary>
     public static void WarmUpJit(IEnumerable<BenchCase> cases, int[] threadCounts, Options options, Bandwidth bandwidth)
@@ -282,7 +283,6 @@ internal sealed class CaseRunner : IDisposable
             if (c.HasChainRule)
                 for (int i = 0; i < 40; i++) runner.ChainBackward();
         }
-        Thread.Sleep(500); // let the background tier-1 compilations finish
     }
 
     public void Dispose() => _torch?.Dispose();

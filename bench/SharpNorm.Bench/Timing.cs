@@ -46,20 +46,21 @@ internal static class Timing
     }
 
     /// <summary>
-    /// Sleeps until this process's threads have gone quiet (under a fifth of a core over 5 ms), at most
-    /// <see cref="PauseMs"/>.
+    /// Sleeps until this process's threads have gone quiet (under a fifth of a core over a 20 ms window; the process's
+    /// CPU time moves in ~4 ms ticks here, too coarse for shorter windows), at most <see cref="PauseMs"/>.
     /// </summary>
     private static void WaitUntilQuiet()
     {
+        const int windowMs = 20;
         using var process = Process.GetCurrentProcess();
         long deadline = Stopwatch.GetTimestamp() + Stopwatch.Frequency * PauseMs / 1000;
         TimeSpan busy = process.TotalProcessorTime;
         while (Stopwatch.GetTimestamp() < deadline)
         {
-            Thread.Sleep(5);
+            Thread.Sleep(windowMs);
             process.Refresh();
             TimeSpan now = process.TotalProcessorTime;
-            if ((now - busy).TotalMilliseconds < 1) return;
+            if ((now - busy).TotalMilliseconds < windowMs / 5.0) return;
             busy = now;
         }
     }

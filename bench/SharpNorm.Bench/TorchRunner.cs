@@ -167,13 +167,18 @@ internal sealed class TorchRunner : IDisposable
         return normalized.mul(_weight);
     }
 
-    /// <summary>Forward only, under no_grad: training (batch statistics, running stats updated) or eval.</summary>
+    /// <summary>
+    /// Forward only, with gradients off (set untimed before each run, as a no_grad block around a loop would):
+    /// training (batch statistics, running stats updated) or eval. <see cref="EnableGrad"/> turns them back on.
+    /// </summary>
     public TimedOperation ForwardOperation(bool training) => new(() =>
     {
-        using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         Forward(training);
-    });
+    }, BeforeEach: () => torch.set_grad_enabled(false));
+
+    /// <summary>Gradients back on for this thread (after <see cref="ForwardOperation"/>'s runs).</summary>
+    public static void EnableGrad() => torch.set_grad_enabled(true);
 
     /// <summary>Training forward + y.backward(dy) with autograd; gradients set to None before each run (untimed).</summary>
     public TimedOperation ForwardBackwardOperation() => new(() =>
@@ -181,7 +186,11 @@ internal sealed class TorchRunner : IDisposable
         using var scope = torch.NewDisposeScope();
         Tensor y = Forward(training: true);
         y.backward(_dyList);
-    }, BeforeEach: ClearGrads);
+    }, BeforeEach: () =>
+    {
+        torch.set_grad_enabled(true);
+        ClearGrads();
+    });
 
     public void ClearGrads()
     {

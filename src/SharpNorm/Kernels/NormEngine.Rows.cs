@@ -105,7 +105,7 @@ public sealed unsafe partial class NormEngine<T>
 
         // Backward (dx too) or the gradient sums alone, band by band, four rows at a time.
         bool writeInputGradient = _job == JobKind.RowBackward;
-        Span<T> scratch = _workerScratch.AsSpan(worker * _workerScratchLength, _workerScratchLength);
+        Span<T> scratch = WorkerScratch(worker);
         Span<T> dBeta = scratch[..width], dGamma = scratch.Slice(width, width);
         Span<T> w = stackalloc T[together];
         Span<double> sumG = stackalloc double[together], sumGCentered = stackalloc double[together];
@@ -157,8 +157,8 @@ public sealed unsafe partial class NormEngine<T>
     }
 
     /// <summary>
-    /// A row's mean, variance and invstd from its pieces' shifted sums (the center is the row's first element), or
-    /// for RMSNorm (no mean subtracted) its mean square about zero.
+    /// A row's mean, variance and invstd from its pieces' shifted sums (shifted by the row's first element; the row's
+    /// center then becomes its rounded mean), or for RMSNorm (no mean subtracted) its mean square about zero.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void RowStatistics<TSimd, TVector>(ref T row, int index)

@@ -10,9 +10,10 @@ namespace SharpNorm.Kernels;
 /// scratch buffers, so after the first call at a given size no call allocates.
 /// </summary>
 /// <remarks>
-/// Per group g = (a, b) the engine keeps a center c (a value of the group, or the running mean), the mean and
-/// 1/sqrt(var + eps). Kernels work on x - c, which keeps float sums and the normalized output accurate even when the
-/// mean is large against the spread. Work is cut by a <see cref="NormPlan"/> that depends on the geometry alone:
+/// Per group g = (a, b) the engine keeps a center c, the mean and 1/sqrt(var + eps). The statistics pass sums x - c with
+/// c a value of the group (its first element); once the mean is known, c becomes the mean rounded to T (or, in eval,
+/// the running mean) for the element-wise passes and the backward. Kernels work on x - c, which keeps float sums and
+/// the normalized output accurate even when the mean is large against the spread. Work is cut by a <see cref="NormPlan"/> that depends on the geometry alone:
 /// results are bit-identical for any thread count. With many groups each thread takes whole groups and runs both
 /// passes of a group back to back, while its data is still in cache.
 /// </remarks>
@@ -33,7 +34,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     private double[] _sum2 = [];      // per slot: Σ (x - c)^2 or Σ dy*xhat
     private double[] _partial1 = [];  // per unit (and column): the unit's share of _sum1
     private double[] _partial2 = [];
-    private T[] _workerScratch = [];  // per worker: 2*W row accumulators of the column shape
+    private T[] _workerScratch = [];  // per worker, column shape: 2*W row accumulators, or 4*W rotated coefficients
     private int _workerScratchLength;
 
     // The running job: what Execute does with each chunk. Inputs are pinned for the duration of a run.
@@ -378,7 +379,6 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         for (int group = firstGroup; group < endGroup; group++)
         {
             T c = forward ? x[(int)g.Offset(a, 0, b, 0)] : _center[group];
-            _center[group] = c;
             double center = double.CreateTruncating(c), sum1 = 0, sum2 = 0;
             for (int r = 0; r < g.R; r++)
             {
@@ -426,7 +426,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     {
         if (_plan.IsColumn)
             NormKernels<T>.RowUnitSums<TOp>(MaxVectorBits, _plan, x, second, _center, firstUnit, endUnit, _partial1, _partial2,
-                _workerScratch.AsSpan(worker * _workerScratchLength, _workerScratchLength));
+                WorkerScratch(worker));
         else
             NormKernels<T>.RunUnitSums<TOp>(MaxVectorBits, _plan, x, second, _center, firstUnit, endUnit, _partial1, _partial2);
     }
@@ -465,7 +465,13 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     /// the rounded mean, x - c is exact for x within a factor two of it (Sterbenz) and q rounds like beta. The backward
     /// reads the same center: its Σ dy*(x - c) then needs almost no correction.
     /// </summary>
-    private static T ApplyCenter(double mean, T shift) => double.IsFinite(mean) ? T.CreateTruncating(mean) : shift;
+    private T ApplyCenter(double mean, T shift) => CenterOnMean && double.IsFinite(mean) ? T.CreateTruncating(mean) : shift;
+
+    /// <summary>
+    /// Whether the element-wise passes center on the rounded mean (the default) or keep the statistics pass's shift;
+    /// tests turn it off to exercise the (c - mean) terms of the coefficients, which the rounded mean makes tiny.
+    /// </summary>
+    internal bool CenterOnMean { get; set; } = true;
 
     /// <summary>Every group of the segment: its center becomes <see cref="ApplyCenter"/> of its mean.</summary>
     private void RecenterSegment(int segment)

@@ -609,7 +609,7 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
         int width = g.B * g.J;
         // Streaming stores want whole aligned vectors: with W a multiple of the vector length, every row of the output
         // starts at the same alignment, so the unit is walked as rows that begin at an aligned element (see StreamingColumnApply).
-        bool stream = streaming && TSimd.Count > 1 && width % TSimd.Count == 0;
+        bool stream = streaming && TSimd.Count > 1 && width % TSimd.Count == 0 && IsElementAligned(ref MemoryMarshal.GetReference(output));
         for (int unit = firstUnit; unit < endUnit; unit++)
         {
             int a = unit / plan.UnitsPerSlot, row = a * width;
@@ -670,6 +670,9 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
             ScalarApply<TOp>(ref xr, ref sr, ref outr, i, c[k], pr[k], qr[k], wr[k]);
         }
     }
+
+    /// <summary>Whether the address is a multiple of the element size (a span cast from bytes may not be; no vector store can align then).</summary>
+    private static unsafe bool IsElementAligned(ref T destination) => (nuint)Unsafe.AsPointer(ref destination) % (nuint)sizeof(T) == 0;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void ScalarApply<TOp>(ref T x, ref T second, ref T output, nint i, T c, T p, T q, T w) where TOp : struct, IApplyOp

@@ -104,6 +104,51 @@ public class PrecisionTests
         Assert.True(worst <= 2e-8, $"{name}: max |y - reference| over outputs with |y| < 0.01 is {worst:E2}");
     }
 
+    /// <summary>
+    /// The (c - mean) terms of the coefficients, which centering on the rounded mean makes tiny: with the statistics
+    /// pass's shift kept as the center (an outlier, far from the mean), forward, backward and parameter gradients in
+    /// double agree with the default to rounding. A wrong sign or a dropped term in those terms shows here at O(1).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(NearZeroCases))]
+    public void CenteringOnTheShiftInsteadOfTheMeanGivesTheSameResults(string name)
+    {
+        var (_, makeDouble, shape, groupOf) = NearZeroLayers[name];
+        long length = shape.Aggregate(1L, (p, d) => p * d);
+        var random = new Gaussian(13);
+        double[] noise = random.Array<double>(length), dy = random.Array<double>(length);
+        var x = new double[length];
+        var started = new HashSet<long>();
+        for (long i = 0; i < length; i++) x[i] = started.Add(groupOf(i)) ? 1000 + 9 : 1000 + noise[i];
+
+        (double[] Y, double[] Dx, double[] Parameters) Run(bool centerOnMean)
+        {
+            NormLayer<double> layer = makeDouble();
+            layer.Engine.CenterOnMean = centerOnMean;
+            if (layer.Weight is { } weight)
+                for (int i = 0; i < weight.Value.FlattenedLength; i++) weight.Value[i] = 0.5 + 0.1 * (i % 7);
+            if (layer.Bias is { } bias)
+                for (int i = 0; i < bias.Value.FlattenedLength; i++) bias.Value[i] = 0.1 * (i % 5) - 0.2;
+            var xs = new ReadOnlyTensorSpan<double>(x, shape, []);
+            var dys = new ReadOnlyTensorSpan<double>(dy, shape, []);
+            double[] y = new double[length], dx = new double[length];
+            layer.Forward(xs, new TensorSpan<double>(y, shape, []));
+            layer.Backward(xs, dys, new TensorSpan<double>(dx, shape, []));
+            layer.Gradient(xs, dys);
+            IEnumerable<double> parameters = layer.Weight is null ? [] : layer.Weight.Gradient.ToArray();
+            if (layer.Bias is not null) parameters = parameters.Concat(layer.Bias.Gradient.ToArray());
+            return (y, dx, parameters.ToArray());
+        }
+
+        var onMean = Run(centerOnMean: true);
+        var onShift = Run(centerOnMean: false);
+        static double Relative(double[] a, double[] b) =>
+            a.Zip(b, (u, v) => Math.Abs(u - v)).DefaultIfEmpty().Max() / Math.Max(b.Select(Math.Abs).DefaultIfEmpty().Max(), 1e-300);
+        Assert.True(Relative(onShift.Y, onMean.Y) <= 1e-9, $"{name}: y differs by {Relative(onShift.Y, onMean.Y):E2}");
+        Assert.True(Relative(onShift.Dx, onMean.Dx) <= 1e-9, $"{name}: dx differs by {Relative(onShift.Dx, onMean.Dx):E2}");
+        Assert.True(Relative(onShift.Parameters, onMean.Parameters) <= 1e-9, $"{name}: parameter gradients differ by {Relative(onShift.Parameters, onMean.Parameters):E2}");
+    }
+
     private static double[] ReferenceNormalize(float[] x, int[] groupOf, double eps)
     {
         int groups = groupOf.Max() + 1;
