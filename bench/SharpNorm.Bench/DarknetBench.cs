@@ -151,9 +151,9 @@ internal static class DarknetBench
             foreach (int layer in folded.OutputLayers)
             {
                 DarknetLayerInfo info = layers[layer];
-                double foldedError = Normwise(folded.Output(layer), torchOutputs[layer]), unfusedError = Normwise(unfused.Output(layer), torchOutputs[layer]);
-                double? folded64 = exact is null ? null : Normwise(folded.Output(layer), exact[layer]);
-                double? torch64 = exact is null ? null : Normwise(torchOutputs[layer], exact[layer]);
+                double foldedError = TorchDarknet.Normwise(folded.Output(layer), torchOutputs[layer]), unfusedError = TorchDarknet.Normwise(unfused.Output(layer), torchOutputs[layer]);
+                double? folded64 = exact is null ? null : TorchDarknet.Normwise(folded.Output(layer), exact[layer]);
+                double? torch64 = exact is null ? null : TorchDarknet.Normwise(torchOutputs[layer], exact[layer]);
                 string verdict = foldedError < Tolerance && unfusedError < Tolerance ? "ok" : "FAIL";
                 checks.Add(new DarknetCheckRow(name, layer, info.Type, $"{info.Channels}x{info.Height}x{info.Width}", foldedError, unfusedError, folded64, torch64, verdict));
             }
@@ -161,7 +161,7 @@ internal static class DarknetBench
             (double Error, int Layer) worstFolded = (0, -1), worstUnfused = (0, -1);
             foreach (DarknetLayerInfo info in layers)
             {
-                double f = Normwise(folded.Output(info.Index), torchOutputs[info.Index]), u = Normwise(unfused.Output(info.Index), torchOutputs[info.Index]);
+                double f = TorchDarknet.Normwise(folded.Output(info.Index), torchOutputs[info.Index]), u = TorchDarknet.Normwise(unfused.Output(info.Index), torchOutputs[info.Index]);
                 if (!(f <= worstFolded.Error)) worstFolded = (f, info.Index);
                 if (!(u <= worstUnfused.Error)) worstUnfused = (u, info.Index);
             }
@@ -230,19 +230,6 @@ internal static class DarknetBench
         return sorted[low] + (rank - low) * (sorted[high] - sorted[low]);
     }
 
-    /// <summary>||actual - expected|| / ||expected||, in double.</summary>
-    private static double Normwise(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected)
-    {
-        if (actual.Length != expected.Length) throw new InvalidOperationException($"{actual.Length} values against {expected.Length}.");
-        double difference = 0, norm = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double e = expected[i], d = actual[i] - e;
-            difference += d * d;
-            norm += e * e;
-        }
-        return Math.Sqrt(difference / norm);
-    }
 
     /// <summary>
     /// ../shared/darknet/cfg/NAME beside the repository (the darknet cfgs as published), else the tests' copy

@@ -32,6 +32,20 @@ namespace SharpNorm.Tools;
 /// </remarks>
 public sealed class TorchDarknet : IDisposable
 {
+    /// <summary>||actual - expected|| / ||expected||, in double: how the darknet references compare layer outputs.</summary>
+    public static double Normwise(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected)
+    {
+        if (actual.Length != expected.Length) throw new InvalidOperationException($"{actual.Length} values against {expected.Length}.");
+        double difference = 0, norm = 0;
+        for (int k = 0; k < expected.Length; k++)
+        {
+            double e = expected[k], d = actual[k] - e;
+            difference += d * d;
+            norm += e * e;
+        }
+        return Math.Sqrt(difference / norm);
+    }
+
     /// <summary>
     /// Test weights that tell the two batch-norm formulas apart: every fourth channel (c % 4 == 1) gets a rolling
     /// variance 1000 times smaller and a scale sqrt(1000) times smaller, so its output keeps its size but

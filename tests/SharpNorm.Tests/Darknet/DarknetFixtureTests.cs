@@ -1,5 +1,6 @@
 using SharpNorm.Darknet;
 using SharpNorm.Tests.Support;
+using SharpNorm.Tools;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -34,19 +35,6 @@ public class DarknetFixtureTests(ITestOutputHelper output)
             new DarknetNetworkOptions { BatchNorm = mode, FoldBatchNorm = fold, MaxDegreeOfParallelism = threads });
     }
 
-    internal static double Normwise(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        double difference = 0, norm = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double e = expected[i], d = actual[i] - e;
-            difference += d * d;
-            norm += e * e;
-        }
-        return Math.Sqrt(difference / norm);
-    }
-
     [Theory]
     [MemberData(nameof(Cases))]
     public void OutputsMatchLibTorch(string name, bool fold)
@@ -64,7 +52,7 @@ public class DarknetFixtureTests(ITestOutputHelper output)
             DarknetLayerInfo layer = network.Layers[expected.Layer];
             Assert.Equal(expected.Type, layer.Type);
             Assert.Equal([batch, layer.Channels, layer.Height, layer.Width], expected.Y.Shape);
-            double error = Normwise(expected.Y.Values<float>("float32"), network.Output(expected.Layer));
+            double error = TorchDarknet.Normwise(actual: network.Output(expected.Layer), expected: expected.Y.Values<float>("float32"));
             output.WriteLine($"{name} (fold {fold}) layer {expected.Layer} ({layer.Type}): normwise difference {error:E2}");
             Assert.True(error <= Tolerance, $"{name} (fold {fold}) layer {expected.Layer} ({layer.Type}): normwise difference {error:E2} > {Tolerance:E0}");
         }
@@ -83,7 +71,7 @@ public class DarknetFixtureTests(ITestOutputHelper output)
         DarknetNetwork network = Build(c, other, fold: true);
         network.Forward(c.X.Values<float>("float32"), (int)c.X.Shape[0]);
         DarknetFixtureOutput last = c.Outputs.Last();
-        double error = Normwise(last.Y.Values<float>("float32"), network.Output(last.Layer));
+        double error = TorchDarknet.Normwise(actual: network.Output(last.Layer), expected: last.Y.Values<float>("float32"));
         output.WriteLine($"{name} with {other} batch norm: normwise difference {error:E2}");
         Assert.True(error > 50 * Tolerance, $"{name} with {other} batch norm: normwise difference only {error:E2}");
     }

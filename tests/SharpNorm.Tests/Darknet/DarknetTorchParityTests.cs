@@ -67,7 +67,7 @@ public class DarknetTorchParityTests(ITestOutputHelper output)
             (double Error, int Layer) worst = (0, -1);
             foreach (DarknetLayerInfo layer in network.Layers)
             {
-                double error = DarknetFixtureTests.Normwise(expected[layer.Index], network.Output(layer.Index));
+                double error = TorchDarknet.Normwise(actual: network.Output(layer.Index), expected: expected[layer.Index]);
                 string what = $"{cfg} {mode} {(fold ? "folded" : "unfused")} layer {layer.Index} ({layer.Type})";
                 if (network.OutputLayers.Contains(layer.Index)) output.WriteLine($"{what}: normwise difference {error:E2}");
                 Assert.True(error < Tolerance, $"{what}: normwise difference {error:E2} >= {Tolerance:E0}");
@@ -90,7 +90,7 @@ public class DarknetTorchParityTests(ITestOutputHelper output)
             float[][] outputs = reference.Forward(c.X.Values<float>("float32"), (int)c.X.Shape[0]);
             foreach (DarknetFixtureOutput recorded in c.Outputs)
             {
-                double error = DarknetFixtureTests.Normwise(recorded.Y.Values<float>("float32"), outputs[recorded.Layer]);
+                double error = TorchDarknet.Normwise(actual: outputs[recorded.Layer], expected: recorded.Y.Values<float>("float32"));
                 output.WriteLine($"{c.Name} layer {recorded.Layer}: libtorch now vs fixture {error:E2}");
                 Assert.True(error < 1e-6, $"{c.Name} layer {recorded.Layer}: libtorch now differs from the fixture by {error:E2}");
             }
