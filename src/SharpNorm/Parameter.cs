@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using SharpNorm.Tensors;
 
 namespace SharpNorm;
 
@@ -9,7 +10,7 @@ public sealed class Parameter<T>
     {
         Name = name;
         Value = Tensor.CreateFromShape<T>(lengths);
-        Value.Fill(initialValue);
+        TensorData.Flat(Value).Fill(initialValue);
         Gradient = Tensor.CreateFromShape<T>(lengths);
     }
 
@@ -23,5 +24,9 @@ public sealed class Parameter<T>
     public Tensor<T> Gradient { get; }
 
     /// <summary>Sets the gradient to zero.</summary>
-    public void ZeroGrad() => Gradient.Clear();
+    /// <remarks>
+    /// Through the flat span: Tensor&lt;T&gt;.Clear walks a tensor of rank 2 or more element by element (measured here:
+    /// 2.5 ms for LayerNorm((64, 56, 56))'s two gradients, against 0.05 ms flat).
+    /// </remarks>
+    public void ZeroGrad() => TensorData.Flat(Gradient).Clear();
 }

@@ -19,11 +19,15 @@ public sealed unsafe partial class NormEngine<T>
 
     private void LoadRowAffine(ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta)
     {
-        int width = Geometry.J;
-        if (gamma.IsEmpty) _rowGamma.AsSpan(0, width).Fill(T.One);
-        else gamma.CopyTo(_rowGamma);
-        if (beta.IsEmpty) _rowBeta.AsSpan(0, width).Clear();
+        LoadRowGamma(gamma);
+        if (beta.IsEmpty) _rowBeta.AsSpan(0, Geometry.J).Clear();
         else beta.CopyTo(_rowBeta);
+    }
+
+    private void LoadRowGamma(ReadOnlySpan<T> gamma)
+    {
+        if (gamma.IsEmpty) _rowGamma.AsSpan(0, Geometry.J).Fill(T.One);
+        else gamma.CopyTo(_rowGamma);
     }
 
     /// <summary>Fixed statistics (one mean and variance for every row): each row's center, mean and invstd.</summary>
@@ -76,6 +80,11 @@ public sealed unsafe partial class NormEngine<T>
         ref T gamma = ref MemoryMarshal.GetArrayDataReference(_rowGamma);
         ref T beta = ref MemoryMarshal.GetArrayDataReference(_rowBeta);
 
+        if (_job >= JobKind.WideMoments)
+        {
+            WideRowChunk<TSimd, TVector>(x, second, output, first, end);
+            return;
+        }
         const int together = NormKernels<T>.RowsTogether;
         Span<T> c = stackalloc T[together], r = stackalloc T[together], o = stackalloc T[together], q = stackalloc T[together];
         if (_job is JobKind.RowForward or JobKind.RowNormalize or JobKind.RowScale)
@@ -176,9 +185,16 @@ public sealed unsafe partial class NormEngine<T>
             sum += pieceSum;
             squares += pieceSquares;
         }
+        RowStatisticsFromSums(index, sum, squares, c);
+    }
+
+    /// <summary>A row's mean, variance, invstd and center from its sums shifted by <paramref name="shift"/> (zero for RMSNorm).</summary>
+    private void RowStatisticsFromSums(int index, double sum, double squares, T shift)
+    {
+        int width = Geometry.J;
         (_groupMean[index], _groupVariance[index], _groupInvStd[index]) = _subtractMean
-            ? Statistics(sum, squares, double.CreateTruncating(c), width, _eps)
+            ? Statistics(sum, squares, double.CreateTruncating(shift), width, _eps)
             : (0, squares / width, 1.0 / Math.Sqrt(squares / width + _eps));
-        _center[index] = _subtractMean ? ApplyCenter(_groupMean[index], c) : c;
+        _center[index] = _subtractMean ? ApplyCenter(_groupMean[index], shift) : shift;
     }
 }

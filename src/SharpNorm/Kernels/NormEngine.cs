@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using SharpNorm.Threading;
 
@@ -54,6 +55,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     {
         ForwardSegments, BackwardSegments, MomentUnits, GradientSumUnits, NormalizeUnits, InputGradientUnits, ScaleUnits,
         RowForward, RowNormalize, RowScale, RowBackward, RowGradientSums,
+        WideMoments, WideNormalize, WideGradientSums, WideInputGradient,
     }
 
     /// <summary>Widest vector the kernels may use, in bits (512, 256, 128; 0 for scalar code). Lower it to exercise narrower paths.</summary>
@@ -98,7 +100,8 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         if (_plan.IsRow)
         {
             LoadRowAffine(gamma, beta);
-            Run(JobKind.RowForward, x, default, y);
+            if (IsWideRows) WideRowForward(x, y);
+            else Run(JobKind.RowForward, x, default, y);
             return;
         }
         if (_plan.SegmentParallel)
@@ -171,9 +174,13 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         LoadGamma(gamma);
         if (_plan.IsRow)
         {
-            LoadRowAffine(gamma, default);
-            Run(throughStatistics ? JobKind.RowBackward : JobKind.RowScale, x, dy, dx);
-            if (throughStatistics) CombineBands();
+            LoadRowGamma(gamma);
+            if (throughStatistics && IsWideRows) WideRowBackward(x, dy, dx);
+            else
+            {
+                Run(throughStatistics ? JobKind.RowBackward : JobKind.RowScale, x, dy, dx);
+                if (throughStatistics) CombineBands();
+            }
             return;
         }
         if (!throughStatistics)
@@ -204,8 +211,12 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     {
         if (_plan.IsRow)
         {
-            Run(JobKind.RowGradientSums, x, dy, default);
-            CombineBands();
+            if (IsWideRows) WideRowBackward(x, dy, default);
+            else
+            {
+                Run(JobKind.RowGradientSums, x, dy, default);
+                CombineBands();
+            }
             return;
         }
         Run(JobKind.GradientSumUnits, x, dy, default);
@@ -223,12 +234,13 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         NormGeometry g = Geometry;
         if (_plan.IsRow)
         {
-            // Already summed over the rows (a), per column.
-            for (int j = 0; j < g.J; j++)
-            {
-                gammaGradient[j] += T.CreateTruncating(_sum2[j]);
-                if (!betaGradient.IsEmpty) betaGradient[j] += T.CreateTruncating(_sum1[j]);
-            }
+            // Already summed over the rows (a), per column; rounded to T, then added (rows can be millions of columns).
+            Span<T> rounded = _workerScratch.AsSpan(0, g.J);
+            TensorPrimitives.ConvertTruncating<double, T>(_sum2.AsSpan(0, g.J), rounded);
+            TensorPrimitives.Add(gammaGradient, rounded, gammaGradient);
+            if (betaGradient.IsEmpty) return;
+            TensorPrimitives.ConvertTruncating<double, T>(_sum1.AsSpan(0, g.J), rounded);
+            TensorPrimitives.Add(betaGradient, rounded, betaGradient);
             return;
         }
         for (int parameter = 0; parameter < g.ParameterCount; parameter++)
@@ -261,6 +273,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         {
             JobKind.RowForward or JobKind.RowNormalize or JobKind.RowScale => (_plan.SegmentCount, _plan.SegmentsPerChunk),
             JobKind.RowBackward or JobKind.RowGradientSums => (_plan.BandCount, _plan.UnitsPerChunk),
+            JobKind.WideMoments or JobKind.WideNormalize or JobKind.WideGradientSums or JobKind.WideInputGradient => (WidePieceCount, 1),
             JobKind.ForwardSegments or JobKind.BackwardSegments => (_plan.SegmentCount, _plan.SegmentsPerChunk),
             JobKind.MomentUnits or JobKind.GradientSumUnits => (_plan.UnitCount, _plan.UnitsPerChunk),
             _ => (_plan.ApplyUnitCount, _plan.ApplyUnitsPerChunk),
@@ -630,6 +643,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void LoadAffine(ReadOnlySpan<T> gamma, ReadOnlySpan<T> beta)
     {
+        if (_plan.IsRow) return; // rows read gamma and beta in T (LoadRowAffine)
         LoadGamma(gamma);
         for (int i = 0; i < Geometry.ParameterCount; i++) _beta[i] = beta.IsEmpty ? 0 : double.CreateTruncating(beta[i]);
     }
@@ -637,6 +651,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void LoadGamma(ReadOnlySpan<T> gamma)
     {
+        if (_plan.IsRow) return;
         for (int i = 0; i < Geometry.ParameterCount; i++) _gamma[i] = gamma.IsEmpty ? 1 : double.CreateTruncating(gamma[i]);
     }
 
@@ -646,8 +661,6 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         Grow(ref _groupMean, g.GroupCount);
         Grow(ref _groupVariance, g.GroupCount);
         Grow(ref _groupInvStd, g.GroupCount);
-        Grow(ref _gamma, g.ParameterCount);
-        Grow(ref _beta, g.ParameterCount);
         if (_plan.IsRow)
         {
             // Per row: center (T); per column: T parameters and the dgamma/dbeta sums; per band: their partials.
@@ -662,6 +675,8 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
             Grow(ref _workerScratch, Math.Max(1, Threads) * _workerScratchLength);
             return;
         }
+        Grow(ref _gamma, g.ParameterCount);
+        Grow(ref _beta, g.ParameterCount);
         int slots = g.CoefficientCount;
         Grow(ref _center, slots);
         Grow(ref _p, slots);

@@ -49,14 +49,17 @@ public class AllocationTests
     }
 
     [Theory]
-    [InlineData(false, 1)]
-    [InlineData(false, -1)]
-    [InlineData(true, -1)]
-    public void LayerNormAndRmsNormAllocateNothingPerCall(bool rms, int threads)
+    [InlineData(false, 1, false)]
+    [InlineData(false, -1, false)]
+    [InlineData(true, -1, false)]
+    [InlineData(false, -1, true)]   // the wide-row path (forced on these rows)
+    [InlineData(true, 1, true)]
+    public void LayerNormAndRmsNormAllocateNothingPerCall(bool rms, int threads, bool wide)
     {
         nint[] shape = [256, 1024];
         NormLayer<float> layer = rms ? new RMSNorm<float>(1024) : new LayerNorm<float>(1024);
         layer.MaxDegreeOfParallelism = threads;
+        if (wide) layer.Engine.WideRowMinBytes = 0;
         var random = new Gaussian(4);
         Tensor<float> x = random.Tensor<float>(shape), dy = random.Tensor<float>(shape);
         Tensor<float> y = Tensor.Create(new float[x.FlattenedLength], shape), dx = Tensor.Create(new float[x.FlattenedLength], shape);

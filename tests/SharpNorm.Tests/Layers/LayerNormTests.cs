@@ -62,29 +62,34 @@ public class LayerNormTests
         }
     }
 
-    public static TheoryData<bool, nint[], int[], bool, bool> GradientConfigurations() => new()
+    public static TheoryData<bool, nint[], int[], bool, bool, bool> GradientConfigurations() => new()
     {
-        // rms, input shape, normalized shape, affine, bias
-        { false, [4, 6], [6], true, true },
-        { false, [3, 2, 5], [2, 5], true, false },
-        { false, [2, 3, 4, 5], [3, 4, 5], false, false },
-        { false, [40, 3], [3], true, true },         // two bands of rows
-        { false, [3, 1], [1], true, true },          // one element per row
-        { false, [37], [37], true, true },           // the input is one row
-        { true, [4, 6], [6], true, false },
-        { true, [3, 2, 5], [2, 5], false, false },
-        { true, [40, 3], [3], true, false },
-        { true, [2, 19], [19], true, false },
+        // rms, input shape, normalized shape, affine, bias, wide rows forced
+        { false, [4, 6], [6], true, true, false },
+        { false, [3, 2, 5], [2, 5], true, false, false },
+        { false, [2, 3, 4, 5], [3, 4, 5], false, false, false },
+        { false, [40, 3], [3], true, true, false },         // two bands of rows
+        { false, [3, 1], [1], true, true, false },          // one element per row
+        { false, [37], [37], true, true, false },           // the input is one row
+        { true, [4, 6], [6], true, false, false },
+        { true, [3, 2, 5], [2, 5], false, false, false },
+        { true, [40, 3], [3], true, false, false },
+        { true, [2, 19], [19], true, false, false },
+        { false, [42, 5], [5], true, true, true },          // wide: two bands, a last block of two rows
+        { false, [2, 3, 4, 5], [3, 4, 5], true, true, true },
+        { false, [37], [37], true, true, true },
+        { true, [42, 5], [5], true, false, true },
     };
 
     [Theory]
     [MemberData(nameof(GradientConfigurations))]
-    public void BackwardAndGradientMatchCentralDifferences(bool rms, nint[] shape, int[] normalizedShape, bool affine, bool bias)
+    public void BackwardAndGradientMatchCentralDifferences(bool rms, nint[] shape, int[] normalizedShape, bool affine, bool bias, bool wide)
     {
         var random = new Gaussian(shape.Aggregate(7, (h, d) => h * 31 + (int)d) + (rms ? 1 : 0));
         NormLayer<double> layer = rms
             ? new RMSNorm<double>(normalizedShape, 1e-3, affine)
             : new LayerNorm<double>(normalizedShape, 1e-3, affine, bias);
+        if (wide) layer.Engine.WideRowMinBytes = 0;
         int size = normalizedShape.Aggregate(1, (p, d) => p * d);
         if (layer.Weight is not null) random.Array<double>(size, 0.5, 1).CopyTo(Span(layer.Weight.Value));
         if (layer.Bias is not null) random.Array<double>(size, 0.3).CopyTo(Span(layer.Bias.Value));
@@ -106,21 +111,31 @@ public class LayerNormTests
             Assert.Equal(layer.Bias.Gradient.ToArray(), NumericalGradient.Central(Span(layer.Bias.Value), Loss), NumericalGradient.Agrees);
     }
 
-    public static TheoryData<bool, nint[]> LargerShapes() => new()
+    public static TheoryData<bool, nint[], bool> LargerShapes()
     {
-        { false, [70, 33] },        // three bands, vector tails
-        { false, [4096, 64] },      // many bands, several chunks of rows per thread
-        { false, [3, 40000] },      // rows longer than a piece
-        { false, [5, 1] },
-        { false, [2, 3, 7, 11] },   // normalized over the last three dims
-        { true, [70, 33] },
-        { true, [3, 40000] },
-        { true, [9, 1] },
-    };
+        var data = new TheoryData<bool, nint[], bool>();
+        foreach (bool wide in new[] { false, true })
+        {
+            data.Add(false, [70, 33], wide);        // three bands, vector tails; wide: a last block of two rows
+            data.Add(false, [3, 40000], wide);      // rows longer than a piece (narrow: 16384, wide: 4096 elements)
+            data.Add(false, [5, 1], wide);
+            data.Add(false, [2, 3, 7, 11], wide);   // normalized over the last three dims
+            data.Add(true, [70, 33], wide);
+            data.Add(true, [3, 40000], wide);
+            data.Add(true, [9, 1], wide);
+        }
+        data.Add(false, [4096, 64], false);         // many bands, several chunks of rows per thread
+        data.Add(false, [2, 140000], false);        // rows over WideRowBytes: the wide path by default
+        return data;
+    }
 
+    /// <summary>
+    /// Every width, 1-4 threads, against a double reference; <paramref name="wide"/> forces the wide-row path (all
+    /// threads on one block of rows, each on its own columns) on rows shorter than it is chosen for.
+    /// </summary>
     [Theory]
     [MemberData(nameof(LargerShapes))]
-    public void FloatMatchesDoubleReferenceAtEveryWidthAndThreadCount(bool rms, nint[] shape)
+    public void FloatMatchesDoubleReferenceAtEveryWidthAndThreadCount(bool rms, nint[] shape, bool wide)
     {
         long length = shape.Aggregate(1L, (p, d) => p * d);
         int[] normalizedShape = shape.Length == 4 ? [.. shape[1..].Select(d => (int)d)] : [(int)shape[^1]];
@@ -146,6 +161,7 @@ public class LayerNormTests
                 NormLayer<float> layer = rms ? new RMSNorm<float>(normalizedShape, 1e-5) : new LayerNorm<float>(normalizedShape);
                 layer.MaxDegreeOfParallelism = threads;
                 layer.Engine.MaxVectorBits = bits;
+                if (wide) layer.Engine.WideRowMinBytes = 0;
                 gamma.CopyTo(Span(layer.Weight!.Value));
                 if (!rms) beta.CopyTo(Span(layer.Bias!.Value));
                 var xt = Tensor.Create(x, shape);
@@ -158,6 +174,11 @@ public class LayerNormTests
                 double sumTolerance = 1e-5 * length / size + 1e-4;
                 Check.Close(Narrow(expectedDGamma), layer.Weight.Gradient, 1e-4, sumTolerance, $"{at} dgamma");
                 if (!rms) Check.Close(Narrow(expectedDBeta), layer.Bias!.Gradient, 1e-4, sumTolerance, $"{at} dbeta");
+                // Gradient on copies of x and dy computes the sums itself (no Backward to reuse).
+                layer.ZeroGrad();
+                layer.Gradient(Tensor.Create(x, shape), Tensor.Create(dy, shape));
+                Check.Close(Narrow(expectedDGamma), layer.Weight.Gradient, 1e-4, sumTolerance, $"{at} dgamma, Gradient alone");
+                if (!rms) Check.Close(Narrow(expectedDBeta), layer.Bias!.Gradient, 1e-4, sumTolerance, $"{at} dbeta, Gradient alone");
                 if (bits == 512)
                 {
                     string fingerprint = string.Join(",", y.Concat(dx).Concat(layer.Weight.Gradient.ToArray()).Select(BitConverter.SingleToInt32Bits));
