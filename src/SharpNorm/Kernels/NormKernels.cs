@@ -658,10 +658,11 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
         ref T c0 = ref MemoryMarshal.GetReference(c), p0 = ref MemoryMarshal.GetReference(pr), q0 = ref MemoryMarshal.GetReference(qr), w0 = ref MemoryMarshal.GetReference(wr);
         if (width <= NarrowRow) NarrowRowApply<TOp, TSimd, TVector>(fullRows, ref xr, ref sr, ref outr, width, ref c0, ref p0, ref q0, ref w0, streaming: true);
         else
-            for (int r = 0; r < fullRows; r++)
+            for (int r = 0; r < fullRows; r += 4)
             {
+                // Four rows per pass, as the cached path: each column's coefficients loaded once for all four.
                 nint offset = (nint)r * width;
-                ApplyRow<TOp, TSimd, TVector>(1, ref Unsafe.Add(ref xr, offset), ref Unsafe.Add(ref sr, offset), ref Unsafe.Add(ref outr, offset),
+                ApplyRow<TOp, TSimd, TVector>(Math.Min(4, fullRows - r), ref Unsafe.Add(ref xr, offset), ref Unsafe.Add(ref sr, offset), ref Unsafe.Add(ref outr, offset),
                     width, ref c0, ref p0, ref q0, ref w0, streaming: true);
             }
         for (nint i = (nint)fullRows * width; i < rest; i++)
