@@ -29,7 +29,9 @@ public sealed unsafe partial class NormEngine<T>
     /// <summary>This engine's wide-row threshold in bytes (<see cref="WideRowBytes"/>; tests lower it to reach the path on small rows).</summary>
     internal long WideRowMinBytes { get; set; } = WideRowBytes;
 
-    private bool IsWideRows => _plan.IsRow && (long)Geometry.J * sizeof(T) >= WideRowMinBytes;
+    /// <summary>Whether the statistics in use came from a wide-row forward (set by Prepare, so a backward follows its forward's path).</summary>
+    private bool IsWideRows => _plan.IsRow && _wideRows;
+    private bool _wideRows;
 
     private int WidePieceCount => (Geometry.J + WidePieceElements - 1) / WidePieceElements;
 
@@ -53,7 +55,6 @@ public sealed unsafe partial class NormEngine<T>
     /// <summary>Training forward of wide rows, block by block: moments per piece, each row's statistics, then y.</summary>
     private void WideRowForward(ReadOnlySpan<T> x, Span<T> y)
     {
-        PrepareWideRows();
         NormGeometry g = Geometry;
         for (int row = 0; row < g.A; row += NormKernels<T>.RowsTogether)
         {
@@ -77,7 +78,6 @@ public sealed unsafe partial class NormEngine<T>
     /// </summary>
     private void WideRowBackward(ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx)
     {
-        PrepareWideRows();
         NormGeometry g = Geometry;
         for (int row = 0; row < g.A; row += NormKernels<T>.RowsTogether)
         {
@@ -142,6 +142,7 @@ public sealed unsafe partial class NormEngine<T>
         where TSimd : ISimd<T, TVector>
         where TVector : struct
     {
+        if (first >= end) return;
         int width = Geometry.J, rows = _blockRows, pieces = WidePieceCount;
         nint offset = (nint)_blockRow * width;
         ref T x0 = ref Unsafe.Add(ref MemoryMarshal.GetReference(x), offset);

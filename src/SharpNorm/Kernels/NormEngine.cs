@@ -42,7 +42,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     private JobKind _job;
     private T* _x, _second, _output;
     private int _length;
-    private int _items, _itemsPerChunk;
+    private int _items, _chunkCount;
     private bool _streaming;
 
     /// <summary>
@@ -287,7 +287,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         // MaxDegreeOfParallelism may have grown since Prepare: every worker needs its scratch.
         Grow(ref _workerScratch, Math.Max(1, Threads) * _workerScratchLength);
         _items = items;
-        _itemsPerChunk = (items + chunkCount - 1) / chunkCount;
+        _chunkCount = chunkCount; // at most items (grain >= 1): every chunk gets at least one item
         _streaming = !output.IsEmpty && (long)output.Length * sizeof(T) >= StreamingMinBytes;
         fixed (T* px = x)
         fixed (T* psecond = second)
@@ -317,7 +317,8 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         var x = new ReadOnlySpan<T>(_x, _length);
         var second = new ReadOnlySpan<T>(_second, _second == null ? 0 : _length);
         var output = new Span<T>(_output, _output == null ? 0 : _length);
-        int first = chunk * _itemsPerChunk, end = Math.Min(_items, first + _itemsPerChunk);
+        // Chunks as even as the items allow (49 pieces on 16 threads: 3 or 4 each), none empty.
+        int first = (int)((long)chunk * _items / _chunkCount), end = (int)((long)(chunk + 1) * _items / _chunkCount);
         if (_plan.IsRow)
         {
             RowChunk(x, second, output, first, end, worker);
@@ -665,15 +666,23 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         Grow(ref _groupInvStd, g.GroupCount);
         if (_plan.IsRow)
         {
-            // Per row: center (T); per column: T parameters and the dgamma/dbeta sums; per band: their partials.
+            // Per row: center (T); per column: T parameters and the dgamma/dbeta sums; per band: their partials (narrow
+            // rows), or per block the pieces' sums and per column the band's sums in T (wide rows). The forward decides
+            // the path for the backward that follows.
             Grow(ref _center, g.A);
             Grow(ref _rowGamma, g.J);
             Grow(ref _rowBeta, g.J);
             Grow(ref _sum1, g.J);
             Grow(ref _sum2, g.J);
-            Grow(ref _partial1, _plan.PartialCount);
-            Grow(ref _partial2, _plan.PartialCount);
-            _workerScratchLength = 2 * g.J;
+            _wideRows = (long)g.J * sizeof(T) >= WideRowMinBytes;
+            if (_wideRows) PrepareWideRows();
+            else
+            {
+                Grow(ref _partial1, _plan.PartialCount);
+                Grow(ref _partial2, _plan.PartialCount);
+            }
+            // Narrow rows: each worker's band accumulators; wide rows: AccumulateParameterGradients' rounding buffer.
+            _workerScratchLength = _wideRows ? g.J : 2 * g.J;
             Grow(ref _workerScratch, Math.Max(1, Threads) * _workerScratchLength);
             return;
         }

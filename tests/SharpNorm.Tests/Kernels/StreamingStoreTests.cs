@@ -116,6 +116,48 @@ public class StreamingStoreTests
             Assert.True(cached[k].AsSpan().SequenceEqual(streamed[k]), $"{name}: {what[k]} differs with streaming stores");
     }
 
+    /// <summary>
+    /// The row shape (LayerNorm, RMSNorm) with streaming stores writes the bits of the cached path, narrow and wide rows
+    /// (all threads on one block of rows, split by columns), rows off the vector length, outputs off alignment.
+    /// </summary>
+    [Theory]
+    [InlineData(false, 7, 9000, 0, false)]
+    [InlineData(false, 7, 9000, 1, true)]
+    [InlineData(false, 6, 8200, 5, true)]
+    [InlineData(false, 5, 8192, 3, true)]
+    [InlineData(true, 9, 8192, 0, true)]
+    [InlineData(true, 9, 5000, 1, false)]
+    public void RowShapeStreamingMatchesCachedStoresBitForBit(bool rms, int rows, int width, int offset, bool wide)
+    {
+        nint[] shape = [rows, width];
+        long length = (long)rows * width;
+        var random = new Gaussian(13);
+        float[] x = random.Array<float>(length, 1.5, 0.7), dy = random.Array<float>(length);
+
+        float[][] Run(bool streaming)
+        {
+            NormLayer<float> layer = rms ? new RMSNorm<float>(width) : new LayerNorm<float>(width);
+            layer.MaxDegreeOfParallelism = 3;
+            layer.Engine.WideRowMinBytes = wide ? 0 : long.MaxValue;
+            layer.Engine.StreamingMinBytes = streaming ? 0 : long.MaxValue;
+            var outputs = new float[2][];
+            var xs = new ReadOnlyTensorSpan<float>(x, shape, []);
+            for (int k = 0; k < 2; k++)
+            {
+                float[] buffer = new float[length + offset];
+                var target = new TensorSpan<float>(buffer.AsSpan(offset), shape, []);
+                if (k == 0) layer.Forward(xs, target);
+                else layer.Backward(xs, new ReadOnlyTensorSpan<float>(dy, shape, []), target);
+                outputs[k] = buffer[offset..];
+            }
+            return outputs;
+        }
+
+        float[][] cached = Run(streaming: false), streamed = Run(streaming: true);
+        Assert.True(cached[0].AsSpan().SequenceEqual(streamed[0]), "forward differs with streaming stores");
+        Assert.True(cached[1].AsSpan().SequenceEqual(streamed[1]), "backward differs with streaming stores");
+    }
+
     /// <summary>An output span cast from bytes at an odd offset (no element, let alone vector, alignment) takes the cached stores.</summary>
     [Fact]
     public void ColumnShapeStreamingWithAnOutputOffTheElementSizeFallsBackToCachedStores()

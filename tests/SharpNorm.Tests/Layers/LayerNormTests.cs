@@ -1,5 +1,6 @@
 using System.Numerics;
 using System.Numerics.Tensors;
+using SharpNorm.Kernels;
 using SharpNorm.Layers;
 using SharpNorm.Tests.Support;
 using Xunit;
@@ -126,7 +127,45 @@ public class LayerNormTests
         }
         data.Add(false, [4096, 64], false);         // many bands, several chunks of rows per thread
         data.Add(false, [2, 140000], false);        // rows over WideRowBytes: the wide path by default
+        data.Add(false, [70, 9000], true);          // wide: three bands of blocks, each block split over the threads
+        data.Add(true, [70, 9000], true);
         return data;
+    }
+
+    /// <summary>
+    /// Wide rows give the same bits for any thread count, also where the pieces do not divide evenly among the threads
+    /// (49 pieces on 12 or 16 threads; 5 on 4), against a double reference and the narrow path.
+    /// </summary>
+    [Theory]
+    [InlineData(70, 9000, true)]       // forced: 3 pieces a row, three bands
+    [InlineData(3, 20480, true)]       // forced: 5 pieces
+    [InlineData(2, 200704, false)]     // LayerNorm over (64, 56, 56) of two images: wide by default, 49 pieces
+    public void WideRowsGiveTheSameBitsForAnyThreadCount(int rows, int width, bool force)
+    {
+        nint[] shape = [rows, width];
+        var random = new Gaussian(rows * 31 + width);
+        float[] x = random.Array<float>((long)rows * width, 1.5, 0.4), dy = random.Array<float>((long)rows * width);
+        float[] gamma = random.Array<float>(width, 0.3, 1), beta = random.Array<float>(width, 0.5);
+
+        float[] Step(int threads, bool wide)
+        {
+            var layer = new LayerNorm<float>(width);
+            layer.MaxDegreeOfParallelism = threads;
+            layer.Engine.WideRowMinBytes = wide ? (force ? 0 : NormEngine<float>.WideRowBytes) : long.MaxValue;
+            gamma.CopyTo(Span(layer.Weight!.Value));
+            beta.CopyTo(Span(layer.Bias!.Value));
+            var xt = Tensor.Create(x, shape);
+            var dyt = Tensor.Create(dy, shape);
+            float[] y = layer.Forward(xt).ToArray(), dx = layer.Backward(xt, dyt).ToArray();
+            layer.Gradient(xt, dyt);
+            return [.. y, .. dx, .. layer.Weight.Gradient.ToArray(), .. layer.Bias.Gradient.ToArray()];
+        }
+
+        float[] first = Step(1, wide: true);
+        foreach (int threads in new[] { 2, 3, 4, 5, 12, 16 })
+            Assert.True(first.AsSpan().SequenceEqual(Step(threads, wide: true)), $"({rows}, {width}): {threads} threads differ from 1");
+        // The same quantities as the narrow path (one thread per row), to rounding.
+        Check.Close(Step(1, wide: false), first, 1e-4, 1e-4 * Math.Sqrt(rows), $"({rows}, {width}) wide against narrow");
     }
 
     /// <summary>
@@ -181,7 +220,8 @@ public class LayerNormTests
                 if (!rms) Check.Close(Narrow(expectedDBeta), layer.Bias!.Gradient, 1e-4, sumTolerance, $"{at} dbeta, Gradient alone");
                 if (bits == 512)
                 {
-                    string fingerprint = string.Join(",", y.Concat(dx).Concat(layer.Weight.Gradient.ToArray()).Select(BitConverter.SingleToInt32Bits));
+                    string fingerprint = string.Join(",", y.Concat(dx).Concat(layer.Weight.Gradient.ToArray())
+                        .Concat(rms ? [] : layer.Bias!.Gradient.ToArray()).Select(BitConverter.SingleToInt32Bits));
                     firstBits ??= fingerprint;
                     Assert.True(firstBits == fingerprint, $"{at}: bits differ from 1 thread");
                 }
