@@ -96,9 +96,7 @@ public sealed unsafe partial class NormEngine<T>
                 for (int k = 0; k < rows; k++)
                 {
                     if (_job == JobKind.RowForward) RowStatistics<TSimd, TVector>(ref Unsafe.Add(ref x0, (nint)(row + k) * width), row + k);
-                    double mean = _groupMean[row + k], invStd = _groupInvStd[row + k];
-                    (c[k], r[k]) = (_center[row + k], T.CreateTruncating(invStd));
-                    o[k] = T.CreateTruncating((double.CreateTruncating(c[k]) - mean) * invStd);
+                    (c[k], r[k], o[k]) = RowCoefficients(row + k);
                     q[k] = T.Zero;
                 }
                 nint offset = (nint)row * width;
@@ -127,11 +125,7 @@ public sealed unsafe partial class NormEngine<T>
             for (int row = band * NormPlan.RowsPerBand; row < rowEnd; row += together)
             {
                 int rows = Math.Min(together, rowEnd - row);
-                for (int k = 0; k < rows; k++)
-                {
-                    double mean = _groupMean[row + k], invStd = _groupInvStd[row + k], center = double.CreateTruncating(_center[row + k]);
-                    (c[k], r[k], o[k]) = (_center[row + k], T.CreateTruncating(invStd), T.CreateTruncating((center - mean) * invStd));
-                }
+                for (int k = 0; k < rows; k++) (c[k], r[k], o[k]) = RowCoefficients(row + k);
                 nint offset = (nint)row * width;
                 ref T xr = ref Unsafe.Add(ref x0, offset);
                 ref T dyr = ref Unsafe.Add(ref second0, offset);
@@ -151,18 +145,29 @@ public sealed unsafe partial class NormEngine<T>
                     }
                 }
                 if (!writeInputGradient) continue;
-                for (int k = 0; k < rows; k++)
-                {
-                    double mean = _groupMean[row + k], invStd = _groupInvStd[row + k], center = double.CreateTruncating(_center[row + k]);
-                    double sumGXhat = SumDyXhat(sumG[k], sumGCentered[k], center - mean, invStd);
-                    (_, q[k], w[k]) = InputGradientCoefficients(1, invStd, _subtractMean ? sumG[k] : 0, sumGXhat, width, center - mean);
-                }
+                for (int k = 0; k < rows; k++) (q[k], w[k]) = RowInputGradientCoefficients(row + k, sumG[k], sumGCentered[k]);
                 NormKernels<T>.RowsInputGradient<TSimd, TVector>(ref xr, ref dyr, ref Unsafe.Add(ref out0, offset), width, rows, ref gamma, width,
                     c, r, q, w, throughStatistics: true, _streaming);
             }
             TensorPrimitives.ConvertTruncating<T, double>(dBeta, _partial1.AsSpan(band * width, width));
             TensorPrimitives.ConvertTruncating<T, double>(dGamma, _partial2.AsSpan(band * width, width));
         }
+    }
+
+    /// <summary>A row's c = center, r = invstd and o = (c - mean) * invstd for xhat = (x - c) * r + o, from the statistics in use.</summary>
+    private (T c, T r, T o) RowCoefficients(int row)
+    {
+        double invStd = _groupInvStd[row];
+        return (_center[row], T.CreateTruncating(invStd), T.CreateTruncating((double.CreateTruncating(_center[row]) - _groupMean[row]) * invStd));
+    }
+
+    /// <summary>A row's dx = gamma*dy*r + q*(x - c) + w coefficients from its totals Σ g and Σ g*(x - c), g = gamma*dy.</summary>
+    private (T q, T w) RowInputGradientCoefficients(int row, double sumG, double sumGCentered)
+    {
+        double mean = _groupMean[row], invStd = _groupInvStd[row], center = double.CreateTruncating(_center[row]);
+        double sumGXhat = SumDyXhat(sumG, sumGCentered, center - mean, invStd);
+        (_, T q, T w) = InputGradientCoefficients(1, invStd, _subtractMean ? sumG : 0, sumGXhat, Geometry.J, center - mean);
+        return (q, w);
     }
 
     /// <summary>

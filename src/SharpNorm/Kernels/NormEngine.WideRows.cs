@@ -11,8 +11,8 @@ namespace SharpNorm.Kernels;
 /// threads would leave threads idle. Instead all threads work on the same block of up to four rows, each on its own
 /// columns: the block's sums per (row, piece), combined in piece order on the caller, then its element-wise pass while
 /// the block is still in cache. dgamma and dbeta accumulate per column (each column belongs to one piece) over the
-/// rows of a band, as in the narrow path, and each band joins the column totals as soon as it is complete. Pieces are fixed by the row length alone, so results do not depend on the
-/// thread count.
+/// rows of a band, as in the narrow path, and each band joins the column totals as soon as it is complete. Pieces are
+/// fixed by the row length alone, so results do not depend on the thread count.
 /// </summary>
 public sealed unsafe partial class NormEngine<T>
 {
@@ -89,9 +89,7 @@ public sealed unsafe partial class NormEngine<T>
             for (int k = 0; k < _blockRows; k++)
             {
                 (double sumG, double sumGCentered) = AddPieces(k);
-                double mean = _groupMean[row + k], invStd = _groupInvStd[row + k], center = double.CreateTruncating(_center[row + k]);
-                double sumGXhat = SumDyXhat(sumG, sumGCentered, center - mean, invStd);
-                (_, _blockQ[k], _blockW[k]) = InputGradientCoefficients(1, invStd, _subtractMean ? sumG : 0, sumGXhat, g.J, center - mean);
+                (_blockQ[k], _blockW[k]) = RowInputGradientCoefficients(row + k, sumG, sumGCentered);
             }
             Run(JobKind.WideInputGradient, x, dy, dx);
         }
@@ -110,14 +108,8 @@ public sealed unsafe partial class NormEngine<T>
         return (sum1, sum2);
     }
 
-    /// <summary>Row k of the block: c = its center, r = invstd, o = (c - mean) * invstd, from the statistics in use.</summary>
-    private void SetBlockCoefficients(int k)
-    {
-        int row = _blockRow + k;
-        double invStd = _groupInvStd[row];
-        (_blockC[k], _blockR[k]) = (_center[row], T.CreateTruncating(invStd));
-        _blockO[k] = T.CreateTruncating((double.CreateTruncating(_center[row]) - _groupMean[row]) * invStd);
-    }
+    /// <summary>Row k of the block: its c, r and o from the statistics in use.</summary>
+    private void SetBlockCoefficients(int k) => (_blockC[k], _blockR[k], _blockO[k]) = RowCoefficients(_blockRow + k);
 
     /// <summary>total = partial (first band) or total + partial, the partial widened to double.</summary>
     private static void AddBandPartial(ReadOnlySpan<T> partial, Span<double> total, bool firstBand)
