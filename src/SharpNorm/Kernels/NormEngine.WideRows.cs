@@ -134,7 +134,6 @@ public sealed unsafe partial class NormEngine<T>
         where TSimd : ISimd<T, TVector>
         where TVector : struct
     {
-        if (first >= end) return;
         int width = Geometry.J, rows = _blockRows, pieces = WidePieceCount;
         nint offset = (nint)_blockRow * width;
         ref T x0 = ref Unsafe.Add(ref MemoryMarshal.GetReference(x), offset);

@@ -35,7 +35,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     private double[] _sum2 = [];      // per slot: Σ (x - c)^2 or Σ dy*xhat
     private double[] _partial1 = [];  // per unit (and column): the unit's share of _sum1
     private double[] _partial2 = [];
-    private T[] _workerScratch = [];  // per worker, column shape: 2*W row accumulators, or 4*W rotated coefficients
+    private T[] _workerScratch = [];  // per worker: column shape, 2*W row accumulators or 4*W rotated coefficients; narrow rows, 2*J band sums; wide rows, J (gradient rounding)
     private int _workerScratchLength;
 
     // The running job: what Execute does with each chunk. Inputs are pinned for the duration of a run.
