@@ -35,7 +35,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     private double[] _sum2 = [];      // per slot: Σ (x - c)^2 or Σ dy*xhat
     private double[] _partial1 = [];  // per unit (and column): the unit's share of _sum1
     private double[] _partial2 = [];
-    private T[] _workerScratch = [];  // per worker: column shape, 2*W row accumulators or 4*W rotated coefficients; narrow rows, 2*J band sums; wide rows, J (gradient rounding)
+    private T[] _workerScratch = [];  // per worker: column shape, 2*W row accumulators or 4*W rotated coefficients (aligned apply); narrow rows, 2*J band sums; wide rows, J (gradient rounding)
     private int _workerScratchLength;
 
     // The running job: what Execute does with each chunk. Inputs are pinned for the duration of a run.
@@ -697,7 +697,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         Grow(ref _sum2, slots);
         Grow(ref _partial1, _plan.PartialCount);
         Grow(ref _partial2, _plan.PartialCount);
-        // Column shape: the row sums' two accumulators, or the streaming apply's four rotated coefficient rows.
+        // Column shape: the row sums' two accumulators, or the aligned apply's four rotated coefficient rows.
         _workerScratchLength = _plan.IsColumn ? 4 * _plan.SlotsPerSegment : 0;
         Grow(ref _workerScratch, Math.Max(1, Threads) * _workerScratchLength);
     }

@@ -176,7 +176,7 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
 
     /// <summary>
     /// Column shape: for units [firstUnit, endUnit), output = op(x, second) with per-column coefficients (W per a).
-    /// With streaming, the output is written with cache-bypassing stores where W is a multiple of the vector length,
+    /// Where W is a multiple of the vector length the output's stores are aligned (and cache-bypassing with streaming),
     /// and scratch (4W long) holds the rotated coefficient rows.
     /// </summary>
     public static void RowUnitApply<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
@@ -607,67 +607,100 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
     {
         NormGeometry g = plan.Geometry;
         int width = g.B * g.J;
-        // Streaming stores want whole aligned vectors: with W a multiple of the vector length, every row of the output
-        // starts at the same alignment, so the unit is walked as rows that begin at an aligned element (see StreamingColumnApply).
-        bool stream = streaming && TSimd.Count > 1 && width % TSimd.Count == 0 && IsElementAligned(ref MemoryMarshal.GetReference(output));
+        // With W a multiple of the vector length every row of the output starts at the same alignment, so the unit is
+        // walked as rows that begin at an aligned element (see AlignedColumnApply): no store splits a cache line, and
+        // streaming stores become possible. Every unit starts a whole number of rows, so of vectors, into the output:
+        // one head serves them all, and the coefficient rows are rotated once per a (not per unit: a unit is only 64 rows).
+        bool aligned = TSimd.Count > 1 && width % TSimd.Count == 0 && IsElementAligned(ref MemoryMarshal.GetReference(output));
+        int head = aligned ? AlignedHead<TSimd, TVector>(ref MemoryMarshal.GetReference(output), width) : 0;
+        int rotatedA = -1;
         for (int unit = firstUnit; unit < endUnit; unit++)
         {
             int a = unit / plan.UnitsPerSlot, row = a * width;
             ReadOnlySpan<T> c = center.Slice(row, width), pa = p.Slice(row, width), qa = q.Slice(row, width);
             ReadOnlySpan<T> wa = TOp.ReadsSecond ? w.Slice(row, width) : default;
-            if (!stream)
+            if (!aligned)
             {
                 RowUnitApply<TOp, TSimd, TVector>(plan, x, second, output, unit, c, pa, qa, wa);
                 continue;
             }
+            if (a != rotatedA)
+            {
+                RotateCoefficients<TOp>(c, pa, qa, wa, head, scratch);
+                rotatedA = a;
+            }
             int rBegin = unit % plan.UnitsPerSlot * plan.RowsPerUnit, rEnd = Math.Min(g.R, rBegin + plan.RowsPerUnit);
             nint first = ((nint)a * g.R + rBegin) * width;
             ref T x0 = ref Unsafe.Add(ref MemoryMarshal.GetReference(x), first);
-            StreamingColumnApply<TOp, TSimd, TVector>(ref x0, ref TOp.ReadsSecond ? ref Unsafe.Add(ref MemoryMarshal.GetReference(second), first) : ref x0,
-                ref Unsafe.Add(ref MemoryMarshal.GetReference(output), first), rEnd - rBegin, width, c, pa, qa, wa, scratch);
+            AlignedColumnApply<TOp, TSimd, TVector>(ref x0, ref TOp.ReadsSecond ? ref Unsafe.Add(ref MemoryMarshal.GetReference(second), first) : ref x0,
+                ref Unsafe.Add(ref MemoryMarshal.GetReference(output), first), rEnd - rBegin, width, head, c, pa, qa, wa, scratch, streaming);
+        }
+    }
+
+    /// <summary>Elements before the first vector-aligned one, at most <paramref name="width"/>.</summary>
+    private static int AlignedHead<TSimd, TVector>(ref T output, int width)
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        int head = 0;
+        while (head < width && !IsVectorAligned<TSimd, TVector>(ref Unsafe.Add(ref output, head))) head++;
+        return head;
+    }
+
+    /// <summary>The coefficient rows rotated left by <paramref name="head"/> into <paramref name="scratch"/> (4W): element k holds column (k + head) mod W.</summary>
+    private static void RotateCoefficients<TOp>(ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, int head, Span<T> scratch)
+        where TOp : struct, IApplyOp
+    {
+        int width = center.Length;
+        Rotate(center, scratch[..width]);
+        Rotate(p, scratch.Slice(width, width));
+        Rotate(q, scratch.Slice(2 * width, width));
+        if (TOp.ReadsSecond) Rotate(w, scratch.Slice(3 * width, width));
+
+        void Rotate(ReadOnlySpan<T> source, Span<T> destination)
+        {
+            source[head..].CopyTo(destination);
+            source[..head].CopyTo(destination[(width - head)..]);
         }
     }
 
     /// <summary>
-    /// Column shape with cache-bypassing stores, W a multiple of the vector length: scalar steps up to the first
-    /// vector-aligned output element h, then the unit seen as rows that start at column h (every one aligned), with the
-    /// coefficient rows rotated by h in <paramref name="scratch"/> (4W); the last partial row by scalar steps. Every
-    /// element gets its own column's coefficients, so the bits are those of the cached path.
+    /// Column shape, W a multiple of the vector length, output stores aligned (and cache-bypassing with
+    /// <paramref name="streaming"/>): scalar steps up to the first
+    /// vector-aligned output element <paramref name="head"/>, then the unit seen as rows that start at column head (every
+    /// one aligned), with the coefficient rows rotated by head already in <paramref name="scratch"/> (4W, see
+    /// <see cref="RotateCoefficients"/>); the last partial row by scalar steps. Every element gets its own column's
+    /// coefficients, so the bits are those of the cached path.
     /// </summary>
-    private static void StreamingColumnApply<TOp, TSimd, TVector>(ref T x, ref T second, ref T output, int rows, int width,
-        ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, Span<T> scratch)
+    private static void AlignedColumnApply<TOp, TSimd, TVector>(ref T x, ref T second, ref T output, int rows, int width, int head,
+        ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, Span<T> scratch, bool streaming)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
     {
         nint length = (nint)rows * width;
-        int head = 0;
-        while (head < width && head < length && !IsVectorAligned<TSimd, TVector>(ref Unsafe.Add(ref output, head))) head++;
-        for (int i = 0; i < head; i++)
+        for (int i = 0; i < head && i < length; i++)
             ScalarApply<TOp>(ref x, ref second, ref output, i, center[i], p[i], q[i], TOp.ReadsSecond ? w[i] : T.Zero);
+        if (head >= length) return;
 
         Span<T> c = scratch[..width], pr = scratch.Slice(width, width), qr = scratch.Slice(2 * width, width), wr = scratch.Slice(3 * width, width);
-        for (int k = 0; k < width; k++)
-        {
-            int column = (k + head) % width;
-            (c[k], pr[k], qr[k], wr[k]) = (center[column], p[column], q[column], TOp.ReadsSecond ? w[column] : T.Zero);
-        }
         ref T xr = ref Unsafe.Add(ref x, head), sr = ref Unsafe.Add(ref second, head), outr = ref Unsafe.Add(ref output, head);
         nint rest = length - head;
         int fullRows = (int)(rest / width);
         ref T c0 = ref MemoryMarshal.GetReference(c), p0 = ref MemoryMarshal.GetReference(pr), q0 = ref MemoryMarshal.GetReference(qr), w0 = ref MemoryMarshal.GetReference(wr);
-        if (width <= NarrowRow) NarrowRowApply<TOp, TSimd, TVector>(fullRows, ref xr, ref sr, ref outr, width, ref c0, ref p0, ref q0, ref w0, streaming: true);
+        if (width <= NarrowRow) NarrowRowApply<TOp, TSimd, TVector>(fullRows, ref xr, ref sr, ref outr, width, ref c0, ref p0, ref q0, ref w0, streaming);
         else
             for (int r = 0; r < fullRows; r += 4)
             {
                 // Four rows per pass, as the cached path: each column's coefficients loaded once for all four.
                 nint offset = (nint)r * width;
                 ApplyRow<TOp, TSimd, TVector>(Math.Min(4, fullRows - r), ref Unsafe.Add(ref xr, offset), ref Unsafe.Add(ref sr, offset), ref Unsafe.Add(ref outr, offset),
-                    width, ref c0, ref p0, ref q0, ref w0, streaming: true);
+                    width, ref c0, ref p0, ref q0, ref w0, streaming: streaming);
             }
+        // The last row's first head columns: rotated positions width - head onwards.
         for (nint i = (nint)fullRows * width; i < rest; i++)
         {
-            int k = (int)(i % width);
+            int k = (int)(i - (nint)fullRows * width);
             ScalarApply<TOp>(ref xr, ref sr, ref outr, i, c[k], pr[k], qr[k], wr[k]);
         }
     }

@@ -71,12 +71,16 @@ public class StreamingStoreTests
         ["BatchNorm2d channels-last, C 8"] = (() => new BatchNorm<float>(8, layout: ChannelLayout.Last), [3, 9, 11, 8]),
         ["InstanceNorm2d channels-last, C 20"] = (() => new InstanceNorm<float>(20, affine: true, layout: ChannelLayout.Last), [3, 7, 9, 20]),
         ["GroupNorm(3, 12) channels-last"] = (() => new GroupNorm<float>(3, 12, layout: ChannelLayout.Last), [2, 5, 13, 12]),
+        // Several units of rows per a (64 rows of 1024; 2048 rows of 32): the coefficient rows are rotated once per a.
+        ["BatchNorm1d (N, 1024), 4 units"] = (() => new BatchNorm<float>(1024), [200, 1024]),
+        ["InstanceNorm2d channels-last, C 32, 2 units per sample"] = (() => new InstanceNorm<float>(32, affine: true, layout: ChannelLayout.Last), [3, 50, 50, 32]),
     };
 
     /// <summary>
     /// The column shape's streaming apply (forced on small inputs by lowering the threshold) writes the bits of the
-    /// cached path: training forward, backward through the statistics, eval forward and the eval backward (dy scaled),
-    /// for every vector width and outputs off vector alignment by 0, 1 and 5 elements.
+    /// cached path, and both (rows walked from the first vector-aligned output element) the bits of the plain row walk
+    /// that an output off the element size gets: training forward, backward through the statistics, eval forward and
+    /// the eval backward (dy scaled), for every vector width and outputs off vector alignment by 0, 1 and 5 elements.
     /// </summary>
     [Theory]
     [MemberData(nameof(ColumnCases))]
@@ -87,9 +91,10 @@ public class StreamingStoreTests
         var random = new Gaussian(17);
         float[] x = random.Array<float>(length, 1.5, 0.7), dy = random.Array<float>(length);
 
-        float[][] Run(bool streaming)
+        float[][] Run(bool streaming, bool offElementSize = false)
         {
             NormLayer<float> layer = create();
+            layer.MaxDegreeOfParallelism = 3;
             layer.Engine.MaxVectorBits = maxVectorBits;
             layer.Engine.StreamingMinBytes = streaming ? 0 : long.MaxValue;
             if (layer.Weight is { } weight)
@@ -100,20 +105,27 @@ public class StreamingStoreTests
             for (int k = 0; k < 4; k++)
             {
                 float[] buffer = new float[length + offset];
-                var target = new TensorSpan<float>(buffer.AsSpan(offset), shape, []);
+                byte[] bytes = new byte[length * sizeof(float) + 2];
+                Span<float> output = offElementSize
+                    ? System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.AsSpan(2))
+                    : buffer.AsSpan(offset);
+                var target = new TensorSpan<float>(output, shape, []);
                 layer.Training = k < 2;
                 var xs = new ReadOnlyTensorSpan<float>(x, shape, []);
                 if (k % 2 == 0) layer.Forward(xs, target);
                 else layer.Backward(xs, new ReadOnlyTensorSpan<float>(dy, shape, []), target);
-                outputs[k] = buffer[offset..];
+                outputs[k] = output.ToArray();
             }
             return outputs;
         }
 
-        float[][] cached = Run(streaming: false), streamed = Run(streaming: true);
+        float[][] cached = Run(streaming: false), streamed = Run(streaming: true), plain = Run(streaming: true, offElementSize: true);
         string[] what = ["training forward", "backward through the statistics", "eval forward", "eval backward"];
         for (int k = 0; k < 4; k++)
+        {
             Assert.True(cached[k].AsSpan().SequenceEqual(streamed[k]), $"{name}: {what[k]} differs with streaming stores");
+            Assert.True(plain[k].AsSpan().SequenceEqual(cached[k]), $"{name}: {what[k]} differs from the plain row walk");
+        }
     }
 
     /// <summary>
