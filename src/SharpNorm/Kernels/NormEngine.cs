@@ -105,7 +105,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         if (_plan.IsRow)
         {
             LoadRowAffine(gamma, beta);
-            if (IsWideRows) WideRowForward(x, y);
+            if (IsWideRows && _wideForward) WideRowForward(x, y);
             else Run(JobKind.RowForward, x, default, y);
             return;
         }
@@ -674,7 +674,9 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
             Grow(ref _rowBeta, g.J);
             Grow(ref _sum1, g.J);
             Grow(ref _sum2, g.J);
-            _wideRows = (long)g.J * sizeof(T) >= WideRowMinBytes;
+            long rowBytes = (long)g.J * sizeof(T);
+            _wideRows = rowBytes >= WideRowMinBytes;
+            _wideForward = _wideRows && (rowBytes >= WideForwardMinBytes || g.A < NarrowForwardMinRows);
             if (_wideRows) PrepareWideRows();
             else
             {

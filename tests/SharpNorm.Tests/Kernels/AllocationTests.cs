@@ -49,17 +49,18 @@ public class AllocationTests
     }
 
     [Theory]
-    [InlineData(false, 1, false)]
-    [InlineData(false, -1, false)]
-    [InlineData(true, -1, false)]
-    [InlineData(false, -1, true)]   // the wide-row path (forced on these rows)
-    [InlineData(true, 1, true)]
-    public void LayerNormAndRmsNormAllocateNothingPerCall(bool rms, int threads, bool wide)
+    [InlineData(false, 1, RowPath.Narrow)]
+    [InlineData(false, -1, RowPath.Narrow)]
+    [InlineData(true, -1, RowPath.Narrow)]
+    [InlineData(false, -1, RowPath.Wide)]   // the wide-row path (forced on these rows)
+    [InlineData(true, 1, RowPath.Wide)]
+    [InlineData(false, -1, RowPath.NarrowForwardWideBackward)]
+    public void LayerNormAndRmsNormAllocateNothingPerCall(bool rms, int threads, RowPath path)
     {
         nint[] shape = [256, 1024];
         NormLayer<float> layer = rms ? new RMSNorm<float>(1024) : new LayerNorm<float>(1024);
         layer.MaxDegreeOfParallelism = threads;
-        if (wide) layer.Engine.WideRowMinBytes = 0;
+        RowPaths.Force(layer.Engine, path);
         var random = new Gaussian(4);
         Tensor<float> x = random.Tensor<float>(shape), dy = random.Tensor<float>(shape);
         Tensor<float> y = Tensor.Create(new float[x.FlattenedLength], shape), dx = Tensor.Create(new float[x.FlattenedLength], shape);

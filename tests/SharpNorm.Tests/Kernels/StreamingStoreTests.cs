@@ -133,13 +133,14 @@ public class StreamingStoreTests
     /// (all threads on one block of rows, split by columns), rows off the vector length, outputs off alignment.
     /// </summary>
     [Theory]
-    [InlineData(false, 7, 9000, 0, false)]
-    [InlineData(false, 7, 9000, 1, true)]
-    [InlineData(false, 6, 8200, 5, true)]
-    [InlineData(false, 5, 8192, 3, true)]
-    [InlineData(true, 9, 8192, 0, true)]
-    [InlineData(true, 9, 5000, 1, false)]
-    public void RowShapeStreamingMatchesCachedStoresBitForBit(bool rms, int rows, int width, int offset, bool wide)
+    [InlineData(false, 7, 9000, 0, RowPath.Narrow)]
+    [InlineData(false, 7, 9000, 1, RowPath.Wide)]
+    [InlineData(false, 6, 8200, 5, RowPath.Wide)]
+    [InlineData(false, 5, 8192, 3, RowPath.Wide)]
+    [InlineData(true, 9, 8192, 0, RowPath.Wide)]
+    [InlineData(true, 9, 5000, 1, RowPath.Narrow)]
+    [InlineData(false, 17, 8200, 5, RowPath.NarrowForwardWideBackward)]
+    public void RowShapeStreamingMatchesCachedStoresBitForBit(bool rms, int rows, int width, int offset, RowPath path)
     {
         nint[] shape = [rows, width];
         long length = (long)rows * width;
@@ -150,7 +151,7 @@ public class StreamingStoreTests
         {
             NormLayer<float> layer = rms ? new RMSNorm<float>(width) : new LayerNorm<float>(width);
             layer.MaxDegreeOfParallelism = 3;
-            layer.Engine.WideRowMinBytes = wide ? 0 : long.MaxValue;
+            RowPaths.Force(layer.Engine, path);
             layer.Engine.StreamingMinBytes = streaming ? 0 : long.MaxValue;
             var outputs = new float[2][];
             var xs = new ReadOnlyTensorSpan<float>(x, shape, []);

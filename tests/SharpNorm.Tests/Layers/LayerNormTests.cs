@@ -63,34 +63,37 @@ public class LayerNormTests
         }
     }
 
-    public static TheoryData<bool, nint[], int[], bool, bool, bool> GradientConfigurations() => new()
+    public static TheoryData<bool, nint[], int[], bool, bool, RowPath> GradientConfigurations() => new()
     {
-        // rms, input shape, normalized shape, affine, bias, wide rows forced
-        { false, [4, 6], [6], true, true, false },
-        { false, [3, 2, 5], [2, 5], true, false, false },
-        { false, [2, 3, 4, 5], [3, 4, 5], false, false, false },
-        { false, [40, 3], [3], true, true, false },         // two bands of rows
-        { false, [3, 1], [1], true, true, false },          // one element per row
-        { false, [37], [37], true, true, false },           // the input is one row
-        { true, [4, 6], [6], true, false, false },
-        { true, [3, 2, 5], [2, 5], false, false, false },
-        { true, [40, 3], [3], true, false, false },
-        { true, [2, 19], [19], true, false, false },
-        { false, [42, 5], [5], true, true, true },          // wide: two bands, a last block of two rows
-        { false, [2, 3, 4, 5], [3, 4, 5], true, true, true },
-        { false, [37], [37], true, true, true },
-        { true, [42, 5], [5], true, false, true },
+        // rms, input shape, normalized shape, affine, bias, the row path forced
+        { false, [4, 6], [6], true, true, RowPath.Narrow },
+        { false, [3, 2, 5], [2, 5], true, false, RowPath.Narrow },
+        { false, [2, 3, 4, 5], [3, 4, 5], false, false, RowPath.Narrow },
+        { false, [40, 3], [3], true, true, RowPath.Narrow },         // two bands of rows
+        { false, [3, 1], [1], true, true, RowPath.Narrow },          // one element per row
+        { false, [37], [37], true, true, RowPath.Narrow },           // the input is one row
+        { true, [4, 6], [6], true, false, RowPath.Narrow },
+        { true, [3, 2, 5], [2, 5], false, false, RowPath.Narrow },
+        { true, [40, 3], [3], true, false, RowPath.Narrow },
+        { true, [2, 19], [19], true, false, RowPath.Narrow },
+        { false, [42, 5], [5], true, true, RowPath.Wide },          // wide: two bands, a last block of two rows
+        { false, [2, 3, 4, 5], [3, 4, 5], true, true, RowPath.Wide },
+        { false, [37], [37], true, true, RowPath.Wide },
+        { true, [42, 5], [5], true, false, RowPath.Wide },
+        { false, [42, 5], [5], true, true, RowPath.NarrowForwardWideBackward },
+        { false, [20, 3, 4], [3, 4], true, false, RowPath.NarrowForwardWideBackward },
+        { true, [42, 5], [5], true, false, RowPath.NarrowForwardWideBackward },
     };
 
     [Theory]
     [MemberData(nameof(GradientConfigurations))]
-    public void BackwardAndGradientMatchCentralDifferences(bool rms, nint[] shape, int[] normalizedShape, bool affine, bool bias, bool wide)
+    public void BackwardAndGradientMatchCentralDifferences(bool rms, nint[] shape, int[] normalizedShape, bool affine, bool bias, RowPath path)
     {
         var random = new Gaussian(shape.Aggregate(7, (h, d) => h * 31 + (int)d) + (rms ? 1 : 0));
         NormLayer<double> layer = rms
             ? new RMSNorm<double>(normalizedShape, 1e-3, affine)
             : new LayerNorm<double>(normalizedShape, 1e-3, affine, bias);
-        if (wide) layer.Engine.WideRowMinBytes = 0;
+        RowPaths.Force(layer.Engine, path);
         int size = normalizedShape.Aggregate(1, (p, d) => p * d);
         if (layer.Weight is not null) random.Array<double>(size, 0.5, 1).CopyTo(Span(layer.Weight.Value));
         if (layer.Bias is not null) random.Array<double>(size, 0.3).CopyTo(Span(layer.Bias.Value));
@@ -112,35 +115,43 @@ public class LayerNormTests
             Assert.Equal(layer.Bias.Gradient.ToArray(), NumericalGradient.Central(Span(layer.Bias.Value), Loss), NumericalGradient.Agrees);
     }
 
-    public static TheoryData<bool, nint[], bool> LargerShapes()
+    public static TheoryData<bool, nint[], RowPath> LargerShapes()
     {
-        var data = new TheoryData<bool, nint[], bool>();
-        foreach (bool wide in new[] { false, true })
+        var data = new TheoryData<bool, nint[], RowPath>();
+        foreach (RowPath path in new[] { RowPath.Narrow, RowPath.Wide })
         {
-            data.Add(false, [70, 33], wide);        // three bands, vector tails; wide: a last block of two rows
-            data.Add(false, [3, 40000], wide);      // rows longer than a piece (narrow: 16384, wide: 4096 elements)
-            data.Add(false, [5, 1], wide);
-            data.Add(false, [2, 3, 7, 11], wide);   // normalized over the last three dims
-            data.Add(true, [70, 33], wide);
-            data.Add(true, [3, 40000], wide);
-            data.Add(true, [9, 1], wide);
+            data.Add(false, [70, 33], path);        // three bands, vector tails; wide: a last block of two rows
+            data.Add(false, [3, 40000], path);      // rows longer than a piece (narrow: 16384, wide: 4096 elements)
+            data.Add(false, [5, 1], path);
+            data.Add(false, [2, 3, 7, 11], path);   // normalized over the last three dims
+            data.Add(true, [70, 33], path);
+            data.Add(true, [3, 40000], path);
+            data.Add(true, [9, 1], path);
         }
-        data.Add(false, [4096, 64], false);         // many bands, several chunks of rows per thread
-        data.Add(false, [2, 140000], false);        // rows over WideRowBytes: the wide path by default
-        data.Add(false, [70, 9000], true);          // wide: three bands of blocks, each block split over the threads
-        data.Add(true, [70, 9000], true);
+        data.Add(false, [4096, 64], RowPath.Narrow);         // many bands, several chunks of rows per thread
+        data.Add(false, [2, 140000], RowPath.Narrow);        // rows over WideRowBytes: the wide path by default
+        data.Add(false, [70, 9000], RowPath.Wide);           // wide: three bands of blocks, each block split over the threads
+        data.Add(true, [70, 9000], RowPath.Wide);
+        // The narrow forward with the wide backward (at least NarrowForwardMinRows rows), as wide rows under WideForwardRowBytes run.
+        data.Add(false, [70, 33], RowPath.NarrowForwardWideBackward);
+        data.Add(false, [70, 9000], RowPath.NarrowForwardWideBackward);
+        data.Add(false, [17, 3, 7, 11], RowPath.NarrowForwardWideBackward);
+        data.Add(true, [70, 9000], RowPath.NarrowForwardWideBackward);
         return data;
     }
 
     /// <summary>
     /// Wide rows give the same bits for any thread count, also where the pieces do not divide evenly among the threads
-    /// (49 pieces on 12 or 16 threads; 5 on 4), against a double reference and the narrow path.
+    /// (49 pieces on 12 or 16 threads; 5 on 4), against a double reference and the narrow path; with the wide forward
+    /// or the narrow one (<see cref="RowPath.NarrowForwardWideBackward"/>).
     /// </summary>
     [Theory]
-    [InlineData(70, 9000, true)]       // forced: 3 pieces a row, three bands
-    [InlineData(3, 20480, true)]       // forced: 5 pieces
-    [InlineData(2, 200704, false)]     // LayerNorm over (64, 56, 56) of two images: wide by default, 49 pieces
-    public void WideRowsGiveTheSameBitsForAnyThreadCount(int rows, int width, bool force)
+    [InlineData(70, 9000, true, RowPath.Wide)]                        // forced: 3 pieces a row, three bands
+    [InlineData(3, 20480, true, RowPath.Wide)]                        // forced: 5 pieces
+    [InlineData(40, 9000, true, RowPath.NarrowForwardWideBackward)]   // forced: two bands
+    [InlineData(2, 200704, false, RowPath.Wide)]                      // LayerNorm over (64, 56, 56) of two images: wide by default, 49 pieces
+    [InlineData(16, 131072, false, RowPath.Wide)]                     // rows of 512 KB, 16 of them: by default the narrow forward, the wide backward
+    public void WideRowsGiveTheSameBitsForAnyThreadCount(int rows, int width, bool force, RowPath forced)
     {
         nint[] shape = [rows, width];
         var random = new Gaussian(rows * 31 + width);
@@ -151,7 +162,8 @@ public class LayerNormTests
         {
             var layer = new LayerNorm<float>(width);
             layer.MaxDegreeOfParallelism = threads;
-            layer.Engine.WideRowMinBytes = wide ? (force ? 0 : NormEngine<float>.WideRowBytes) : long.MaxValue;
+            if (!wide) RowPaths.Force(layer.Engine, RowPath.Narrow);
+            else if (force) RowPaths.Force(layer.Engine, forced);
             gamma.CopyTo(Span(layer.Weight!.Value));
             beta.CopyTo(Span(layer.Bias!.Value));
             var xt = Tensor.Create(x, shape);
@@ -174,7 +186,7 @@ public class LayerNormTests
     /// </summary>
     [Theory]
     [MemberData(nameof(LargerShapes))]
-    public void FloatMatchesDoubleReferenceAtEveryWidthAndThreadCount(bool rms, nint[] shape, bool wide)
+    public void FloatMatchesDoubleReferenceAtEveryWidthAndThreadCount(bool rms, nint[] shape, RowPath path)
     {
         long length = shape.Aggregate(1L, (p, d) => p * d);
         int[] normalizedShape = shape.Length == 4 ? [.. shape[1..].Select(d => (int)d)] : [(int)shape[^1]];
@@ -200,7 +212,7 @@ public class LayerNormTests
                 NormLayer<float> layer = rms ? new RMSNorm<float>(normalizedShape, 1e-5) : new LayerNorm<float>(normalizedShape);
                 layer.MaxDegreeOfParallelism = threads;
                 layer.Engine.MaxVectorBits = bits;
-                if (wide) layer.Engine.WideRowMinBytes = 0;
+                RowPaths.Force(layer.Engine, path);
                 gamma.CopyTo(Span(layer.Weight!.Value));
                 if (!rms) beta.CopyTo(Span(layer.Bias!.Value));
                 var xt = Tensor.Create(x, shape);
