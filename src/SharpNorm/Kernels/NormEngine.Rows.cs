@@ -155,6 +155,7 @@ public sealed unsafe partial class NormEngine<T>
     }
 
     /// <summary>A row's c = center, r = invstd and o = (c - mean) * invstd for xhat = (x - c) * r + o, from the statistics in use.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private (T c, T r, T o) RowCoefficients(int row)
     {
         double invStd = _groupInvStd[row];
@@ -162,6 +163,7 @@ public sealed unsafe partial class NormEngine<T>
     }
 
     /// <summary>A row's dx = gamma*dy*r + q*(x - c) + w coefficients from its totals Σ g and Σ g*(x - c), g = gamma*dy.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private (T q, T w) RowInputGradientCoefficients(int row, double sumG, double sumGCentered)
     {
         double mean = _groupMean[row], invStd = _groupInvStd[row], center = double.CreateTruncating(_center[row]);
@@ -194,6 +196,7 @@ public sealed unsafe partial class NormEngine<T>
     }
 
     /// <summary>A row's mean, variance, invstd and center from its sums shifted by <paramref name="shift"/> (zero for RMSNorm).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void RowStatisticsFromSums(int index, double sum, double squares, T shift)
     {
         int width = Geometry.J;

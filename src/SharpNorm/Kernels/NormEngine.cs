@@ -265,6 +265,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
 
     private double _eps;
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private int Parameter(int slot) => slot / Geometry.J % Geometry.B * Geometry.J + slot % Geometry.J;
 
     /// <summary>
@@ -484,6 +485,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     /// the rounded mean, x - c is exact for x within a factor two of it (Sterbenz) and q rounds like beta. The backward
     /// reads the same center: its Σ dy*(x - c) then needs almost no correction.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private T ApplyCenter(double mean, T shift) => CenterOnMean && double.IsFinite(mean) ? T.CreateTruncating(mean) : shift;
 
     /// <summary>
@@ -609,6 +611,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     /// Mean, biased variance and 1/sqrt(var + eps) from Σ (x - c) and Σ (x - c)² over count elements; in the unbiased
     /// mode (darknet's training) invstd is 1/sqrt(var * count/(count - 1) + eps), while the variance kept stays biased.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private (double mean, double variance, double invStd) Statistics(double shiftedSum, double shiftedSquares, double center, double count, double eps)
     {
         double shiftedMean = shiftedSum / count;
@@ -622,6 +625,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     private bool _unbiased;
 
     /// <summary>y = (x - c) * p + q with p = gamma*invstd, q = beta + (c - mean)*p.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static (T p, T q) NormalizeCoefficients(double gamma, double beta, double invStd, double center, double mean)
     {
         double scale = gamma * invStd;
@@ -629,6 +633,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     }
 
     /// <summary>Σ dy*xhat = invstd * (Σ dy*(x - c) + (c - mean) * Σ dy).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static double SumDyXhat(double sumDy, double sumDyCentered, double centerOffset, double invStd) =>
         invStd * (sumDyCentered + centerOffset * sumDy);
 
@@ -637,6 +642,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     /// p = gamma*invstd, q = -invstd² Σg*xhat / M, w = -invstd Σg / M + q (c - mean). Normalized by the unbiased
     /// variance (d var/dx = 2(x - mean)/(M - 1)), the xhat term divides by M - 1 instead.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private (T p, T q, T w) InputGradientCoefficients(double gamma, double invStd, double sumG, double sumGXhat, double count, double centerOffset)
     {
         double slope = -invStd * invStd * sumGXhat / (_unbiased ? count - 1 : count);
