@@ -343,7 +343,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
                     SegmentStatistics(segment);
                     RecenterSegment(segment);
                     SegmentNormalizeCoefficients(segment);
-                    ApplyUnits<NormalizeOp>(x, default, output, u0, u1, worker);
+                    ApplyUnits<NormalizeOp>(x, default, output, u0, u1, worker, NextSegmentDistance);
                 }
                 else
                 {
@@ -395,6 +395,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         ref T x0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(x);
         ref T dy0 = ref forward ? ref x0 : ref System.Runtime.InteropServices.MemoryMarshal.GetReference(second);
         ref T out0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(output);
+        nint prefetchAhead = NextSegmentDistance;
         int a = firstGroup / g.B, b = firstGroup % g.B;
         for (int group = firstGroup; group < endGroup; group++)
         {
@@ -432,7 +433,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
                 nint offset = g.Offset(a, r, b, 0);
                 if (forward)
                     NormKernels<T>.ApplyRun<NormalizeOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref x0, offset),
-                        ref Unsafe.Add(ref out0, offset), g.S, c, p, q, w, _streaming);
+                        ref Unsafe.Add(ref out0, offset), g.S, c, p, q, w, _streaming, prefetchAhead);
                 else
                     NormKernels<T>.ApplyRun<InputGradientOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref dy0, offset),
                         ref Unsafe.Add(ref out0, offset), g.S, c, p, q, w, _streaming);
@@ -460,13 +461,21 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
             NormKernels<T>.RunApplyInStorageOrder<TOp>(MaxVectorBits, _plan, x, second, output, first, end, _center, _p, _q, _w, _streaming);
     }
 
-    private void ApplyUnits<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int firstUnit, int endUnit, int worker) where TOp : struct, IApplyOp
+    private void ApplyUnits<TOp>(ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output, int firstUnit, int endUnit, int worker,
+        nint prefetchAhead = 0) where TOp : struct, IApplyOp
     {
         if (_plan.IsColumn)
             NormKernels<T>.RowUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w, _streaming, WorkerScratch(worker));
         else
-            NormKernels<T>.RunUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w, _streaming);
+            NormKernels<T>.RunUnitApply<TOp>(MaxVectorBits, _plan, x, second, output, firstUnit, endUnit, _center, _p, _q, _w, _streaming, prefetchAhead);
     }
+
+    /// <summary>
+    /// Run shape, a forward segment by segment: how far on the next segment's x lies, to prefetch while this one's
+    /// element-wise pass runs. Segments (groups) are contiguous and follow each other only when R is 1 (InstanceNorm,
+    /// GroupNorm); BatchNorm's channels interleave with the batch, and prefetching there measured no gain.
+    /// </summary>
+    private nint NextSegmentDistance => _plan.IsColumn || Geometry.R != 1 ? 0 : (nint)Geometry.J * Geometry.S;
 
     /// <summary>The center of each group of the segment is its first element: close to the mean for any sane data.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

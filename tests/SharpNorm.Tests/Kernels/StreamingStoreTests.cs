@@ -128,6 +128,66 @@ public class StreamingStoreTests
         }
     }
 
+    public static TheoryData<string, int, int> RunCases()
+    {
+        var data = new TheoryData<string, int, int>();
+        foreach (string name in RunLayers.Keys)
+            foreach (int bits in new[] { 512, 256, 128, 0 })
+                foreach (int offset in new[] { 0, 1, 5 })
+                    data.Add(name, bits, offset);
+        return data;
+    }
+
+    // Run-shape layers (NCHW): many small contiguous groups, segment by segment, whose forward prefetches the next
+    // group (the last one past the end of x); few groups (split into units); BatchNorm's channels (R > 1, no prefetch).
+    private static readonly Dictionary<string, (Func<NormLayer<float>> Create, nint[] Shape)> RunLayers = new()
+    {
+        ["InstanceNorm2d, 32 groups of 63"] = (() => new InstanceNorm<float>(8, affine: true), [4, 8, 7, 9]),
+        ["GroupNorm(4, 16), 16 groups of 4 channels"] = (() => new GroupNorm<float>(4, 16), [4, 16, 10, 12]),
+        ["GroupNorm(2, 8), 4 groups"] = (() => new GroupNorm<float>(2, 8), [2, 8, 5, 5]),
+        ["BatchNorm2d, 8 channels"] = (() => new BatchNorm<float>(8), [4, 8, 9, 7]),
+    };
+
+    /// <summary>
+    /// The run shape's streaming stores (forced on small inputs), with the forward's prefetch of the next group, write
+    /// the bits of the cached path: training forward, backward, eval forward and eval backward, every vector width,
+    /// outputs off vector alignment by 0, 1 and 5 elements, 3 threads.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(RunCases))]
+    public void RunShapeStreamingMatchesCachedStoresBitForBit(string name, int maxVectorBits, int offset)
+    {
+        var (create, shape) = RunLayers[name];
+        long length = shape.Aggregate(1L, (p, d) => p * d);
+        var random = new Gaussian(23);
+        float[] x = random.Array<float>(length, 1.5, 0.7), dy = random.Array<float>(length);
+
+        float[][] Run(bool streaming)
+        {
+            NormLayer<float> layer = create();
+            layer.MaxDegreeOfParallelism = 3;
+            layer.Engine.MaxVectorBits = maxVectorBits;
+            layer.Engine.StreamingMinBytes = streaming ? 0 : long.MaxValue;
+            var outputs = new float[4][];
+            var xs = new ReadOnlyTensorSpan<float>(x, shape, []);
+            for (int k = 0; k < 4; k++)
+            {
+                float[] buffer = new float[length + offset];
+                var target = new TensorSpan<float>(buffer.AsSpan(offset), shape, []);
+                layer.Training = k < 2;
+                if (k % 2 == 0) layer.Forward(xs, target);
+                else layer.Backward(xs, new ReadOnlyTensorSpan<float>(dy, shape, []), target);
+                outputs[k] = buffer[offset..];
+            }
+            return outputs;
+        }
+
+        float[][] cached = Run(streaming: false), streamed = Run(streaming: true);
+        string[] what = ["training forward", "backward through the statistics", "eval forward", "eval backward"];
+        for (int k = 0; k < 4; k++)
+            Assert.True(cached[k].AsSpan().SequenceEqual(streamed[k]), $"{name}: {what[k]} differs with streaming stores");
+    }
+
     /// <summary>
     /// The row shape (LayerNorm, RMSNorm) with streaming stores writes the bits of the cached path, narrow and wide rows
     /// (all threads on one block of rows, split by columns), rows off the vector length, outputs off alignment.
