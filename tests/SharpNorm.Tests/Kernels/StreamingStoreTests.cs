@@ -50,18 +50,18 @@ public class StreamingStoreTests
         }
     }
 
-    public static TheoryData<string, int, int> ColumnCases()
+    public static TheoryData<string, int, int> SmallLayerCases()
     {
         var data = new TheoryData<string, int, int>();
-        foreach (string name in ColumnLayers.Keys)
+        foreach (string name in SmallLayers.Keys)
             foreach (int bits in new[] { 512, 256, 128, 0 })
                 foreach (int offset in new[] { 0, 1, 5 })
                     data.Add(name, bits, offset);
         return data;
     }
 
-    // Column-shape layers (channels innermost): widths below, at, and off the vector lengths; several a's (InstanceNorm, GroupNorm).
-    private static readonly Dictionary<string, (Func<NormLayer<float>> Create, nint[] Shape)> ColumnLayers = new()
+    // Column shape (channels innermost): widths below, at, and off the vector lengths; several a's (InstanceNorm, GroupNorm).
+    private static readonly Dictionary<string, (Func<NormLayer<float>> Create, nint[] Shape)> SmallLayers = new()
     {
         ["BatchNorm1d (N, 1)"] = (() => new BatchNorm<float>(1), [300, 1]),
         ["BatchNorm1d (N, 3)"] = (() => new BatchNorm<float>(3), [301, 3]),
@@ -74,19 +74,26 @@ public class StreamingStoreTests
         // Several units of rows per a (64 rows of 1024; 2048 rows of 32): the coefficient rows are rotated once per a.
         ["BatchNorm1d (N, 1024), 4 units"] = (() => new BatchNorm<float>(1024), [200, 1024]),
         ["InstanceNorm2d channels-last, C 32, 2 units per sample"] = (() => new InstanceNorm<float>(32, affine: true, layout: ChannelLayout.Last), [3, 50, 50, 32]),
+        // Run shape (NCHW): many small contiguous groups, segment by segment, whose forward prefetches the next group
+        // (the last one past the end of x); few groups (split into units); BatchNorm's channels (R > 1, no prefetch).
+        ["InstanceNorm2d, 32 groups of 63"] = (() => new InstanceNorm<float>(8, affine: true), [4, 8, 7, 9]),
+        ["GroupNorm(4, 16), 16 groups of 4 channels"] = (() => new GroupNorm<float>(4, 16), [4, 16, 10, 12]),
+        ["GroupNorm(2, 8), 4 groups"] = (() => new GroupNorm<float>(2, 8), [2, 8, 5, 5]),
+        ["BatchNorm2d, 8 channels"] = (() => new BatchNorm<float>(8), [4, 8, 9, 7]),
     };
 
     /// <summary>
-    /// The column shape's streaming apply (forced on small inputs by lowering the threshold) writes the bits of the
-    /// cached path, and both (rows walked from the first vector-aligned output element) the bits of the plain row walk
-    /// that an output off the element size gets: training forward, backward through the statistics, eval forward and
-    /// the eval backward (dy scaled), for every vector width and outputs off vector alignment by 0, 1 and 5 elements.
+    /// Streaming stores (forced on small inputs by lowering the threshold), in the column shape and in the run shape
+    /// with its forward's prefetch, write the bits of the cached path, and both the bits that an output off the element
+    /// size gets (the column shape's plain row walk, no vector store aligned): training forward, backward through the
+    /// statistics, eval forward and the eval backward (dy scaled), for every vector width, outputs off vector alignment
+    /// by 0, 1 and 5 elements, 3 threads.
     /// </summary>
     [Theory]
-    [MemberData(nameof(ColumnCases))]
-    public void ColumnShapeStreamingMatchesCachedStoresBitForBit(string name, int maxVectorBits, int offset)
+    [MemberData(nameof(SmallLayerCases))]
+    public void SmallInputsWithStreamingStoresMatchCachedStoresBitForBit(string name, int maxVectorBits, int offset)
     {
-        var (create, shape) = ColumnLayers[name];
+        var (create, shape) = SmallLayers[name];
         long length = shape.Aggregate(1L, (p, d) => p * d);
         var random = new Gaussian(17);
         float[] x = random.Array<float>(length, 1.5, 0.7), dy = random.Array<float>(length);
@@ -126,66 +133,6 @@ public class StreamingStoreTests
             Assert.True(cached[k].AsSpan().SequenceEqual(streamed[k]), $"{name}: {what[k]} differs with streaming stores");
             Assert.True(plain[k].AsSpan().SequenceEqual(cached[k]), $"{name}: {what[k]} differs from the plain row walk");
         }
-    }
-
-    public static TheoryData<string, int, int> RunCases()
-    {
-        var data = new TheoryData<string, int, int>();
-        foreach (string name in RunLayers.Keys)
-            foreach (int bits in new[] { 512, 256, 128, 0 })
-                foreach (int offset in new[] { 0, 1, 5 })
-                    data.Add(name, bits, offset);
-        return data;
-    }
-
-    // Run-shape layers (NCHW): many small contiguous groups, segment by segment, whose forward prefetches the next
-    // group (the last one past the end of x); few groups (split into units); BatchNorm's channels (R > 1, no prefetch).
-    private static readonly Dictionary<string, (Func<NormLayer<float>> Create, nint[] Shape)> RunLayers = new()
-    {
-        ["InstanceNorm2d, 32 groups of 63"] = (() => new InstanceNorm<float>(8, affine: true), [4, 8, 7, 9]),
-        ["GroupNorm(4, 16), 16 groups of 4 channels"] = (() => new GroupNorm<float>(4, 16), [4, 16, 10, 12]),
-        ["GroupNorm(2, 8), 4 groups"] = (() => new GroupNorm<float>(2, 8), [2, 8, 5, 5]),
-        ["BatchNorm2d, 8 channels"] = (() => new BatchNorm<float>(8), [4, 8, 9, 7]),
-    };
-
-    /// <summary>
-    /// The run shape's streaming stores (forced on small inputs), with the forward's prefetch of the next group, write
-    /// the bits of the cached path: training forward, backward, eval forward and eval backward, every vector width,
-    /// outputs off vector alignment by 0, 1 and 5 elements, 3 threads.
-    /// </summary>
-    [Theory]
-    [MemberData(nameof(RunCases))]
-    public void RunShapeStreamingMatchesCachedStoresBitForBit(string name, int maxVectorBits, int offset)
-    {
-        var (create, shape) = RunLayers[name];
-        long length = shape.Aggregate(1L, (p, d) => p * d);
-        var random = new Gaussian(23);
-        float[] x = random.Array<float>(length, 1.5, 0.7), dy = random.Array<float>(length);
-
-        float[][] Run(bool streaming)
-        {
-            NormLayer<float> layer = create();
-            layer.MaxDegreeOfParallelism = 3;
-            layer.Engine.MaxVectorBits = maxVectorBits;
-            layer.Engine.StreamingMinBytes = streaming ? 0 : long.MaxValue;
-            var outputs = new float[4][];
-            var xs = new ReadOnlyTensorSpan<float>(x, shape, []);
-            for (int k = 0; k < 4; k++)
-            {
-                float[] buffer = new float[length + offset];
-                var target = new TensorSpan<float>(buffer.AsSpan(offset), shape, []);
-                layer.Training = k < 2;
-                if (k % 2 == 0) layer.Forward(xs, target);
-                else layer.Backward(xs, new ReadOnlyTensorSpan<float>(dy, shape, []), target);
-                outputs[k] = buffer[offset..];
-            }
-            return outputs;
-        }
-
-        float[][] cached = Run(streaming: false), streamed = Run(streaming: true);
-        string[] what = ["training forward", "backward through the statistics", "eval forward", "eval backward"];
-        for (int k = 0; k < 4; k++)
-            Assert.True(cached[k].AsSpan().SequenceEqual(streamed[k]), $"{name}: {what[k]} differs with streaming stores");
     }
 
     /// <summary>
