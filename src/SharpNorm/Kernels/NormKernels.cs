@@ -129,19 +129,21 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
     /// <summary>
     /// Run shape: for units [firstUnit, endUnit), output = op(x, second) with the coefficients of each unit's slot;
     /// with streaming stores, x <paramref name="prefetchAhead"/> elements on is prefetched (see <see cref="ApplyRun"/>).
+    /// <paramref name="backwards"/> walks the units and their runs last to first; every element gets the same value.
     /// </summary>
     public static void RunUnitApply<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, bool streaming, nint prefetchAhead = 0)
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, bool streaming, nint prefetchAhead = 0,
+        bool backwards = false)
         where TOp : struct, IApplyOp
     {
         if (maxVectorBits >= 512 && Simd512<T>.IsUsable)
-            RunUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming, prefetchAhead);
+            RunUnitApply<TOp, Simd512<T>, Vector512<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming, prefetchAhead, backwards);
         else if (maxVectorBits >= 256 && Simd256<T>.IsUsable)
-            RunUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming, prefetchAhead);
+            RunUnitApply<TOp, Simd256<T>, Vector256<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming, prefetchAhead, backwards);
         else if (maxVectorBits >= 128 && Simd128<T>.IsUsable)
-            RunUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming, prefetchAhead);
+            RunUnitApply<TOp, Simd128<T>, Vector128<T>>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming, prefetchAhead, backwards);
         else
-            RunUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming, prefetchAhead);
+            RunUnitApply<TOp, SimdScalar<T>, T>(plan, x, second, output, firstUnit, endUnit, center, p, q, w, streaming, prefetchAhead, backwards);
     }
 
     /// <summary>Run shape, storage order: for apply units [firstUnit, endUnit) of the plan, output = op(x, second) with each run's slot coefficients.</summary>
@@ -530,7 +532,8 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunUnitApply<TOp, TSimd, TVector>(in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,
-        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, bool streaming, nint prefetchAhead)
+        int firstUnit, int endUnit, ReadOnlySpan<T> center, ReadOnlySpan<T> p, ReadOnlySpan<T> q, ReadOnlySpan<T> w, bool streaming, nint prefetchAhead,
+        bool backwards)
         where TOp : struct, IApplyOp
         where TSimd : ISimd<T, TVector>
         where TVector : struct
@@ -538,12 +541,14 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
         ref T x0 = ref MemoryMarshal.GetReference(x);
         ref T second0 = ref TOp.ReadsSecond ? ref MemoryMarshal.GetReference(second) : ref x0;
         ref T out0 = ref MemoryMarshal.GetReference(output);
-        for (int unit = firstUnit; unit < endUnit; unit++)
+        // Backwards: unit by unit from the last, each unit's runs from its last (a unit's sums read them first to last).
+        int step = backwards ? -1 : 1;
+        for (int unit = backwards ? endUnit - 1 : firstUnit; unit >= firstUnit && unit < endUnit; unit += step)
         {
             var (a, b, j, rBegin, rEnd, sBegin, sLength) = RunUnit(plan, unit);
             int k = unit / plan.UnitsPerSlot;
             T wk = TOp.ReadsSecond ? w[k] : T.Zero;
-            for (int r = rBegin; r < rEnd; r++)
+            for (int r = backwards ? rEnd - 1 : rBegin; r >= rBegin && r < rEnd; r += step)
             {
                 nint offset = plan.Geometry.Offset(a, r, b, j) + sBegin;
                 ApplyRun<TOp, TSimd, TVector>(ref Unsafe.Add(ref x0, offset), ref Unsafe.Add(ref second0, offset),
