@@ -560,9 +560,10 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
     /// <summary>
     /// output = op(x, second) over n elements. With streaming stores (x and output are larger than the cache), a
     /// nonzero <paramref name="prefetchAhead"/> prefetches x that many elements on, one cache line per line written: a
-    /// forward over small contiguous groups reads the next group right after this pass, and fetching it now overlaps
-    /// those reads with this pass's stores (GroupNorm(32) 64x64x56x56 forward, 2 threads: -10 to -15%; InstanceNorm
-    /// 64x64x56x56: -30%; the backward, reading x and dy, was slower with it). Prefetches never fault, past the end either.
+    /// forward segment by segment reads the next segment right after this pass, and fetching it now overlaps those
+    /// reads with this pass's stores (2 threads: GroupNorm(32) 64x64x56x56 forward -10 to -15%; InstanceNorm
+    /// 64x64x56x56 -30%; BatchNorm see NormEngine.NextSegmentDistance; the backward, reading x and dy, gained or lost
+    /// by shape). Prefetches never fault, past the end either.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static unsafe void ApplyRun<TOp, TSimd, TVector>(ref T x, ref T second, ref T output, int n, T center, T p, T q, T w, bool streaming = false,
