@@ -365,7 +365,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
                     CombineSegment(segment);
                     SegmentGradientSums(segment);
                     SegmentInputGradientCoefficients(segment);
-                    ApplyUnits<InputGradientOp>(x, second, output, u0, u1, worker, 0, WalkBackwards(2));
+                    ApplyUnits<InputGradientOp>(x, second, output, u0, u1, worker, PrefetchesInBackward ? NextSegmentDistance : 0, WalkBackwards(2));
                 }
             }
             return;
@@ -486,8 +486,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     }
 
     /// <summary>Whether a segment's element-wise pass, reading <paramref name="inputs"/> arrays, walks backwards (<see cref="BackwardWalkBytes"/>).</summary>
-    private bool WalkBackwards(int inputs) =>
-        !_plan.IsColumn && (long)_plan.SlotsPerSegment * Geometry.R * Geometry.S * sizeof(T) * inputs >= BackwardWalkMinBytes;
+    private bool WalkBackwards(int inputs) => !_plan.IsColumn && SegmentBytes(inputs) >= BackwardWalkMinBytes;
 
     /// <summary>
     /// Run shape, a forward segment by segment: how far on the next segment's x lies, to prefetch while this one's
@@ -497,6 +496,28 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     /// -15 to -33%, 64x64x56x56 (800 KB, as large as what stays in L2) -14% to no change by the machine's spell,
     /// 8x32x208x208 unchanged. (The last group's prefetch points past it, at data of no use or past the end: harmless.)
     /// </summary>
+    /// <summary>
+    /// Whether the backward, segment by segment, prefetches the next segment's x and dy during this one's dx pass: when
+    /// a segment's x and dy are small enough for two of them to share the L2 with room to spare (GroupNorm(32) on 56x56:
+    /// 50 KB; -3 to -7%), or so large that little of one stays there anyway (BatchNorm 8x32x208x208: 2.8 MB; -10%).
+    /// Between, the prefetched segment evicts the one still being read: BatchNorm 32x64x56x56 (800 KB) +25 to +30%,
+    /// 64x64x56x56 (1.6 MB) +3%, 16x256x56x56 (400 KB) even (2 threads, in-process A/B).
+    /// </summary>
+    private bool PrefetchesInBackward
+    {
+        get
+        {
+            long bytes = SegmentBytes(2);
+            return bytes <= BackwardPrefetchMaxSmallBytes || bytes >= BackwardPrefetchMinLargeBytes;
+        }
+    }
+
+    internal const long BackwardPrefetchMaxSmallBytes = 128L << 10;
+    internal const long BackwardPrefetchMinLargeBytes = 2L << 20;
+
+    /// <summary>Bytes a segment's element-wise pass reads from <paramref name="inputs"/> arrays (x, and dy in the backward).</summary>
+    private long SegmentBytes(int inputs) => (long)_plan.SlotsPerSegment * Geometry.R * Geometry.S * sizeof(T) * inputs;
+
     private nint NextSegmentDistance => _plan.IsColumn ? 0 : (nint)Geometry.J * Geometry.S;
 
     /// <summary>The center of each group of the segment is its first element: close to the mean for any sane data.</summary>

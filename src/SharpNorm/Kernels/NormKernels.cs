@@ -559,11 +559,11 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
 
     /// <summary>
     /// output = op(x, second) over n elements. With streaming stores (x and output are larger than the cache), a
-    /// nonzero <paramref name="prefetchAhead"/> prefetches x that many elements on, one cache line per line written: a
-    /// forward segment by segment reads the next segment right after this pass, and fetching it now overlaps those
-    /// reads with this pass's stores (2 threads: GroupNorm(32) 64x64x56x56 forward -10 to -15%; InstanceNorm
-    /// 64x64x56x56 -30%; BatchNorm see NormEngine.NextSegmentDistance; the backward, reading x and dy, gained or lost
-    /// by shape). Prefetches never fault, past the end either.
+    /// nonzero <paramref name="prefetchAhead"/> prefetches x (and the second input) that many elements on, one cache
+    /// line per line written: a pass segment by segment reads the next segment right after this one, and fetching it
+    /// now overlaps those reads with this pass's stores (2 threads: GroupNorm(32) 64x64x56x56 forward -10 to -15%;
+    /// InstanceNorm 64x64x56x56 -30%; BatchNorm and the backward: see NormEngine.NextSegmentDistance and
+    /// NormEngine.PrefetchesInBackward). Prefetches never fault, past the end either.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static unsafe void ApplyRun<TOp, TSimd, TVector>(ref T x, ref T second, ref T output, int n, T center, T p, T q, T w, bool streaming = false,
@@ -587,11 +587,15 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
             }
             bool prefetch = prefetchAhead != 0 && System.Runtime.Intrinsics.X86.Sse.IsSupported;
             // A raw pointer, not a ref: the address may lie past the end of x, and a prefetch does not fault.
-            T* ahead = (T*)Unsafe.AsPointer(ref x) + prefetchAhead;
+            T* ahead = (T*)Unsafe.AsPointer(ref x) + prefetchAhead, secondAhead = (T*)Unsafe.AsPointer(ref second) + prefetchAhead;
             int lineElements = 64 / sizeof(T);
             for (; i <= n - TSimd.Count; i += TSimd.Count)
             {
-                if (prefetch && (i & (lineElements - 1)) < TSimd.Count) System.Runtime.Intrinsics.X86.Sse.Prefetch1(ahead + i);
+                if (prefetch && (i & (lineElements - 1)) < TSimd.Count)
+                {
+                    System.Runtime.Intrinsics.X86.Sse.Prefetch1(ahead + i);
+                    if (TOp.ReadsSecond) System.Runtime.Intrinsics.X86.Sse.Prefetch1(secondAhead + i);
+                }
                 TVector xv = TSimd.Load(ref x, i);
                 TVector ov = TOp.ReadsSecond ? TSimd.Load(ref second, i) : xv;
                 TSimd.StoreStreaming(TOp.Apply<T, TSimd, TVector>(xv, ov, cv, pv, qv, wv), ref output, i);

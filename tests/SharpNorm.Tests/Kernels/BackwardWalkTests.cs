@@ -8,7 +8,8 @@ namespace SharpNorm.Tests.Kernels;
 
 /// <summary>
 /// Segments large enough to walk their element-wise pass from the last run back to the first
-/// (<see cref="NormEngine{T}.BackwardWalkBytes"/>) write the bits of the forward walk.
+/// (<see cref="NormEngine{T}.BackwardWalkBytes"/>) write the bits of the forward walk, with cached or streaming stores
+/// (streaming ones prefetch the next segment: the forward always, the backward by segment size).
 /// </summary>
 public class BackwardWalkTests
 {
@@ -18,6 +19,8 @@ public class BackwardWalkTests
     {
         ["BatchNorm, 16 channels of 5 runs, 2 units each"] = (() => new BatchNorm<float>(16), [5, 16, 20000], 16),
         ["BatchNorm, 16 channels of 2 runs of 2 slices"] = (() => new BatchNorm<float>(16), [2, 16, 70001], 16),
+        // 2.2 MB of x and dy per channel: the backward prefetches the next channel (NormEngine.PrefetchesInBackward).
+        ["BatchNorm, 16 channels of 4 runs of 2 slices"] = (() => new BatchNorm<float>(16), [4, 16, 70001], 16),
         ["GroupNorm(16, 32), 16 segments of 2 slots"] = (() => new GroupNorm<float>(16, 32), [1, 32, 40003], 16),
     };
 
