@@ -54,8 +54,9 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     internal const long StreamingStoreBytes = 16L << 20;
 
     /// <summary>
-    /// A segment whose element-wise pass reads at least this many bytes (x, and dy in the backward) walks that pass from
-    /// its last run back to its first. Its statistics pass has just read it first to last, and a segment this large
+    /// A segment of several units whose element-wise pass reads at least this many bytes (x, and dy in the backward)
+    /// walks that pass from its last run back to its first (whole groups of one unit, <see cref="WholeGroups"/>, walk
+    /// forward whatever their size). Its statistics pass has just read it first to last, and a segment this large
     /// does not all stay in the 1 MB L2: what does stay is the part read last, which a forward walk would evict on its
     /// way there. 2 threads, in-process A/B: BatchNorm 32x64x56x56 (a channel: 400 KB of x, 800 KB with dy) backward
     /// -17%; 64x64x56x56 (800 KB, 1.6 MB) forward -6 to -12%, backward -7%, and 8x32x208x208 -6%, in a fast spell of
@@ -489,19 +490,13 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     private bool WalkBackwards(int inputs) => !_plan.IsColumn && SegmentBytes(inputs) >= BackwardWalkMinBytes;
 
     /// <summary>
-    /// Run shape, a forward segment by segment: how far on the next segment's x lies, to prefetch while this one's
-    /// element-wise pass runs. Each run of group (a, b) has the matching run of (a, b + 1) J*S elements on: the next
-    /// group whole when R is 1 (InstanceNorm, GroupNorm), and for BatchNorm (R = N) the next channel's run of the same
-    /// sample. BatchNorm forward, 2 threads, in-process A/B: 32x64x56x56 and 16x256x56x56 (channels of 400 and 200 KB)
-    /// -15 to -33%, 64x64x56x56 (800 KB, as large as what stays in L2) -14% to no change by the machine's spell,
-    /// 8x32x208x208 unchanged. (The last group's prefetch points past it, at data of no use or past the end: harmless.)
-    /// </summary>
-    /// <summary>
-    /// Whether the backward, segment by segment, prefetches the next segment's x and dy during this one's dx pass: when
-    /// a segment's x and dy are small enough for two of them to share the L2 with room to spare (GroupNorm(32) on 56x56:
-    /// 50 KB; -3 to -7%), or so large that little of one stays there anyway (BatchNorm 8x32x208x208: 2.8 MB; -10%).
-    /// Between, the prefetched segment evicts the one still being read: BatchNorm 32x64x56x56 (800 KB) +25 to +30%,
-    /// 64x64x56x56 (1.6 MB) +3%, 16x256x56x56 (400 KB) even (2 threads, in-process A/B).
+    /// Whether the backward over segments of several units prefetches the next segment's x and dy during this one's dx
+    /// pass: when a segment's x and dy are small enough for two of them to share the L2 with room to spare
+    /// (GroupNorm(32) on 56x56: 50 KB; -3 to -7%), or so large that little of one stays there anyway (BatchNorm
+    /// 8x32x208x208: 2.8 MB; -10%). Between, the prefetched segment evicts the one still being read: BatchNorm
+    /// 32x64x56x56 (800 KB) +25 to +30%, 64x64x56x56 (1.6 MB) +3% (2 threads, in-process A/B). The backward over whole
+    /// groups of one unit (<see cref="WholeGroups"/>: InstanceNorm, BatchNorm with small channels) never prefetches:
+    /// InstanceNorm 64x64x56x56 was 4 to 10% slower with it.
     /// </summary>
     private bool PrefetchesInBackward
     {
@@ -512,12 +507,23 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
         }
     }
 
+    /// <summary>Segments whose x and dy take at most this many bytes prefetch the next in the backward: two fit the L2 with room.</summary>
     internal const long BackwardPrefetchMaxSmallBytes = 128L << 10;
+
+    /// <summary>Segments whose x and dy take at least this many bytes prefetch the next in the backward: little of one stays in L2 anyway.</summary>
     internal const long BackwardPrefetchMinLargeBytes = 2L << 20;
 
     /// <summary>Bytes a segment's element-wise pass reads from <paramref name="inputs"/> arrays (x, and dy in the backward).</summary>
     private long SegmentBytes(int inputs) => (long)_plan.SlotsPerSegment * Geometry.R * Geometry.S * sizeof(T) * inputs;
 
+    /// <summary>
+    /// Run shape, a forward segment by segment: how far on the next segment's x lies, to prefetch while this one's
+    /// element-wise pass runs. Each run of group (a, b) has the matching run of (a, b + 1) J*S elements on: the next
+    /// group whole when R is 1 (InstanceNorm, GroupNorm), and for BatchNorm (R = N) the next channel's run of the same
+    /// sample. BatchNorm forward, 2 threads, in-process A/B: 32x64x56x56 and 16x256x56x56 (channels of 400 and 200 KB)
+    /// -15 to -33%, 64x64x56x56 (800 KB, as large as what stays in L2) -14% to no change by the machine's spell,
+    /// 8x32x208x208 unchanged. (The last group's prefetch points past it, at data of no use or past the end: harmless.)
+    /// </summary>
     private nint NextSegmentDistance => _plan.IsColumn ? 0 : (nint)Geometry.J * Geometry.S;
 
     /// <summary>The center of each group of the segment is its first element: close to the mean for any sane data.</summary>

@@ -128,7 +128,8 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
 
     /// <summary>
     /// Run shape: for units [firstUnit, endUnit), output = op(x, second) with the coefficients of each unit's slot;
-    /// with streaming stores, x <paramref name="prefetchAhead"/> elements on is prefetched (see <see cref="ApplyRun"/>).
+    /// with streaming stores, x (and the second input) <paramref name="prefetchAhead"/> elements on is prefetched (see
+    /// <see cref="ApplyRun"/>).
     /// <paramref name="backwards"/> walks the units and their runs last to first; every element gets the same value.
     /// </summary>
     public static void RunUnitApply<TOp>(int maxVectorBits, in NormPlan plan, ReadOnlySpan<T> x, ReadOnlySpan<T> second, Span<T> output,

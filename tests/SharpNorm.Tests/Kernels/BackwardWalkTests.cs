@@ -9,7 +9,9 @@ namespace SharpNorm.Tests.Kernels;
 /// <summary>
 /// Segments large enough to walk their element-wise pass from the last run back to the first
 /// (<see cref="NormEngine{T}.BackwardWalkBytes"/>) write the bits of the forward walk, with cached or streaming stores
-/// (streaming ones prefetch the next segment: the forward always, the backward by segment size).
+/// (streaming ones prefetch the next segment: the forward always, the backward here in its large-segment branch; the
+/// small-segment branch is reached by StreamingStoreTests' GroupNorm cases). The walk's direction leaves no trace in the
+/// results by design: these tests guard that it covers every run exactly once.
 /// </summary>
 public class BackwardWalkTests
 {

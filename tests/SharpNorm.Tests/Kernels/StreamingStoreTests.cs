@@ -75,12 +75,14 @@ public class StreamingStoreTests
         ["BatchNorm1d (N, 1024), 4 units"] = (() => new BatchNorm<float>(1024), [200, 1024]),
         ["InstanceNorm2d channels-last, C 32, 2 units per sample"] = (() => new InstanceNorm<float>(32, affine: true, layout: ChannelLayout.Last), [3, 50, 50, 32]),
         // Run shape (NCHW): many small contiguous groups, segment by segment, whose forward prefetches the next group
-        // (the last one past the end of x); few groups (split into units); BatchNorm's channels (R > 1: the next
-        // channel's run of the same sample).
+        // (the last one past the end of x); few groups (split into units); BatchNorm's channels (R > 1): 8 of them
+        // take the unit path (no prefetch), 16 the whole-group path, whose forward prefetches the next channel's run of
+        // the same sample.
         ["InstanceNorm2d, 32 groups of 63"] = (() => new InstanceNorm<float>(8, affine: true), [4, 8, 7, 9]),
         ["GroupNorm(4, 16), 16 groups of 4 channels"] = (() => new GroupNorm<float>(4, 16), [4, 16, 10, 12]),
         ["GroupNorm(2, 8), 4 groups"] = (() => new GroupNorm<float>(2, 8), [2, 8, 5, 5]),
         ["BatchNorm2d, 8 channels"] = (() => new BatchNorm<float>(8), [4, 8, 9, 7]),
+        ["BatchNorm2d, 16 channels of 3 runs"] = (() => new BatchNorm<float>(16), [3, 16, 5, 7]),
     };
 
     /// <summary>
