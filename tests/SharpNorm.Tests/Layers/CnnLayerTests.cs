@@ -188,6 +188,36 @@ public class CnnLayerTests
         Assert.Equal([0f, 5f, 0f, 0f], pool.Backward(x, Tensor.Create([5f], [1, 1, 1, 1])).ToArray());
     }
 
+    /// <summary>
+    /// The vector path of 2x2 stride-2 float max pooling against the scalar first-maximum search, bit for bit: ties,
+    /// +0 and -0, NaNs and infinities; rows of 16 outputs and more, short rows staged side by side, odd sizes.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 2)]
+    [InlineData(5, 7)]
+    [InlineData(14, 14)]
+    [InlineData(28, 28)]
+    [InlineData(9, 31)]
+    [InlineData(6, 32)]
+    [InlineData(7, 33)]
+    [InlineData(4, 66)]
+    [InlineData(3, 100)]
+    public void MaxPoolVectorPathMatchesTheScalarSearch(int height, int width)
+    {
+        var random = new Random(height * 1000 + width);
+        float[] pool = [0f, -0f, 1f, 1f, 2f, -1f, float.NaN, float.PositiveInfinity, float.NegativeInfinity, 3f, 3f, 0.5f];
+        nint[] shape = [2, 3, height, width];
+        var x = Tensor.Create(Enumerable.Range(0, 6 * height * width).Select(_ => pool[random.Next(pool.Length)]).ToArray(), shape);
+        var vector = new MaxPool2d<float>(2);
+        var scalar = new MaxPool2d<float>(2) { Vectorized = false };
+        nint[] outShape = vector.OutputShape(shape);
+        var dy = Tensor.Create(Enumerable.Range(0, (int)outShape.Aggregate((nint)1, (a, b) => a * b))
+            .Select(i => i % 7 == 0 ? -0f : (float)(random.NextDouble() - 0.5)).ToArray(), outShape);
+        static int[] Bits(Tensor<float> t) => t.ToArray().Select(BitConverter.SingleToInt32Bits).ToArray();
+        Assert.Equal(Bits(scalar.Forward(x)), Bits(vector.Forward(x)));
+        Assert.Equal(Bits(scalar.Backward(x, dy)), Bits(vector.Backward(x, dy)));
+    }
+
     [Fact]
     public void GlobalAvgPoolAndFlattenGradientsMatchCentralDifferences()
     {
