@@ -38,6 +38,11 @@ internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
     /// </summary>
     public static void Gather(in WindowGeometry g, ReadOnlySpan<T> image, Span<T> columns, int rowStride)
     {
+        if (g.StrideHeight == 1 && g.StrideWidth == 1 && g.OutputWidth == g.Width)
+        {
+            GatherShifted(g, image, columns, rowStride);
+            return;
+        }
         int plane = g.OutputPlane;
         for (int c = 0; c < g.Channels; c++)
             for (int ki = 0; ki < g.KernelHeight; ki++)
@@ -64,6 +69,49 @@ internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
                             for (int ow = owBegin; ow < owEnd; ow++) outRow[ow] = inRow[ow * g.StrideWidth + dx];
                     }
                 }
+    }
+
+    /// <summary>
+    /// <see cref="Gather"/> where output rows are as wide as input rows (stride 1, "same" width): each row of the
+    /// column matrix is the channel shifted by (dy, dx), so its valid output rows are one contiguous copy, after which
+    /// the columns that wrapped around a row edge are zeroed.
+    /// </summary>
+    private static void GatherShifted(in WindowGeometry g, ReadOnlySpan<T> image, Span<T> columns, int rowStride)
+    {
+        int width = g.Width, plane = g.OutputPlane;
+        for (int c = 0; c < g.Channels; c++)
+        {
+            ReadOnlySpan<T> channel = image.Slice(c * g.InputPlane, g.InputPlane);
+            for (int ki = 0; ki < g.KernelHeight; ki++)
+            {
+                int dy = ki * g.DilationHeight - g.PadHeight;
+                // Output rows whose input row oh + dy lies inside the image.
+                int ohBegin = Math.Clamp(-dy, 0, g.OutputHeight), ohEnd = Math.Clamp(g.Height - dy, ohBegin, g.OutputHeight);
+                for (int kj = 0; kj < g.KernelWidth; kj++)
+                {
+                    Span<T> row = columns.Slice(((c * g.KernelHeight + ki) * g.KernelWidth + kj) * rowStride, plane);
+                    var (dx, owBegin, owEnd) = InsideColumns(g, kj);
+                    if (ohBegin >= ohEnd || owBegin >= owEnd)
+                    {
+                        row.Clear();
+                        continue;
+                    }
+                    row[..(ohBegin * width)].Clear();
+                    row[(ohEnd * width)..].Clear();
+                    // row[t] = channel[t + shift] for t in the valid rows; sources outside the channel are wrapped columns.
+                    int shift = dy * width + dx;
+                    int from = Math.Max(ohBegin * width, -shift), to = Math.Min(ohEnd * width, g.InputPlane - shift);
+                    channel.Slice(from + shift, to - from).CopyTo(row[from..to]);
+                    row[(ohBegin * width)..from].Clear();
+                    row[to..(ohEnd * width)].Clear();
+                    for (int oh = ohBegin; oh < ohEnd; oh++)
+                    {
+                        row.Slice(oh * width, owBegin).Clear();
+                        row.Slice(oh * width + owEnd, width - owEnd).Clear();
+                    }
+                }
+            }
+        }
     }
 
     /// <summary>

@@ -24,6 +24,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     private readonly ChunkRunner _runner = ChunkRunner.Shared;
     private Worker[] _workers = [];
     private T[] _partWeightGradient = [], _partBiasGradient = [];
+    private T[] _rotated = [];          // the weights rotated 180° per group, (Cg, Og*kh*kw), for a stride-1 backward
 
     // The running job.
     private Job _job;
@@ -204,7 +205,9 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
             }
             return;
         }
-        EnsureWorkers(groupParallel ? threads : 1, g);
+        bool rotated = job == Job.Backward && RotatedBackward(g);
+        if (rotated) RotateWeights();
+        EnsureWorkers(groupParallel ? threads : 1, g, rotated);
         foreach (Worker w in _workers)
         {
             if (!WeightsFrozen) w.WeightsPacked = false;
@@ -215,7 +218,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         fixed (T* pdy = dy)
         fixed (T* pout = output)
         {
-            (_job, _window, _batch) = (job, g, batch);
+            (_job, _window, _batch, _rotatedBackward) = (job, g, batch, rotated);
             _x = px;
             _dy = pdy;
             _out = pout;
@@ -276,6 +279,11 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         for (int group = 0; group < Groups; group++)
         {
             ReadOnlySpan<T> groupWeight = weights.Slice(group * groupWeights, groupWeights);
+            if (_job == Job.Backward && _rotatedBackward)
+            {
+                RotatedBackwardGroup(first, count, group, w);
+                continue;
+            }
             if (_job == Job.Backward)
             {
                 // dy of the group's channels, images side by side (Og x count*P).
@@ -346,6 +354,58 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         }
     }
 
+    /// <summary>
+    /// Stride 1 with padding at most the kernel's reach: dx is the forward convolution of dy with the weights rotated
+    /// 180° and in/out channels swapped (padding dil*(k-1) - pad), so it gathers dy's columns and needs no col2im.
+    /// Its product has a row per input channel of the group: with fewer than two micro-kernel panels of them (the
+    /// first layer, depthwise) most of each panel would be padding, and col2im's product is the better one.
+    /// </summary>
+    private bool RotatedBackward(in WindowGeometry g) =>
+        StrideHeight == 1 && StrideWidth == 1 && !g.IsPointwise && InChannels / Groups >= 2 * Gemm<T>.MR
+        && PadHeight <= DilationHeight * (KernelHeight - 1) && PadWidth <= DilationWidth * (KernelWidth - 1);
+
+    /// <summary>The window of dy's columns: Og channels of (OH, OW) with the rotated padding, giving (H, W).</summary>
+    private WindowGeometry RotatedWindow(in WindowGeometry g) =>
+        new(OutChannels / Groups, g.OutputHeight, g.OutputWidth, KernelHeight, KernelWidth, 1, 1,
+            DilationHeight * (KernelHeight - 1) - PadHeight, DilationWidth * (KernelWidth - 1) - PadWidth, DilationHeight, DilationWidth,
+            g.Height, g.Width);
+
+    /// <summary>_rotated[group][c][(o*kh + i)*kw + j] = W[group*Og + o][c][kh-1-i][kw-1-j].</summary>
+    private void RotateWeights()
+    {
+        int groupOut = OutChannels / Groups, groupIn = InChannels / Groups, taps = KernelHeight * KernelWidth;
+        ReadOnlySpan<T> weights = TensorData.Flat(Weight.Value);
+        Grow(ref _rotated, weights.Length);
+        for (int group = 0; group < Groups; group++)
+            for (int c = 0; c < groupIn; c++)
+            {
+                Span<T> row = _rotated.AsSpan((group * groupIn + c) * groupOut * taps, groupOut * taps);
+                for (int o = 0; o < groupOut; o++)
+                {
+                    ReadOnlySpan<T> filter = weights.Slice(((group * groupOut + o) * groupIn + c) * taps, taps);
+                    for (int t = 0; t < taps; t++) row[o * taps + t] = filter[taps - 1 - t];
+                }
+            }
+    }
+
+    /// <summary>dx of one channel group of images [first, first + count): dx_g (Cg x count*H*W) = rotated W_g · columns of dy.</summary>
+    private unsafe void RotatedBackwardGroup(int first, int count, int group, Worker w)
+    {
+        WindowGeometry g = _window, back = RotatedWindow(g);
+        int groupIn = InChannels / Groups, groupOut = OutChannels / Groups, inPlane = g.InputPlane;
+        int imageIn = InChannels * inPlane, imageOut = OutChannels * g.OutputPlane, width = count * inPlane, rows = back.ColumnRows;
+        Span<T> columns = w.Columns.AsSpan(0, rows * width);
+        for (int i = 0; i < count; i++)
+            Im2Col<T>.Gather(back, new ReadOnlySpan<T>(_dy + (nint)(first + i) * imageOut + group * groupOut * g.OutputPlane, groupOut * g.OutputPlane),
+                columns[(i * inPlane)..], width);
+        bool staged = count > 1;
+        Span<T> target = staged ? w.Stage.AsSpan(0, groupIn * width) : new Span<T>(_out + (nint)first * imageIn + group * groupIn * inPlane, groupIn * inPlane);
+        w.Gemm.Multiply(false, false, groupIn, width, rows, _rotated.AsSpan(group * groupIn * rows, groupIn * rows), rows, columns, width, target, width,
+            accumulate: false, reusePackedA: w.WeightsPacked && Groups == 1);
+        w.WeightsPacked = true;
+        if (staged) UnstageImages(target, _out, first, count, imageIn, group * groupIn * inPlane, groupIn, inPlane);
+    }
+
     /// <summary>Channels [offset, offset + channels*P) of images [first, first + count) side by side: row c is the images' planes of channel c.</summary>
     private static unsafe ReadOnlySpan<T> StageImages(T* source, int first, int count, int imageLength, int offset, int channels, int plane, Span<T> stage)
     {
@@ -405,6 +465,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
 
     private BandJob? _bandJob;
     private int _bandColumns;
+    private bool _rotatedBackward;
 
     private void EnsureWorkers(int count, in WindowGeometry g, int bandColumns)
     {
@@ -421,14 +482,16 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         _workers = workers;
     }
 
-    private void EnsureWorkers(int count, in WindowGeometry g)
+    private void EnsureWorkers(int count, in WindowGeometry g, bool rotated)
     {
         AddWorkers(count);
-        int width = ImagesPerGroup(g) * g.OutputPlane;
+        int images = ImagesPerGroup(g), width = images * g.OutputPlane, inWidth = images * g.InputPlane;
+        int columns = rotated ? RotatedWindow(g).ColumnRows * inWidth : g.ColumnRows * width;
+        int stage = images == 1 ? 0 : rotated ? InChannels / Groups * inWidth : OutChannels / Groups * width;
         foreach (Worker w in _workers)
         {
-            Grow(ref w.Columns, g.ColumnRows * width);
-            Grow(ref w.Stage, ImagesPerGroup(g) > 1 ? OutChannels / Groups * width : 0);
+            Grow(ref w.Columns, columns);
+            Grow(ref w.Stage, stage);
         }
     }
 

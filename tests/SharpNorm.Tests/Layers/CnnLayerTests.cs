@@ -51,6 +51,11 @@ public class CnnLayerTests
         { "groups 2", 4, 6, [3], [1], [1], [1], 2, true, [2, 4, 5, 4] },
         { "depthwise", 3, 3, [3], [2], [1], [1], 3, true, [2, 3, 6, 7] },
         { "5x5 no pad", 1, 2, [5], [1], [0], [1], 1, true, [3, 1, 6, 5] },
+        // 16 input channels per group and more: dx by the rotated weights' forward (no col2im).
+        { "3x3 pad 1, 16 channels", 16, 3, [3], [1], [1], [1], 1, true, [3, 16, 4, 5] },
+        { "3x3 pad (0,2), 16 channels", 16, 3, [3], [1], [0, 2], [1], 1, false, [2, 16, 5, 4] },
+        { "3x2 dilation 2 pad (1,2), groups 2 of 16", 32, 4, [3, 2], [1], [1, 2], [2], 2, false, [2, 32, 5, 4] },
+        { "3x3 pad 3, beyond the kernel's reach", 2, 2, [3], [1], [3], [1], 1, false, [2, 2, 4, 5] },
     };
 
     [Theory]
