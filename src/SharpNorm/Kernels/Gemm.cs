@@ -2,6 +2,7 @@ using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using SharpNorm.Threading;
 
 namespace SharpNorm.Kernels;
@@ -127,11 +128,16 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
                     continue;
                 }
                 if (rows < MR) new Span<T>(dst, kc * MR).Clear();
+                int done = 0;
+                // Whole panels: 8x8 blocks transposed in registers.
+                if (rows == MR && typeof(T) == typeof(float) && Avx.IsSupported)
+                    for (; done + 8 <= kc; done += 8)
+                        Transpose8x8((float*)(a + (nint)i0 * lda + p0 + done), lda, (float*)(dst + done * MR), MR);
                 // Row by row: each row of A is read in order, and written every MR elements.
                 for (int r = 0; r < rows; r++)
                 {
                     T* src = a + (nint)(i0 + r) * lda + p0;
-                    for (int p = 0; p < kc; p++) dst[p * MR + r] = src[p];
+                    for (int p = done; p < kc; p++) dst[p * MR + r] = src[p];
                 }
             }
         }
@@ -168,7 +174,7 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
             for (int j = j0; j < jEnd; j += nr)
             {
                 int cols = Math.Min(nr, _n - j);
-                PackB(p0, kc, j, cols, nr, packedB);
+                PackB<TSimd, TVector>(p0, kc, j, cols, nr, packedB);
                 for (int i = i0; i < iEnd; i += MR)
                 {
                     int rows = Math.Min(MR, _m - i);
@@ -189,7 +195,10 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
     }
 
     /// <summary>A KC x NR sliver of op(B) into k-major rows of NR (zero padded).</summary>
-    private void PackB(int p0, int kc, int j0, int cols, int nr, T* packed)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void PackB<TSimd, TVector>(int p0, int kc, int j0, int cols, int nr, T* packed)
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
     {
         if (!_transB)
         {
@@ -197,18 +206,59 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
             {
                 T* src = _b + (nint)(p0 + p) * _ldb + j0;
                 T* dst = packed + p * nr;
+                if (cols == nr)
+                {
+                    // Two vectors straight across (a span copy per row costs as much as the row).
+                    ref T from = ref Unsafe.AsRef<T>(src), to = ref Unsafe.AsRef<T>(dst);
+                    TSimd.Store(TSimd.Load(ref from, 0), ref to, 0);
+                    TSimd.Store(TSimd.Load(ref from, TSimd.Count), ref to, TSimd.Count);
+                    continue;
+                }
                 new ReadOnlySpan<T>(src, cols).CopyTo(new Span<T>(dst, cols));
-                if (cols < nr) new Span<T>(dst + cols, nr - cols).Clear();
+                new Span<T>(dst + cols, nr - cols).Clear();
             }
             return;
         }
         // op(B) = Bᵀ: B is n x k; column j of op(B) is row j of B.
         if (cols < nr) new Span<T>(packed, kc * nr).Clear();
+        int whole = 0;
+        if (typeof(T) == typeof(float) && Avx.IsSupported)
+        {
+            // 8 rows of B by 8 of k at a time, transposed in registers.
+            whole = kc / 8 * 8;
+            for (int c = 0; c + 8 <= cols; c += 8)
+                for (int p = 0; p < whole; p += 8)
+                    Transpose8x8((float*)(_b + (nint)(j0 + c) * _ldb + p0 + p), _ldb, (float*)(packed + p * nr + c), nr);
+        }
+        int vectorCols = whole == 0 ? 0 : cols / 8 * 8;
         for (int c = 0; c < cols; c++)
         {
             T* src = _b + (nint)(j0 + c) * _ldb + p0;
-            for (int p = 0; p < kc; p++) packed[p * nr + c] = src[p];
+            for (int p = c < vectorCols ? whole : 0; p < kc; p++) packed[p * nr + c] = src[p];
         }
+    }
+
+    /// <summary>dst[j * dstStride + i] = src[i * srcStride + j] for an 8x8 block of floats.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose8x8(float* src, int srcStride, float* dst, int dstStride)
+    {
+        Vector256<float> r0 = Avx.LoadVector256(src), r1 = Avx.LoadVector256(src + srcStride);
+        Vector256<float> r2 = Avx.LoadVector256(src + 2 * srcStride), r3 = Avx.LoadVector256(src + 3 * srcStride);
+        Vector256<float> r4 = Avx.LoadVector256(src + 4 * srcStride), r5 = Avx.LoadVector256(src + 5 * srcStride);
+        Vector256<float> r6 = Avx.LoadVector256(src + 6 * srcStride), r7 = Avx.LoadVector256(src + 7 * srcStride);
+        // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves: column j ends up in row j.
+        Vector256<float> t0 = Avx.UnpackLow(r0, r1), t1 = Avx.UnpackHigh(r0, r1), t2 = Avx.UnpackLow(r2, r3), t3 = Avx.UnpackHigh(r2, r3);
+        Vector256<float> t4 = Avx.UnpackLow(r4, r5), t5 = Avx.UnpackHigh(r4, r5), t6 = Avx.UnpackLow(r6, r7), t7 = Avx.UnpackHigh(r6, r7);
+        Vector256<float> u0 = Avx.Shuffle(t0, t2, 0x44), u1 = Avx.Shuffle(t0, t2, 0xEE), u2 = Avx.Shuffle(t1, t3, 0x44), u3 = Avx.Shuffle(t1, t3, 0xEE);
+        Vector256<float> u4 = Avx.Shuffle(t4, t6, 0x44), u5 = Avx.Shuffle(t4, t6, 0xEE), u6 = Avx.Shuffle(t5, t7, 0x44), u7 = Avx.Shuffle(t5, t7, 0xEE);
+        Avx.Store(dst, Avx.Permute2x128(u0, u4, 0x20));
+        Avx.Store(dst + dstStride, Avx.Permute2x128(u1, u5, 0x20));
+        Avx.Store(dst + 2 * dstStride, Avx.Permute2x128(u2, u6, 0x20));
+        Avx.Store(dst + 3 * dstStride, Avx.Permute2x128(u3, u7, 0x20));
+        Avx.Store(dst + 4 * dstStride, Avx.Permute2x128(u0, u4, 0x31));
+        Avx.Store(dst + 5 * dstStride, Avx.Permute2x128(u1, u5, 0x31));
+        Avx.Store(dst + 6 * dstStride, Avx.Permute2x128(u2, u6, 0x31));
+        Avx.Store(dst + 7 * dstStride, Avx.Permute2x128(u3, u7, 0x31));
     }
 
     /// <summary>
