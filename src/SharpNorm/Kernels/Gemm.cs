@@ -72,17 +72,10 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
             return;
         }
 
-        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
-            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
-            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
-        _nr = 2 * (_bits == 0 ? 1 : _bits / 8 / sizeof(T));
         int panelsM = (m + MR - 1) / MR, blocksK = (k + KC - 1) / KC;
         T[] previous = _packedA;
         Grow(ref _packedA, panelsM * MR * blocksK * KC);
         if (!ReferenceEquals(previous, _packedA)) _packedKey = default;
-        _packedBLength = KC * _nr;
-        Grow(ref _packedB, Math.Max(1, Threads) * _packedBLength);
-
         fixed (T* pa = a)
         fixed (T* pb = b)
         fixed (T* pc = c)
@@ -91,17 +84,64 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
             var key = (Source: (nint)pa, transA, m, k, lda);
             if (!reusePackedA || key != _packedKey) PackA(transA, m, k, pa, lda, packedA);
             _packedKey = key;
-            _a = packedA;
-            _b = pb;
-            _c = pc;
-            (_m, _n, _k, _ldb, _ldc, _transB, _accumulate) = (m, n, k, ldb, ldc, transB, accumulate);
-            int panelsN = (n + _nr - 1) / _nr;
-            _tilesN = (panelsN + PanelsPerTile - 1) / PanelsPerTile;
-            int tiles = (m + MC - 1) / MC * _tilesN;
-            int threads = (long)m * n * k < MinParallelWork ? 1 : Math.Max(1, Threads);
-            _runner.Run(this, tiles, threads);
-            _a = _b = _c = null;
+            Run(packedA, transB, m, n, k, pb, ldb, pc, ldc, accumulate);
         }
+    }
+
+    /// <summary>Elements of op(A) (m x k) packed by <see cref="Pack"/>.</summary>
+    internal static int PackedLength(int m, int k) => (m + MR - 1) / MR * MR * k;
+
+    /// <summary>op(A) into the panels the product reads, once for many products (<see cref="MultiplyPacked"/>).</summary>
+    internal static void Pack(bool transA, int m, int k, ReadOnlySpan<T> a, int lda, Span<T> packed)
+    {
+        if (m < 0 || k < 0) throw new ArgumentOutOfRangeException(nameof(m), $"Matrix sizes must be >= 0; got m={m}, k={k}.");
+        Require("A", transA ? k : m, transA ? m : k, a.Length, lda);
+        if (packed.Length < PackedLength(m, k))
+            throw new ArgumentException($"A packed takes {PackedLength(m, k)} elements; got {packed.Length}.", nameof(packed));
+        if (m == 0 || k == 0) return;
+        fixed (T* pa = a)
+        fixed (T* target = packed)
+            PackA(transA, m, k, pa, lda, target);
+    }
+
+    /// <summary>C[m x n] (+)= A · op(B) with A as <see cref="Pack"/> left it.</summary>
+    internal void MultiplyPacked(ReadOnlySpan<T> packedA, bool transB, int m, int n, int k, ReadOnlySpan<T> b, int ldb, Span<T> c, int ldc, bool accumulate)
+    {
+        Validate(false, transB, m, n, k, PackedLength(m, k), k, b.Length, ldb, c.Length, ldc);
+        if (packedA.Length < PackedLength(m, k))
+            throw new ArgumentException($"A packed takes {PackedLength(m, k)} elements; got {packedA.Length}.", nameof(packedA));
+        if (m == 0 || n == 0) return;
+        if (k == 0)
+        {
+            if (!accumulate)
+                for (int i = 0; i < m; i++) c.Slice(i * ldc, n).Clear();
+            return;
+        }
+        fixed (T* pa = packedA)
+        fixed (T* pb = b)
+        fixed (T* pc = c)
+            Run(pa, transB, m, n, k, pb, ldb, pc, ldc, accumulate);
+    }
+
+    /// <summary>The product's tiles over packed A, on the helper threads.</summary>
+    private void Run(T* packedA, bool transB, int m, int n, int k, T* b, int ldb, T* c, int ldc, bool accumulate)
+    {
+        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
+            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
+            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
+        _nr = 2 * (_bits == 0 ? 1 : _bits / 8 / sizeof(T));
+        _packedBLength = KC * _nr;
+        Grow(ref _packedB, Math.Max(1, Threads) * _packedBLength);
+        _a = packedA;
+        _b = b;
+        _c = c;
+        (_m, _n, _k, _ldb, _ldc, _transB, _accumulate) = (m, n, k, ldb, ldc, transB, accumulate);
+        int panelsN = (n + _nr - 1) / _nr;
+        _tilesN = (panelsN + PanelsPerTile - 1) / PanelsPerTile;
+        int tiles = (m + MC - 1) / MC * _tilesN;
+        int threads = (long)m * n * k < MinParallelWork ? 1 : Math.Max(1, Threads);
+        _runner.Run(this, tiles, threads);
+        _a = _b = _c = null;
     }
 
     /// <summary>A, as op(A), into MR-row panels per KC block: block-major, then panel, then k, then the MR rows (zero padded).</summary>

@@ -6,6 +6,17 @@ using SharpNorm.Threading;
 
 namespace SharpNorm.Layers;
 
+/// <summary>How <see cref="Conv2d{T}"/> computes its forward and input gradient.</summary>
+public enum ConvAlgorithm
+{
+    /// <summary>Winograd F(4x4, 3x3) where the layer fits it (3x3, stride 1, dilation 1, one group, 16+ channels in and out), im2col otherwise.</summary>
+    Auto,
+    /// <summary>Column matrices (im2col) multiplied by the weights.</summary>
+    Im2ColGemm,
+    /// <summary>Winograd F(4x4, 3x3); only for 3x3 kernels with stride 1, dilation 1 and one group.</summary>
+    Winograd,
+}
+
 /// <summary>
 /// 2-d convolution, the twin of torch.nn.Conv2d: input (N, C, H, W), weight (O, C/groups, kh, kw), optional bias (O).
 /// Each image is turned into its column matrix (im2col) and multiplied by the weights with <see cref="Gemm{T}"/>.
@@ -94,6 +105,41 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     /// <summary>Widest vector the products may use (tests lower it).</summary>
     internal int MaxVectorBits { get; set; } = 512;
 
+    /// <summary>
+    /// The forward's and input gradient's algorithm (the weight gradient is always the im2col product). Winograd
+    /// needs a 3x3 kernel, stride 1, dilation 1 and one group: asking for it otherwise throws.
+    /// </summary>
+    public ConvAlgorithm Algorithm
+    {
+        get => _algorithm;
+        set
+        {
+            if (!Enum.IsDefined(value)) throw new ArgumentOutOfRangeException(nameof(value), value, "Unknown convolution algorithm.");
+            if (value == ConvAlgorithm.Winograd && !WinogradShape)
+                throw new ArgumentException(
+                    $"{Description}: Winograd F(4x4, 3x3) needs a 3x3 kernel, stride 1, dilation 1 and one group; this layer has kernel ({KernelHeight}, {KernelWidth}), " +
+                    $"stride ({StrideHeight}, {StrideWidth}), dilation ({DilationHeight}, {DilationWidth}), {Groups} group(s).", nameof(value));
+            _algorithm = value;
+        }
+    }
+
+    private ConvAlgorithm _algorithm;
+    private Winograd<T>? _winograd, _winogradBackward;
+
+    private bool WinogradShape => KernelHeight == 3 && KernelWidth == 3 && StrideHeight == 1 && StrideWidth == 1
+        && DilationHeight == 1 && DilationWidth == 1 && Groups == 1;
+
+    /// <summary>
+    /// Whether a product of <paramref name="inChannels"/> into <paramref name="outChannels"/> goes by Winograd: asked for,
+    /// or on Auto with 16 channels or more on both sides (fewer leave the 36 products too thin to gain).
+    /// </summary>
+    private bool UsesWinograd(int inChannels, int outChannels) => Algorithm switch
+    {
+        ConvAlgorithm.Winograd => true,
+        ConvAlgorithm.Auto => WinogradShape && inChannels >= 16 && outChannels >= 16,
+        _ => false,
+    };
+
     public override IEnumerable<Parameter<T>> Parameters => Bias is null ? [Weight] : [Weight, Bias];
 
     protected override string Description => $"Conv2d({InChannels}, {OutChannels})";
@@ -180,6 +226,25 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     {
         int batch = (job == Job.Backward ? output.Length : x.Length) / (InChannels * g.InputPlane);
         int threads = Threads, imageGroups = ImageGroupCount(batch, g);
+        if (job == Job.Forward && UsesWinograd(InChannels, OutChannels))
+        {
+            _winograd ??= new Winograd<T>();
+            _winograd.MaxVectorBits = MaxVectorBits;
+            _winograd.Forward(x, batch, InChannels, g.Height, g.Width, TensorData.Flat(Weight.Value), OutChannels,
+                Bias is null ? default : TensorData.Flat(Bias.Value), PadHeight, PadWidth, g.OutputHeight, g.OutputWidth, output, threads,
+                filtersUnchanged: WeightsFrozen);
+            return;
+        }
+        if (job == Job.Backward && UsesWinograd(OutChannels, InChannels) && RotatedBackward(g))
+        {
+            // dx: the forward of dy with the rotated weights (C filters of O channels), padding 2 - pad.
+            RotateWeights();
+            _winogradBackward ??= new Winograd<T>();
+            _winogradBackward.MaxVectorBits = MaxVectorBits;
+            _winogradBackward.Forward(dy, batch, OutChannels, g.OutputHeight, g.OutputWidth, _rotated, InChannels, default,
+                2 - PadHeight, 2 - PadWidth, g.Height, g.Width, output, threads, filtersUnchanged: false);
+            return;
+        }
         bool groupParallel = imageGroups >= threads;
         // Fewer images than threads, each a large map (a network at batch 1): bands of each image's output go to the
         // threads instead, each band's columns gathered on their own and small enough to stay in cache.
@@ -205,7 +270,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
             }
             return;
         }
-        bool rotated = job == Job.Backward && RotatedBackward(g);
+        bool rotated = job == Job.Backward && RotatedBackward(g) && InChannels / Groups >= 2 * Gemm<T>.MR;
         if (rotated) RotateWeights();
         EnsureWorkers(groupParallel ? threads : 1, g, rotated);
         foreach (Worker w in _workers)
@@ -361,7 +426,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     /// first layer, depthwise) most of each panel would be padding, and col2im's product is the better one.
     /// </summary>
     private bool RotatedBackward(in WindowGeometry g) =>
-        StrideHeight == 1 && StrideWidth == 1 && !g.IsPointwise && InChannels / Groups >= 2 * Gemm<T>.MR
+        StrideHeight == 1 && StrideWidth == 1 && !g.IsPointwise
         && PadHeight <= DilationHeight * (KernelHeight - 1) && PadWidth <= DilationWidth * (KernelWidth - 1);
 
     /// <summary>The window of dy's columns: Og channels of (OH, OW) with the rotated padding, giving (H, W).</summary>

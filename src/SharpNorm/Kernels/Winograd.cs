@@ -1,0 +1,428 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using SharpNorm.Threading;
+
+namespace SharpNorm.Kernels;
+
+/// <summary>
+/// 3x3 stride-1 convolution by Winograd's F(4x4, 3x3) (Lavin and Gray, 2016): each 6x6 input tile d becomes
+/// V = Bᵀ d B, each filter g becomes U = G g Gᵀ, and the 4x4 output tile is Y = Aᵀ (Σ_c U ⊙ V) A. Over channels the
+/// element-wise products are 36 independent matrix products, M[ξ] (O x tiles) = U[ξ] (O x C) · V[ξ] (C x tiles),
+/// run by <see cref="Gemm{T}"/>: 36 multiplies per 16 outputs where the direct sum takes 144.
+/// </summary>
+/// <remarks>
+/// Tiles of all images are numbered in one sequence (image, tile row, tile column) and cut into fixed ranges; a range is
+/// one chunk, transformed, multiplied and transformed back by one thread, so results do not depend on the thread count.
+/// The transforms run a vector of tiles at a time (the tiles' values staged side by side). An instance owns its
+/// buffers: after the first call at a given size no call allocates. Not thread-safe (one caller at a time).
+/// </remarks>
+// Every stack buffer here is written before it is read: no zeroing on entry.
+[SkipLocalsInit]
+internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloatingPointIeee754<T>
+{
+    /// <summary>Input tile side (α = m + r - 1), output tile side and positions of the transformed tile.</summary>
+    private const int Alpha = 6, Tile = 4, Positions = Alpha * Alpha;
+    /// <summary>Tiles are handled in blocks of this many (a multiple of every vector width's lane count).</summary>
+    private const int Block = 16;
+
+    private readonly ChunkRunner _runner = ChunkRunner.Shared;
+    private T[] _u = [];                // U[ξ][o][c], the transformed filters, each ξ padded to whole blocks
+    private int _uStride;
+    private T[] _packedU = [];          // each U[ξ] packed for the products
+    private Worker[] _workers = [];
+    private (int Channels, int OutChannels) _filtersFor;
+
+    // The running call.
+    private T* _x, _y, _bias;
+    private int _channels, _outChannels, _height, _width, _outHeight, _outWidth, _padTop, _padLeft, _tilesHigh, _tilesWide;
+    private long _tiles;
+    private int _tilesPerChunk, _bits;
+
+    /// <summary>Widest vector the transforms and products may use (tests lower it).</summary>
+    public int MaxVectorBits { get; set; } = 512;
+
+    /// <summary>
+    /// y (N, O, OH, OW) = the 3x3 stride-1 convolution of x (N, C, H, W) with filters (O, C, 3, 3), zero padding
+    /// (padTop, padLeft) and as much at the bottom and right as OH and OW take, plus bias (O) where given. With
+    /// <paramref name="filtersUnchanged"/> the caller promises the filters are those of the last call (inference), whose
+    /// transform is used again.
+    /// </summary>
+    public void Forward(ReadOnlySpan<T> x, int batch, int channels, int height, int width, ReadOnlySpan<T> filters, int outChannels,
+        ReadOnlySpan<T> bias, int padTop, int padLeft, int outHeight, int outWidth, Span<T> y, int threads, bool filtersUnchanged = false)
+    {
+        bool transformed = filtersUnchanged && _filtersFor == (channels, outChannels);
+        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
+            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
+            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
+        (_channels, _outChannels, _height, _width, _outHeight, _outWidth, _padTop, _padLeft) =
+            (channels, outChannels, height, width, outHeight, outWidth, padTop, padLeft);
+        _tilesHigh = (outHeight + Tile - 1) / Tile;
+        _tilesWide = (outWidth + Tile - 1) / Tile;
+        _tiles = (long)batch * _tilesHigh * _tilesWide;
+        _tilesPerChunk = TilesPerChunk(channels, outChannels);
+        long chunks = (_tiles + _tilesPerChunk - 1) / _tilesPerChunk;
+        threads = (int)Math.Clamp(chunks, 1, Math.Max(1, threads));
+        if (!transformed) TransformFilters(filters);
+        _filtersFor = (channels, outChannels);
+        EnsureWorkers(threads);
+        fixed (T* px = x)
+        fixed (T* py = y)
+        fixed (T* pb = bias)
+        {
+            _x = px;
+            _y = py;
+            _bias = bias.IsEmpty ? null : pb;
+            _runner.Run(this, (int)chunks, threads);
+            _x = _y = _bias = null;
+        }
+    }
+
+    /// <summary>
+    /// Tiles per chunk: 256 (columns enough for the products' panels) unless the transformed inputs and outputs of so many
+    /// (36 x (C + O) values each) would pass 8 MB; a multiple of the block, at least one block. Depends on the shape alone.
+    /// </summary>
+    private static int TilesPerChunk(int channels, int outChannels)
+    {
+        long perTile = (long)Positions * (channels + outChannels) * sizeof(T);
+        return (int)Math.Clamp((8L << 20) / perTile / Block * Block, Block, 64);
+    }
+
+    void IChunkJob.Execute(int chunk, int worker)
+    {
+        switch (_bits)
+        {
+            case 512: Chunk<Simd512<T>, Vector512<T>>(chunk, _workers[worker]); break;
+            case 256: Chunk<Simd256<T>, Vector256<T>>(chunk, _workers[worker]); break;
+            case 128: Chunk<Simd128<T>, Vector128<T>>(chunk, _workers[worker]); break;
+            default: Chunk<SimdScalar<T>, T>(chunk, _workers[worker]); break;
+        }
+    }
+
+    /// <summary>Tiles [chunk * tilesPerChunk, ...): V = Bᵀ d B per channel, M[ξ] = U[ξ] · V[ξ], y = Aᵀ M A (+ bias) per output channel.</summary>
+    private void Chunk<TSimd, TVector>(int chunk, Worker w)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        long first = (long)chunk * _tilesPerChunk;
+        int count = (int)Math.Min(_tilesPerChunk, _tiles - first), columns = (count + Block - 1) / Block * Block;
+        int c = _channels, o = _outChannels;
+        fixed (T* v = w.Transformed)
+        fixed (T* m = w.Products)
+        {
+            TilePlace* places = stackalloc TilePlace[Block];
+            for (int block = 0; block < columns; block += Block)
+            {
+                int tiles = Math.Min(Block, count - block);
+                Locate(first + block, tiles, places);
+                for (int channel = 0; channel < c; channel++)
+                    InputTiles<TSimd, TVector>(places, tiles, channel, v + (nint)channel * columns + block, c * columns);
+            }
+            int packed = Gemm<T>.PackedLength(o, c);
+            for (int xi = 0; xi < Positions; xi++)
+                w.Gemm.MultiplyPacked(_packedU.AsSpan(xi * packed, packed), false, o, columns, c,
+                    new ReadOnlySpan<T>(v + (nint)xi * c * columns, c * columns), columns, new Span<T>(m + (nint)xi * o * columns, o * columns), columns,
+                    accumulate: false);
+            for (int block = 0; block < columns; block += Block)
+            {
+                int tiles = Math.Min(Block, count - block);
+                Locate(first + block, tiles, places);
+                for (int channel = 0; channel < o; channel++)
+                    OutputTiles<TSimd, TVector>(places, tiles, channel, m + (nint)channel * columns + block, o * columns);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Channel <paramref name="channel"/> of tiles [first, first + count) (count ≤ Block; the rest of the block is
+    /// zeros): each tile's 6x6 input, zero outside the image, staged as d[i][j][tile], then V = Bᵀ d B into
+    /// v[ξ * stride + tile].
+    /// </summary>
+    private void InputTiles<TSimd, TVector>(TilePlace* places, int count, int channel, T* v, int stride)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        T* d = stackalloc T[Positions * Block];
+        if (count < Block) new Span<T>(d, Positions * Block).Clear();
+        int plane = _height * _width;
+        for (int t = 0; t < count; t++)
+        {
+            TilePlace place = places[t];
+            T* source = _x + place.Image * _channels * plane + (nint)channel * plane + (nint)place.Top * _width + place.Left;
+            if (place.Inside)
+            {
+                T* row = d + t;
+                for (int i = 0; i < Alpha; i++, source += _width, row += Alpha * Block)
+                {
+                    row[0] = source[0];
+                    row[Block] = source[1];
+                    row[2 * Block] = source[2];
+                    row[3 * Block] = source[3];
+                    row[4 * Block] = source[4];
+                    row[5 * Block] = source[5];
+                }
+                continue;
+            }
+            for (int i = 0; i < Alpha; i++, source += _width)
+            {
+                bool rowInside = (uint)(place.Top + i) < (uint)_height;
+                for (int j = 0; j < Alpha; j++)
+                    d[(i * Alpha + j) * Block + t] = rowInside && (uint)(place.Left + j) < (uint)_width ? source[j] : T.Zero;
+            }
+        }
+        TVector* e = stackalloc TVector[Positions];
+        for (int lane = 0; lane < Block; lane += TSimd.Count)
+        {
+            // Bᵀ d: each column of the tile.
+            for (int j = 0; j < Alpha; j++)
+            {
+                TransformInput<TSimd, TVector>(
+                    Load<TSimd, TVector>(d, 0, j, lane), Load<TSimd, TVector>(d, 1, j, lane), Load<TSimd, TVector>(d, 2, j, lane),
+                    Load<TSimd, TVector>(d, 3, j, lane), Load<TSimd, TVector>(d, 4, j, lane), Load<TSimd, TVector>(d, 5, j, lane),
+                    out e[j], out e[Alpha + j], out e[2 * Alpha + j], out e[3 * Alpha + j], out e[4 * Alpha + j], out e[5 * Alpha + j]);
+            }
+            // (Bᵀ d) B: each row.
+            for (int i = 0; i < Alpha; i++)
+            {
+                TVector* r = e + i * Alpha;
+                TransformInput<TSimd, TVector>(r[0], r[1], r[2], r[3], r[4], r[5], out TVector v0, out TVector v1, out TVector v2, out TVector v3,
+                    out TVector v4, out TVector v5);
+                T* target = v + (nint)(i * Alpha) * stride + lane;
+                TSimd.Store(v0, ref *target, 0);
+                TSimd.Store(v1, ref *(target + stride), 0);
+                TSimd.Store(v2, ref *(target + 2 * (nint)stride), 0);
+                TSimd.Store(v3, ref *(target + 3 * (nint)stride), 0);
+                TSimd.Store(v4, ref *(target + 4 * (nint)stride), 0);
+                TSimd.Store(v5, ref *(target + 5 * (nint)stride), 0);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Output channel <paramref name="channel"/> of tiles [first, first + count): Y = Aᵀ M A from m[ξ * stride + tile],
+    /// plus the bias, staged as y[i][j][tile] and written where the tile lies inside the output.
+    /// </summary>
+    private void OutputTiles<TSimd, TVector>(TilePlace* places, int count, int channel, T* m, int stride)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        T* staged = stackalloc T[Tile * Tile * Block];
+        TVector bias = _bias is null ? TSimd.Zero : TSimd.Broadcast(_bias[channel]);
+        TVector* e = stackalloc TVector[Tile * Alpha];
+        for (int lane = 0; lane < Block; lane += TSimd.Count)
+        {
+            // Aᵀ M: each column of the 6x6 products.
+            for (int j = 0; j < Alpha; j++)
+            {
+                T* source = m + (nint)j * stride + lane;
+                TransformOutput<TSimd, TVector>(
+                    TSimd.Load(ref *source, 0), TSimd.Load(ref *(source + Alpha * (nint)stride), 0), TSimd.Load(ref *(source + 2 * Alpha * (nint)stride), 0),
+                    TSimd.Load(ref *(source + 3 * Alpha * (nint)stride), 0), TSimd.Load(ref *(source + 4 * Alpha * (nint)stride), 0),
+                    TSimd.Load(ref *(source + 5 * Alpha * (nint)stride), 0),
+                    out e[j], out e[Alpha + j], out e[2 * Alpha + j], out e[3 * Alpha + j]);
+            }
+            // (Aᵀ M) A: each row.
+            for (int i = 0; i < Tile; i++)
+            {
+                TVector* r = e + i * Alpha;
+                TransformOutput<TSimd, TVector>(r[0], r[1], r[2], r[3], r[4], r[5], out TVector y0, out TVector y1, out TVector y2, out TVector y3);
+                T* target = staged + i * Tile * Block + lane;
+                TSimd.Store(TSimd.Add(y0, bias), ref *target, 0);
+                TSimd.Store(TSimd.Add(y1, bias), ref *(target + Block), 0);
+                TSimd.Store(TSimd.Add(y2, bias), ref *(target + 2 * Block), 0);
+                TSimd.Store(TSimd.Add(y3, bias), ref *(target + 3 * Block), 0);
+            }
+        }
+        int outPlane = _outHeight * _outWidth;
+        for (int t = 0; t < count; t++)
+        {
+            TilePlace place = places[t];
+            int row = place.Top + _padTop, column = place.Left + _padLeft;
+            T* target = _y + place.Image * _outChannels * outPlane + (nint)channel * outPlane + (nint)row * _outWidth + column;
+            int rows = Math.Min(Tile, _outHeight - row), columns = Math.Min(Tile, _outWidth - column);
+            T* source = staged + t;
+            if (columns == Tile)
+            {
+                for (int i = 0; i < rows; i++, target += _outWidth, source += Tile * Block)
+                {
+                    target[0] = source[0];
+                    target[1] = source[Block];
+                    target[2] = source[2 * Block];
+                    target[3] = source[3 * Block];
+                }
+                continue;
+            }
+            for (int i = 0; i < rows; i++, target += _outWidth, source += Tile * Block)
+                for (int j = 0; j < columns; j++) target[j] = source[j * Block];
+        }
+    }
+
+    /// <summary>Where a tile lies: its image, and the top-left of its 6x6 input window (padding counted); whether that window is inside the image.</summary>
+    private struct TilePlace
+    {
+        public nint Image;
+        public int Top, Left;
+        public bool Inside;
+    }
+
+    /// <summary>The places of tiles [first, first + count).</summary>
+    private void Locate(long first, int count, TilePlace* places)
+    {
+        int perImage = _tilesHigh * _tilesWide;
+        for (int t = 0; t < count; t++)
+        {
+            long tile = first + t;
+            int image = (int)(tile / perImage), within = (int)(tile % perImage);
+            int top = within / _tilesWide * Tile - _padTop, left = within % _tilesWide * Tile - _padLeft;
+            places[t] = new TilePlace
+            {
+                Image = image, Top = top, Left = left,
+                Inside = top >= 0 && left >= 0 && top + Alpha <= _height && left + Alpha <= _width,
+            };
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static TVector Load<TSimd, TVector>(T* staged, int i, int j, int lane)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged => TSimd.Load(ref *(staged + (i * Alpha + j) * Block + lane), 0);
+
+    /// <summary>Bᵀ applied to one line of six values (F(4x4, 3x3) with points 0, ±1, ±2).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void TransformInput<TSimd, TVector>(TVector d0, TVector d1, TVector d2, TVector d3, TVector d4, TVector d5,
+        out TVector r0, out TVector r1, out TVector r2, out TVector r3, out TVector r4, out TVector r5)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        TVector four = TSimd.Broadcast(T.CreateTruncating(4)), minusFour = TSimd.Broadcast(T.CreateTruncating(-4));
+        TVector minusFive = TSimd.Broadcast(T.CreateTruncating(-5));
+        TVector t0 = TSimd.MultiplyAdd(minusFour, d2, d4), t1 = TSimd.MultiplyAdd(minusFour, d1, d3);
+        TVector t2 = TSimd.Subtract(d4, d2), t3 = TSimd.Subtract(d3, d1);
+        t3 = TSimd.Add(t3, t3);
+        r0 = TSimd.MultiplyAdd(four, d0, TSimd.MultiplyAdd(minusFive, d2, d4));
+        r1 = TSimd.Add(t0, t1);
+        r2 = TSimd.Subtract(t0, t1);
+        r3 = TSimd.Add(t2, t3);
+        r4 = TSimd.Subtract(t2, t3);
+        r5 = TSimd.MultiplyAdd(four, d1, TSimd.MultiplyAdd(minusFive, d3, d5));
+    }
+
+    /// <summary>Aᵀ applied to one line of six products, giving four outputs.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void TransformOutput<TSimd, TVector>(TVector m0, TVector m1, TVector m2, TVector m3, TVector m4, TVector m5,
+        out TVector s0, out TVector s1, out TVector s2, out TVector s3)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        TVector a = TSimd.Add(m1, m2), b = TSimd.Subtract(m1, m2), c = TSimd.Add(m3, m4), d = TSimd.Subtract(m3, m4);
+        s0 = TSimd.Add(TSimd.Add(m0, a), c);
+        s1 = TSimd.MultiplyAdd(TSimd.Broadcast(T.CreateTruncating(2)), d, b);
+        s2 = TSimd.MultiplyAdd(TSimd.Broadcast(T.CreateTruncating(4)), c, a);
+        s3 = TSimd.Add(TSimd.MultiplyAdd(TSimd.Broadcast(T.CreateTruncating(8)), d, b), m5);
+    }
+
+    /// <summary>U[ξ][o][c] = (G g Gᵀ)[ξ] for every filter g = filters[o][c], a vector of filters at a time; then each U[ξ] packed.</summary>
+    private void TransformFilters(ReadOnlySpan<T> filters)
+    {
+        int count = _outChannels * _channels;
+        _uStride = (count + Block - 1) / Block * Block;
+        Grow(ref _u, Positions * _uStride);
+        fixed (T* g = filters)
+        fixed (T* u = _u)
+            for (int f = 0; f < count; f += Block)
+                switch (_bits)
+                {
+                    case 512: FilterBlock<Simd512<T>, Vector512<T>>(g, f, Math.Min(Block, count - f), u); break;
+                    case 256: FilterBlock<Simd256<T>, Vector256<T>>(g, f, Math.Min(Block, count - f), u); break;
+                    case 128: FilterBlock<Simd128<T>, Vector128<T>>(g, f, Math.Min(Block, count - f), u); break;
+                    default: FilterBlock<SimdScalar<T>, T>(g, f, Math.Min(Block, count - f), u); break;
+                }
+        int packed = Gemm<T>.PackedLength(_outChannels, _channels);
+        Grow(ref _packedU, Positions * packed);
+        for (int xi = 0; xi < Positions; xi++)
+            Gemm<T>.Pack(false, _outChannels, _channels, _u.AsSpan(xi * _uStride, count), _channels, _packedU.AsSpan(xi * packed, packed));
+    }
+
+    /// <summary>Filters [first, first + count): taps staged as g[k][filter], then G g Gᵀ into u[ξ * stride + filter].</summary>
+    private void FilterBlock<TSimd, TVector>(T* filters, int first, int count, T* u)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        T* g = stackalloc T[9 * Block];
+        new Span<T>(g, 9 * Block).Clear();
+        for (int f = 0; f < count; f++)
+            for (int k = 0; k < 9; k++) g[k * Block + f] = filters[(nint)(first + f) * 9 + k];
+        TVector* e = stackalloc TVector[Alpha * 3];
+        for (int lane = 0; lane < Block; lane += TSimd.Count)
+        {
+            // G g: each column of the filter.
+            for (int j = 0; j < 3; j++)
+                TransformFilter<TSimd, TVector>(TSimd.Load(ref g[j * Block + lane], 0), TSimd.Load(ref g[(3 + j) * Block + lane], 0),
+                    TSimd.Load(ref g[(6 + j) * Block + lane], 0), e + j, 3);
+            // (G g) Gᵀ: each row.
+            for (int i = 0; i < Alpha; i++)
+                TransformFilter<TSimd, TVector>(e[i * 3], e[i * 3 + 1], e[i * 3 + 2], null, 0, u + (nint)i * Alpha * _uStride + first + lane, _uStride);
+        }
+    }
+
+    /// <summary>
+    /// G applied to three taps: the six results into target[k * step] (vectors), or stored to memory at
+    /// store[k * stride] where <paramref name="target"/> is null.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void TransformFilter<TSimd, TVector>(TVector g0, TVector g1, TVector g2, TVector* target, int step, T* store = null, int stride = 0)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        TVector quarter = TSimd.Broadcast(T.CreateTruncating(0.25)), sixth = TSimd.Broadcast(T.One / T.CreateTruncating(6));
+        TVector twelfth = TSimd.Broadcast(T.One / T.CreateTruncating(12)), twentyFourth = TSimd.Broadcast(T.One / T.CreateTruncating(24));
+        TVector outer = TSimd.Add(g0, g2);
+        TVector u0 = TSimd.MultiplyAdd(quarter, g0, TSimd.Zero);
+        TVector u1 = TSimd.Subtract(TSimd.Zero, TSimd.MultiplyAdd(sixth, TSimd.Add(outer, g1), TSimd.Zero));
+        TVector u2 = TSimd.Subtract(TSimd.Zero, TSimd.MultiplyAdd(sixth, TSimd.Subtract(outer, g1), TSimd.Zero));
+        TVector even = TSimd.MultiplyAdd(twentyFourth, g0, TSimd.MultiplyAdd(sixth, g2, TSimd.Zero)), odd = TSimd.MultiplyAdd(twelfth, g1, TSimd.Zero);
+        TVector u3 = TSimd.Add(even, odd), u4 = TSimd.Subtract(even, odd);
+        if (target is not null)
+        {
+            target[0] = u0; target[step] = u1; target[2 * step] = u2; target[3 * step] = u3; target[4 * step] = u4; target[5 * step] = g2;
+            return;
+        }
+        TSimd.Store(u0, ref *store, 0);
+        TSimd.Store(u1, ref *(store + stride), 0);
+        TSimd.Store(u2, ref *(store + 2 * (nint)stride), 0);
+        TSimd.Store(u3, ref *(store + 3 * (nint)stride), 0);
+        TSimd.Store(u4, ref *(store + 4 * (nint)stride), 0);
+        TSimd.Store(g2, ref *(store + 5 * (nint)stride), 0);
+    }
+
+    private void EnsureWorkers(int count)
+    {
+        if (_workers.Length < count)
+        {
+            var workers = new Worker[count];
+            _workers.CopyTo(workers, 0);
+            for (int i = _workers.Length; i < count; i++) workers[i] = new Worker();
+            _workers = workers;
+        }
+        int columns = (_tilesPerChunk + Block - 1) / Block * Block;
+        foreach (Worker w in _workers)
+        {
+            w.Gemm.MaxVectorBits = MaxVectorBits;
+            w.Gemm.MaxDegreeOfParallelism = 1;
+            Grow(ref w.Transformed, Positions * _channels * columns);
+            Grow(ref w.Products, Positions * _outChannels * columns);
+        }
+    }
+
+    private static void Grow(ref T[] buffer, int length)
+    {
+        if (buffer.Length < length) buffer = GC.AllocateUninitializedArray<T>(length, pinned: true);
+    }
+
+    private sealed class Worker
+    {
+        public readonly Gemm<T> Gemm = new();
+        public T[] Transformed = [];
+        public T[] Products = [];
+    }
+}

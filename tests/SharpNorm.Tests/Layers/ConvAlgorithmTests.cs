@@ -1,0 +1,114 @@
+using System.Numerics.Tensors;
+using SharpNorm.Layers;
+using SharpNorm.Tensors;
+using SharpNorm.Tests.Support;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace SharpNorm.Tests.Layers;
+
+/// <summary>Conv2d's algorithms: Winograd against im2col and the float64 definition; the choice and its errors.</summary>
+public class ConvAlgorithmTests(ITestOutputHelper output)
+{
+    private static Conv2d<T> Layer<T>(int c, int o, int padding, bool bias, ConvAlgorithm algorithm, int threads = -1) where T : unmanaged, System.Numerics.IFloatingPointIeee754<T> =>
+        new(c, o, 3, padding: padding, bias: bias, random: new Random(c * 31 + o)) { Algorithm = algorithm, MaxDegreeOfParallelism = threads };
+
+    public static TheoryData<int, int, int, int, int, int, bool> Shapes() => new()
+    {
+        // batch, C, O, H, W, padding, bias
+        { 1, 16, 16, 7, 7, 1, true },
+        { 3, 17, 20, 9, 6, 1, false },
+        { 2, 16, 18, 5, 8, 0, true },
+        { 1, 20, 16, 6, 5, 2, false },
+        { 5, 24, 32, 14, 14, 1, true },
+    };
+
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void WinogradForwardAndInputGradientMatchIm2ColInDouble(int batch, int c, int o, int h, int w, int padding, bool bias)
+    {
+        var random = new Gaussian(batch * 100 + c + h);
+        Tensor<double> x = random.Tensor<double>([batch, c, h, w]);
+        var im2col = Layer<double>(c, o, padding, bias, ConvAlgorithm.Im2ColGemm);
+        var winograd = Layer<double>(c, o, padding, bias, ConvAlgorithm.Winograd);
+        double[] want = im2col.Forward(x).ToArray(), got = winograd.Forward(x).ToArray();
+        double scale = want.Max(Math.Abs);
+        for (int i = 0; i < want.Length; i++) Assert.True(Math.Abs(got[i] - want[i]) <= 1e-12 * scale, $"y[{i}] = {got[i]}, want {want[i]}");
+        Tensor<double> dy = random.Tensor<double>(im2col.OutputShape(x.Lengths));
+        double[] dxWant = im2col.Backward(x, dy).ToArray(), dxGot = winograd.Backward(x, dy).ToArray();
+        scale = dxWant.Max(Math.Abs);
+        for (int i = 0; i < dxWant.Length; i++) Assert.True(Math.Abs(dxGot[i] - dxWant[i]) <= 1e-12 * scale, $"dx[{i}] = {dxGot[i]}, want {dxWant[i]}");
+    }
+
+    [Fact]
+    public void WinogradIsBitIdenticalForAnyThreadCount()
+    {
+        var random = new Gaussian(3);
+        Tensor<float> x = random.Tensor<float>([6, 24, 11, 13]);
+        string? forward = null, backward = null;
+        foreach (int threads in new[] { 1, 2, 3, 4 })
+        {
+            var conv = Layer<float>(24, 40, 1, true, ConvAlgorithm.Winograd, threads);
+            Tensor<float> dy = new Gaussian(4).Tensor<float>(conv.OutputShape(x.Lengths));
+            string f = string.Join(",", conv.Forward(x).ToArray().Select(BitConverter.SingleToInt32Bits));
+            string b = string.Join(",", conv.Backward(x, dy).ToArray().Select(BitConverter.SingleToInt32Bits));
+            forward ??= f;
+            backward ??= b;
+            Assert.True(forward == f, $"{threads} threads: forward bits differ from 1 thread");
+            Assert.True(backward == b, $"{threads} threads: dx bits differ from 1 thread");
+        }
+    }
+
+    /// <summary>
+    /// The float32 error of Winograd F(4x4, 3x3) against the float64 result stays within 10x the im2col product's, on the
+    /// DarkNetClassifier's 3x3 shapes (PyTorch's initialization, inputs of unit scale).
+    /// </summary>
+    [Theory]
+    [InlineData(4, 48, 96, 14)]
+    [InlineData(4, 96, 192, 7)]
+    public void WinogradFloatErrorStaysWithinTenTimesIm2Cols(int batch, int c, int o, int size)
+    {
+        var random = new Gaussian(size);
+        Tensor<double> x = random.Tensor<double>([batch, c, size, size]);
+        var exact = Layer<double>(c, o, 1, false, ConvAlgorithm.Im2ColGemm);
+        Tensor<double> dy = random.Tensor<double>(exact.OutputShape(x.Lengths));
+        double[] y64 = exact.Forward(x).ToArray(), dx64 = exact.Backward(x, dy).ToArray();
+        Tensor<float> xf = Tensor.Create(x.ToArray().Select(v => (float)v).ToArray(), x.Lengths);
+        Tensor<float> dyf = Tensor.Create(dy.ToArray().Select(v => (float)v).ToArray(), dy.Lengths);
+        double Rms(float[] got, double[] want) => Math.Sqrt(got.Select((v, i) => (v - want[i]) * (v - want[i])).Average() / want.Select(v => v * v).Average());
+        var errors = new Dictionary<ConvAlgorithm, (double Y, double Dx)>();
+        foreach (ConvAlgorithm algorithm in new[] { ConvAlgorithm.Im2ColGemm, ConvAlgorithm.Winograd })
+        {
+            var conv = Layer<float>(c, o, 1, false, algorithm);
+            // The float layer's weights are the double layer's, rounded.
+            Span<float> weights = TensorData.Flat(conv.Weight.Value);
+            ReadOnlySpan<double> exactWeights = TensorData.Flat(exact.Weight.Value);
+            for (int i = 0; i < weights.Length; i++) weights[i] = (float)exactWeights[i];
+            errors[algorithm] = (Rms(conv.Forward(xf).ToArray(), y64), Rms(conv.Backward(xf, dyf).ToArray(), dx64));
+        }
+        var (im2colY, im2colDx) = errors[ConvAlgorithm.Im2ColGemm];
+        var (winogradY, winogradDx) = errors[ConvAlgorithm.Winograd];
+        output.WriteLine($"{batch}x{c}x{size}x{size} -> {o}: relative RMS error y: im2col {im2colY:E2}, Winograd {winogradY:E2} ({winogradY / im2colY:F1}x); " +
+                         $"dx: im2col {im2colDx:E2}, Winograd {winogradDx:E2} ({winogradDx / im2colDx:F1}x)");
+        Assert.True(winogradY <= 10 * im2colY, $"y: Winograd error {winogradY:E2} is over 10x im2col's {im2colY:E2}");
+        Assert.True(winogradDx <= 10 * im2colDx, $"dx: Winograd error {winogradDx:E2} is over 10x im2col's {im2colDx:E2}");
+    }
+
+    [Fact]
+    public void AutoChoosesByShapeAndWinogradRefusesOtherKernels()
+    {
+        var fiveByFive = new Conv2d<float>(16, 16, 5, padding: 2);
+        Assert.Equal(ConvAlgorithm.Auto, fiveByFive.Algorithm);
+        var e = Assert.Throws<ArgumentException>(() => fiveByFive.Algorithm = ConvAlgorithm.Winograd);
+        Assert.Contains("3x3 kernel", e.Message);
+        Assert.Contains("kernel (5, 5)", e.Message);
+        Assert.Equal(ConvAlgorithm.Auto, fiveByFive.Algorithm);
+        Assert.Throws<ArgumentException>(() => new Conv2d<float>(16, 16, 3, stride: 2) { Algorithm = ConvAlgorithm.Winograd });
+        Assert.Throws<ArgumentException>(() => new Conv2d<float>(16, 16, 3, groups: 2) { Algorithm = ConvAlgorithm.Winograd });
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Conv2d<float>(16, 16, 3) { Algorithm = (ConvAlgorithm)7 });
+        // Auto on a 5x5 layer runs im2col and matches it exactly.
+        Tensor<float> x = new Gaussian(1).Tensor<float>([2, 16, 6, 6]);
+        var explicitIm2Col = new Conv2d<float>(16, 16, 5, padding: 2) { Algorithm = ConvAlgorithm.Im2ColGemm };
+        Assert.Equal(explicitIm2Col.Forward(x).ToArray(), fiveByFive.Forward(x).ToArray());
+    }
+}
