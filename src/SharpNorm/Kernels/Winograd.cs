@@ -32,6 +32,12 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
     private T[] _packedU = [];          // each U[ξ] packed for the products
     private Worker[] _workers = [];
     private (int Channels, int OutChannels) _filtersFor;
+    private T[] _partGradients = [];    // per part of the tiles: dU[ξ][o][c], summed over the part's chunks
+    private bool _weightGradient;
+    private int _parts, _chunks;
+
+    /// <summary>Parts of the tiles whose weight gradients are summed separately (then in order), whatever the thread count.</summary>
+    private const int GradientParts = 4;
 
     // The running call.
     private T* _x, _y, _bias;
@@ -66,6 +72,7 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
         if (!transformed) TransformFilters(filters);
         _filtersFor = (channels, outChannels);
         EnsureWorkers(threads);
+        _weightGradient = false;
         fixed (T* px = x)
         fixed (T* py = y)
         fixed (T* pb = bias)
@@ -76,6 +83,212 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
             _runner.Run(this, (int)chunks, threads);
             _x = _y = _bias = null;
         }
+    }
+
+    /// <summary>
+    /// dW (O, C, 3, 3) += the weight gradient of <see cref="Forward"/>'s convolution for input x and output gradient
+    /// dy (N, O, OH, OW): dU[ξ] = Σ_tiles (A dY Aᵀ)[ξ] · V[ξ]ᵀ, 36 products over the tiles, then dW = Gᵀ dU G per filter.
+    /// The tiles' chunks are cut into fixed parts summed separately and then in part order.
+    /// </summary>
+    public void WeightGradient(ReadOnlySpan<T> x, int batch, int channels, int height, int width, ReadOnlySpan<T> dy, int outChannels,
+        int padTop, int padLeft, int outHeight, int outWidth, Span<T> dWeights, int threads)
+    {
+        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
+            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
+            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
+        (_channels, _outChannels, _height, _width, _outHeight, _outWidth, _padTop, _padLeft) =
+            (channels, outChannels, height, width, outHeight, outWidth, padTop, padLeft);
+        _tilesHigh = (outHeight + Tile - 1) / Tile;
+        _tilesWide = (outWidth + Tile - 1) / Tile;
+        _tiles = (long)batch * _tilesHigh * _tilesWide;
+        _tilesPerChunk = TilesPerChunk(channels, outChannels);
+        _chunks = (int)((_tiles + _tilesPerChunk - 1) / _tilesPerChunk);
+        _parts = Math.Min(GradientParts, _chunks);
+        int filters = outChannels * channels, size = Positions * filters;
+        Grow(ref _partGradients, _parts * size);
+        EnsureWorkers(Math.Clamp(threads, 1, _parts));
+        _weightGradient = true;
+        fixed (T* px = x)
+        fixed (T* pdy = dy)
+        {
+            _x = px;
+            _y = pdy;
+            _runner.Run(this, _parts, Math.Clamp(threads, 1, _parts));
+            _x = _y = null;
+        }
+        // The parts in order, then Gᵀ dU G onto each filter's gradient.
+        Span<T> total = _partGradients.AsSpan(0, size);
+        for (int part = 1; part < _parts; part++)
+            System.Numerics.Tensors.TensorPrimitives.Add(total, _partGradients.AsSpan(part * size, size), total);
+        fixed (T* du = total)
+        fixed (T* dw = dWeights)
+            for (int f = 0; f < filters; f += Block)
+                switch (_bits)
+                {
+                    case 512: FilterGradientBlock<Simd512<T>, Vector512<T>>(du, filters, f, Math.Min(Block, filters - f), dw); break;
+                    case 256: FilterGradientBlock<Simd256<T>, Vector256<T>>(du, filters, f, Math.Min(Block, filters - f), dw); break;
+                    case 128: FilterGradientBlock<Simd128<T>, Vector128<T>>(du, filters, f, Math.Min(Block, filters - f), dw); break;
+                    default: FilterGradientBlock<SimdScalar<T>, T>(du, filters, f, Math.Min(Block, filters - f), dw); break;
+                }
+    }
+
+    /// <summary>One part of the tiles: for each of its chunks V = Bᵀ d B and dM = A dY Aᵀ, then dU[ξ] += dM[ξ] · V[ξ]ᵀ.</summary>
+    private void GradientPart<TSimd, TVector>(int part, Worker w)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        int c = _channels, o = _outChannels, size = Positions * o * c;
+        T* du = (T*)Unsafe.AsPointer(ref _partGradients[part * size]);
+        int firstChunk = (int)((long)_chunks * part / _parts), endChunk = (int)((long)_chunks * (part + 1) / _parts);
+        fixed (T* v = w.Transformed)
+        fixed (T* m = w.Products)
+        {
+            TilePlace* places = stackalloc TilePlace[Block];
+            for (int chunk = firstChunk; chunk < endChunk; chunk++)
+            {
+                long first = (long)chunk * _tilesPerChunk;
+                int count = (int)Math.Min(_tilesPerChunk, _tiles - first), columns = (count + Block - 1) / Block * Block;
+                for (int block = 0; block < columns; block += Block)
+                {
+                    int tiles = Math.Min(Block, count - block);
+                    Locate(first + block, tiles, places);
+                    for (int channel = 0; channel < c; channel++)
+                        InputTiles<TSimd, TVector>(places, tiles, channel, v + (nint)channel * columns + block, c * columns);
+                    for (int channel = 0; channel < o; channel++)
+                        GradientTiles<TSimd, TVector>(places, tiles, channel, m + (nint)channel * columns + block, o * columns);
+                }
+                for (int xi = 0; xi < Positions; xi++)
+                    w.Gemm.Multiply(false, true, o, c, columns, new ReadOnlySpan<T>(m + (nint)xi * o * columns, o * columns), columns,
+                        new ReadOnlySpan<T>(v + (nint)xi * c * columns, c * columns), columns, new Span<T>(du + (nint)xi * o * c, o * c), c,
+                        accumulate: chunk > firstChunk);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Output channel <paramref name="channel"/> of tiles [first, first + count): each tile's 4x4 output gradient
+    /// (zero outside the output) staged as s[i][j][tile], then dM = A s Aᵀ into m[ξ * stride + tile].
+    /// </summary>
+    private void GradientTiles<TSimd, TVector>(TilePlace* places, int count, int channel, T* m, int stride)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        T* staged = stackalloc T[Tile * Tile * Block];
+        if (count < Block) new Span<T>(staged, Tile * Tile * Block).Clear();
+        int outPlane = _outHeight * _outWidth;
+        for (int t = 0; t < count; t++)
+        {
+            TilePlace place = places[t];
+            int row = place.Top + _padTop, column = place.Left + _padLeft;
+            T* source = _y + place.Image * _outChannels * outPlane + (nint)channel * outPlane + (nint)row * _outWidth + column;
+            int rows = Math.Min(Tile, _outHeight - row), columns = Math.Min(Tile, _outWidth - column);
+            T* target = staged + t;
+            for (int i = 0; i < Tile; i++, source += _outWidth, target += Tile * Block)
+                for (int j = 0; j < Tile; j++) target[j * Block] = i < rows && j < columns ? source[j] : T.Zero;
+        }
+        TVector* e = stackalloc TVector[Alpha * Tile];
+        for (int lane = 0; lane < Block; lane += TSimd.Count)
+        {
+            // A s: each column of the 4x4 gradient.
+            for (int j = 0; j < Tile; j++)
+            {
+                T* source = staged + j * Block + lane;
+                TransformGradient<TSimd, TVector>(TSimd.Load(ref *source, 0), TSimd.Load(ref *(source + Tile * Block), 0),
+                    TSimd.Load(ref *(source + 2 * Tile * Block), 0), TSimd.Load(ref *(source + 3 * Tile * Block), 0),
+                    out e[j], out e[Tile + j], out e[2 * Tile + j], out e[3 * Tile + j], out e[4 * Tile + j], out e[5 * Tile + j]);
+            }
+            // (A s) Aᵀ: each row.
+            for (int i = 0; i < Alpha; i++)
+            {
+                TVector* r = e + i * Tile;
+                TransformGradient<TSimd, TVector>(r[0], r[1], r[2], r[3], out TVector m0, out TVector m1, out TVector m2, out TVector m3,
+                    out TVector m4, out TVector m5);
+                T* target = m + (nint)(i * Alpha) * stride + lane;
+                TSimd.Store(m0, ref *target, 0);
+                TSimd.Store(m1, ref *(target + stride), 0);
+                TSimd.Store(m2, ref *(target + 2 * (nint)stride), 0);
+                TSimd.Store(m3, ref *(target + 3 * (nint)stride), 0);
+                TSimd.Store(m4, ref *(target + 4 * (nint)stride), 0);
+                TSimd.Store(m5, ref *(target + 5 * (nint)stride), 0);
+            }
+        }
+    }
+
+    /// <summary>A applied to one line of four output gradients (the transpose of <see cref="TransformOutput"/>), giving six.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void TransformGradient<TSimd, TVector>(TVector s0, TVector s1, TVector s2, TVector s3,
+        out TVector m0, out TVector m1, out TVector m2, out TVector m3, out TVector m4, out TVector m5)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        TVector two = TSimd.Broadcast(T.CreateTruncating(2)), four = TSimd.Broadcast(T.CreateTruncating(4)), eight = TSimd.Broadcast(T.CreateTruncating(8));
+        TVector p = TSimd.Add(s0, s2), q = TSimd.Add(s1, s3);
+        TVector pp = TSimd.MultiplyAdd(four, s2, s0), qq = TSimd.MultiplyAdd(eight, s3, TSimd.MultiplyAdd(two, s1, TSimd.Zero));
+        m0 = s0;
+        m1 = TSimd.Add(p, q);
+        m2 = TSimd.Subtract(p, q);
+        m3 = TSimd.Add(pp, qq);
+        m4 = TSimd.Subtract(pp, qq);
+        m5 = s3;
+    }
+
+    /// <summary>Filters [first, first + count): dW[f] += Gᵀ dU[f] G, dU read as du[ξ * filters + f], a vector of filters at a time.</summary>
+    private static void FilterGradientBlock<TSimd, TVector>(T* du, int filters, int first, int count, T* dw)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        T* staged = stackalloc T[9 * Block];
+        T* padded = stackalloc T[Positions * Block];
+        T* source = du + first;
+        nint stride = filters;
+        if (count < Block)
+        {
+            // The last filters: copied out so that whole vectors can be read.
+            new Span<T>(padded, Positions * Block).Clear();
+            for (int xi = 0; xi < Positions; xi++)
+                new ReadOnlySpan<T>(du + xi * (nint)filters + first, count).CopyTo(new Span<T>(padded + xi * Block, count));
+            source = padded;
+            stride = Block;
+        }
+        TVector* e = stackalloc TVector[3 * Alpha];
+        for (int lane = 0; lane < Block; lane += TSimd.Count)
+        {
+            // Gᵀ dU: each column of the 6x6.
+            for (int j = 0; j < Alpha; j++)
+            {
+                T* column = source + j * stride + lane;
+                TransformFilterGradient<TSimd, TVector>(TSimd.Load(ref *column, 0), TSimd.Load(ref *(column + Alpha * stride), 0),
+                    TSimd.Load(ref *(column + 2 * Alpha * stride), 0), TSimd.Load(ref *(column + 3 * Alpha * stride), 0),
+                    TSimd.Load(ref *(column + 4 * Alpha * stride), 0), TSimd.Load(ref *(column + 5 * Alpha * stride), 0),
+                    out e[j], out e[Alpha + j], out e[2 * Alpha + j]);
+            }
+            // (Gᵀ dU) G: each row.
+            for (int i = 0; i < 3; i++)
+            {
+                TVector* r = e + i * Alpha;
+                TransformFilterGradient<TSimd, TVector>(r[0], r[1], r[2], r[3], r[4], r[5], out TVector g0, out TVector g1, out TVector g2);
+                TSimd.Store(g0, ref staged[(i * 3) * Block + lane], 0);
+                TSimd.Store(g1, ref staged[(i * 3 + 1) * Block + lane], 0);
+                TSimd.Store(g2, ref staged[(i * 3 + 2) * Block + lane], 0);
+            }
+        }
+        for (int f = 0; f < count; f++)
+            for (int k = 0; k < 9; k++) dw[(nint)(first + f) * 9 + k] += staged[k * Block + f];
+    }
+
+    /// <summary>Gᵀ applied to one line of six values, giving three (the transpose of <see cref="TransformFilter"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void TransformFilterGradient<TSimd, TVector>(TVector u0, TVector u1, TVector u2, TVector u3, TVector u4, TVector u5,
+        out TVector g0, out TVector g1, out TVector g2)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        TVector quarter = TSimd.Broadcast(T.CreateTruncating(0.25)), sixth = TSimd.Broadcast(T.One / T.CreateTruncating(6));
+        TVector twelfth = TSimd.Broadcast(T.One / T.CreateTruncating(12)), twentyFourth = TSimd.Broadcast(T.One / T.CreateTruncating(24));
+        TVector sum12 = TSimd.Add(u1, u2), difference12 = TSimd.Subtract(u2, u1), sum34 = TSimd.Add(u3, u4), difference34 = TSimd.Subtract(u3, u4);
+        g0 = TSimd.MultiplyAdd(quarter, u0, TSimd.MultiplyAdd(twentyFourth, sum34, TSimd.Subtract(TSimd.Zero, TSimd.MultiplyAdd(sixth, sum12, TSimd.Zero))));
+        g1 = TSimd.MultiplyAdd(sixth, difference12, TSimd.MultiplyAdd(twelfth, difference34, TSimd.Zero));
+        g2 = TSimd.Add(TSimd.MultiplyAdd(sixth, TSimd.Subtract(sum34, sum12), TSimd.Zero), u5);
     }
 
     /// <summary>
@@ -90,6 +303,17 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
 
     void IChunkJob.Execute(int chunk, int worker)
     {
+        if (_weightGradient)
+        {
+            switch (_bits)
+            {
+                case 512: GradientPart<Simd512<T>, Vector512<T>>(chunk, _workers[worker]); break;
+                case 256: GradientPart<Simd256<T>, Vector256<T>>(chunk, _workers[worker]); break;
+                case 128: GradientPart<Simd128<T>, Vector128<T>>(chunk, _workers[worker]); break;
+                default: GradientPart<SimdScalar<T>, T>(chunk, _workers[worker]); break;
+            }
+            return;
+        }
         switch (_bits)
         {
             case 512: Chunk<Simd512<T>, Vector512<T>>(chunk, _workers[worker]); break;

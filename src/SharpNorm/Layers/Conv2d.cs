@@ -193,6 +193,11 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     protected override void GradientCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy)
     {
         WindowGeometry g = Window(shape);
+        if (UsesWinograd(InChannels, OutChannels))
+        {
+            WinogradGradient(g, (int)shape[0], x, dy);
+            return;
+        }
         int weights = (int)Weight.Value.FlattenedLength;
         int imageGroups = ImageGroupCount((int)shape[0], g);
         _parts = Math.Min(GradientParts, imageGroups);
@@ -209,6 +214,24 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
             Span<T> biasGradient = TensorData.Flat(Bias.Gradient);
             for (int part = 0; part < _parts; part++)
                 TensorPrimitives.Add(biasGradient, _partBiasGradient.AsSpan(part * OutChannels, OutChannels), biasGradient);
+        }
+    }
+
+    /// <summary>dW by Winograd's 36 products over the tiles; db as each channel's sum over the images in order.</summary>
+    private void WinogradGradient(in WindowGeometry g, int batch, ReadOnlySpan<T> x, ReadOnlySpan<T> dy)
+    {
+        _winograd ??= new Winograd<T>();
+        _winograd.MaxVectorBits = MaxVectorBits;
+        _winograd.WeightGradient(x, batch, InChannels, g.Height, g.Width, dy, OutChannels, PadHeight, PadWidth, g.OutputHeight, g.OutputWidth,
+            TensorData.Flat(Weight.Gradient), Threads);
+        if (Bias is null) return;
+        Span<T> biasGradient = TensorData.Flat(Bias.Gradient);
+        int plane = g.OutputPlane;
+        for (int o = 0; o < OutChannels; o++)
+        {
+            T sum = T.Zero;
+            for (int n = 0; n < batch; n++) sum += TensorPrimitives.Sum(dy.Slice((n * OutChannels + o) * plane, plane));
+            biasGradient[o] += sum;
         }
     }
 

@@ -65,6 +65,44 @@ public class WinogradTests
             }
     }
 
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void WeightGradientMatchesTheDirectSumInDouble(int batch, int c, int o, int h, int w, int pt, int pl, bool accumulate)
+    {
+        int oh = h + 2 * pt - 2, ow = w + 2 * pl - 2;
+        var random = new Gaussian(batch * 1000 + c * 100 + h * 10 + w + 1);
+        double[] x = random.Array<double>(batch * c * h * w), dy = random.Array<double>(batch * o * oh * ow);
+        double[] start = accumulate ? random.Array<double>(o * c * 9) : new double[o * c * 9];
+        // dW[k,ch,ki,kj] = Σ_n,i,j dy[n,k,i,j] · x[n,ch,i-pt+ki,j-pl+kj]
+        var want = (double[])start.Clone();
+        for (int n = 0; n < batch; n++)
+            for (int k = 0; k < o; k++)
+                for (int ch = 0; ch < c; ch++)
+                    for (int ki = 0; ki < 3; ki++)
+                        for (int kj = 0; kj < 3; kj++)
+                        {
+                            double sum = 0;
+                            for (int i = 0; i < oh; i++)
+                                for (int j = 0; j < ow; j++)
+                                {
+                                    int ih = i - pt + ki, iw = j - pl + kj;
+                                    if (ih >= 0 && ih < h && iw >= 0 && iw < w)
+                                        sum += dy[((n * o + k) * oh + i) * ow + j] * x[((n * c + ch) * h + ih) * w + iw];
+                                }
+                            want[((k * c + ch) * 3 + ki) * 3 + kj] += sum;
+                        }
+        double scale = want.Max(Math.Abs);
+        foreach (int bits in new[] { 512, 256, 128, 0 })
+            foreach (int threads in new[] { 1, 2, 3 })
+            {
+                var winograd = new Winograd<double> { MaxVectorBits = bits };
+                var dw = (double[])start.Clone();
+                winograd.WeightGradient(x, batch, c, h, w, dy, o, pt, pl, oh, ow, dw, threads);
+                for (int i = 0; i < dw.Length; i++)
+                    Assert.True(Math.Abs(dw[i] - want[i]) <= 1e-12 * scale, $"{bits}-bit, {threads} threads: dW[{i}] = {dw[i]}, want {want[i]}");
+            }
+    }
+
     [Fact]
     public void FloatResultsAreBitIdenticalForAnyThreadCountAndAgreeAcrossWidths()
     {

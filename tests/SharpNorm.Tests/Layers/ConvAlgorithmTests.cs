@@ -38,6 +38,19 @@ public class ConvAlgorithmTests(ITestOutputHelper output)
         double[] dxWant = im2col.Backward(x, dy).ToArray(), dxGot = winograd.Backward(x, dy).ToArray();
         scale = dxWant.Max(Math.Abs);
         for (int i = 0; i < dxWant.Length; i++) Assert.True(Math.Abs(dxGot[i] - dxWant[i]) <= 1e-12 * scale, $"dx[{i}] = {dxGot[i]}, want {dxWant[i]}");
+        // Gradient accumulates: twice from zero is twice once.
+        foreach (Conv2d<double> conv in new[] { im2col, winograd })
+        {
+            foreach (var p in conv.Parameters) p.ZeroGrad();
+            conv.Gradient(x, dy);
+            conv.Gradient(x, dy);
+        }
+        foreach (var (reference, candidate) in im2col.Parameters.Zip(winograd.Parameters))
+        {
+            double[] a = reference.Gradient.ToArray(), b = candidate.Gradient.ToArray();
+            scale = a.Max(Math.Abs);
+            for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(b[i] - a[i]) <= 1e-12 * scale, $"{reference.Name}.grad[{i}] = {b[i]}, want {a[i]}");
+        }
     }
 
     [Fact]
@@ -51,11 +64,13 @@ public class ConvAlgorithmTests(ITestOutputHelper output)
             var conv = Layer<float>(24, 40, 1, true, ConvAlgorithm.Winograd, threads);
             Tensor<float> dy = new Gaussian(4).Tensor<float>(conv.OutputShape(x.Lengths));
             string f = string.Join(",", conv.Forward(x).ToArray().Select(BitConverter.SingleToInt32Bits));
-            string b = string.Join(",", conv.Backward(x, dy).ToArray().Select(BitConverter.SingleToInt32Bits));
+            conv.Gradient(x, dy);
+            string b = string.Join(",", conv.Backward(x, dy).ToArray().Concat(conv.Weight.Gradient.ToArray()).Concat(conv.Bias!.Gradient.ToArray())
+                .Select(BitConverter.SingleToInt32Bits));
             forward ??= f;
             backward ??= b;
             Assert.True(forward == f, $"{threads} threads: forward bits differ from 1 thread");
-            Assert.True(backward == b, $"{threads} threads: dx bits differ from 1 thread");
+            Assert.True(backward == b, $"{threads} threads: dx, dW or db bits differ from 1 thread");
         }
     }
 
@@ -73,10 +88,12 @@ public class ConvAlgorithmTests(ITestOutputHelper output)
         var exact = Layer<double>(c, o, 1, false, ConvAlgorithm.Im2ColGemm);
         Tensor<double> dy = random.Tensor<double>(exact.OutputShape(x.Lengths));
         double[] y64 = exact.Forward(x).ToArray(), dx64 = exact.Backward(x, dy).ToArray();
+        exact.Gradient(x, dy);
+        double[] dw64 = exact.Weight.Gradient.ToArray();
         Tensor<float> xf = Tensor.Create(x.ToArray().Select(v => (float)v).ToArray(), x.Lengths);
         Tensor<float> dyf = Tensor.Create(dy.ToArray().Select(v => (float)v).ToArray(), dy.Lengths);
         double Rms(float[] got, double[] want) => Math.Sqrt(got.Select((v, i) => (v - want[i]) * (v - want[i])).Average() / want.Select(v => v * v).Average());
-        var errors = new Dictionary<ConvAlgorithm, (double Y, double Dx)>();
+        var errors = new Dictionary<ConvAlgorithm, (double Y, double Dx, double Dw)>();
         foreach (ConvAlgorithm algorithm in new[] { ConvAlgorithm.Im2ColGemm, ConvAlgorithm.Winograd })
         {
             var conv = Layer<float>(c, o, 1, false, algorithm);
@@ -84,14 +101,18 @@ public class ConvAlgorithmTests(ITestOutputHelper output)
             Span<float> weights = TensorData.Flat(conv.Weight.Value);
             ReadOnlySpan<double> exactWeights = TensorData.Flat(exact.Weight.Value);
             for (int i = 0; i < weights.Length; i++) weights[i] = (float)exactWeights[i];
-            errors[algorithm] = (Rms(conv.Forward(xf).ToArray(), y64), Rms(conv.Backward(xf, dyf).ToArray(), dx64));
+            float[] y = conv.Forward(xf).ToArray(), dx = conv.Backward(xf, dyf).ToArray();
+            conv.Gradient(xf, dyf);
+            errors[algorithm] = (Rms(y, y64), Rms(dx, dx64), Rms(conv.Weight.Gradient.ToArray(), dw64));
         }
-        var (im2colY, im2colDx) = errors[ConvAlgorithm.Im2ColGemm];
-        var (winogradY, winogradDx) = errors[ConvAlgorithm.Winograd];
+        var (im2colY, im2colDx, im2colDw) = errors[ConvAlgorithm.Im2ColGemm];
+        var (winogradY, winogradDx, winogradDw) = errors[ConvAlgorithm.Winograd];
         output.WriteLine($"{batch}x{c}x{size}x{size} -> {o}: relative RMS error y: im2col {im2colY:E2}, Winograd {winogradY:E2} ({winogradY / im2colY:F1}x); " +
-                         $"dx: im2col {im2colDx:E2}, Winograd {winogradDx:E2} ({winogradDx / im2colDx:F1}x)");
+                         $"dx: im2col {im2colDx:E2}, Winograd {winogradDx:E2} ({winogradDx / im2colDx:F1}x); " +
+                         $"dW: im2col {im2colDw:E2}, Winograd {winogradDw:E2} ({winogradDw / im2colDw:F1}x)");
         Assert.True(winogradY <= 10 * im2colY, $"y: Winograd error {winogradY:E2} is over 10x im2col's {im2colY:E2}");
         Assert.True(winogradDx <= 10 * im2colDx, $"dx: Winograd error {winogradDx:E2} is over 10x im2col's {im2colDx:E2}");
+        Assert.True(winogradDw <= 10 * im2colDw, $"dW: Winograd error {winogradDw:E2} is over 10x im2col's {im2colDw:E2}");
     }
 
     [Fact]
