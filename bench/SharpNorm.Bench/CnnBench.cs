@@ -25,7 +25,8 @@ internal sealed record CnnSetup(
 
 internal sealed record CnnReport(
     string TimestampUtc, MachineInfo Machine, bool Quick, int[] Threads, CnnSetup Setup, List<TrainRow> Training, List<EvalRow> Eval,
-    List<ConvRow> Conv, List<CheckRow> Checks, List<string> Notes, string LoadAverageStart, string LoadAverageEnd, double? OtherProcessesCores);
+    List<ConvRow> Conv, List<CheckRow> Checks, List<string> Notes, string LoadAverageStart, string LoadAverageEnd, double? OtherProcessesCores,
+    Dictionary<int, double> FmaPeakGflops);
 
 /// <summary>
 /// bench/run.sh --cnn: the DarkNet-style Fashion-MNIST classifier (DarkNetClassifier.Create&lt;float&gt;(NormChoice.Batch,
@@ -97,7 +98,7 @@ internal static class CnnBench
         Console.WriteLine($"Training: batch {BatchSize}, {setup.Optimizer}; {setup.Data} (pixel mean {mean:F4}, std {std:F4}); both sides train on the same batches, filled once.");
         Console.WriteLine($"Timing: training step = median of {steps} steps after {warmup} warm-up steps (batch preparation untimed); " +
                           $"eval = forward of {setup.EvalImages} test images in batches of {BatchSize}, median per full batch, after 3 warm-up batches; " +
-                          $"conv = median of {convRuns} runs after {convWarmup} warm-up runs; threads {string.Join(", ", threadCounts)}" + (options.Quick ? " [--quick]" : "") +
+                          $"conv = median of {convRuns} runs after {convWarmup} warm-up runs; SharpNorm's Conv2d algorithm {options.ConvAlgorithm}; threads {string.Join(", ", threadCounts)}" + (options.Quick ? " [--quick]" : "") +
                           ". The two sides run in turn, step by step (batch by batch, run by run), with a short untimed pause between them, so load from other processes meets both alike.");
         if (options.WaitIdleSeconds > 0)
         {
@@ -107,6 +108,9 @@ internal static class CnnBench
         }
         string loadStart = CpuContention.LoadAverage();
         Console.WriteLine($"Load average at start: {loadStart} (other processes' CPU use while each part ran is listed in its table)");
+        Console.Error.WriteLine("probing the FMA peak ...");
+        Dictionary<int, double> peak = FmaPeak.Probe(threadCounts);
+        Console.WriteLine(FmaPeak.Describe(peak) + "; conv rows give each side's GFLOP/s as a share of the peak at their thread count.");
         Console.WriteLine();
 
         var runContention = new CpuContention();
@@ -118,7 +122,9 @@ internal static class CnnBench
         foreach (int threads in threadCounts)
         {
             Console.Error.WriteLine($"training, {threads} thread(s) ...");
-            var sharp = new SharpCnn(DarkNetClassifier.Create<float>(NormChoice.Batch, seed: ModelSeed), BatchSize, imageShape, Classes, threads);
+            var sharpModel = DarkNetClassifier.Create<float>(NormChoice.Batch, seed: ModelSeed);
+            foreach (Conv2d<float> conv in sharpModel.Layers.OfType<Conv2d<float>>()) conv.Algorithm = options.ConvAlgorithm;
+            var sharp = new SharpCnn(sharpModel, BatchSize, imageShape, Classes, threads);
             using TorchCnn? torchModel = withTorch ? new TorchCnn(sharp.Model) : null;
             // The first step once more in float64 from the same initial parameters: the reference for both float32 sides.
             using TorchCnn? reference = withTorch && trainRows.Count == 0 ? new TorchCnn(sharp.Model, float64: true) : null;
@@ -148,7 +154,7 @@ internal static class CnnBench
         foreach (ConvShape shape in ConvShape.Network(BatchSize))
         {
             Console.Error.WriteLine($"conv {shape.Kernel} on {shape.Input} ...");
-            using var bench = new ConvBench(shape, withTorch, ConvSeed);
+            using var bench = new ConvBench(shape, withTorch, ConvSeed, options.ConvAlgorithm);
             foreach (var (quantity, diff, scale) in bench.Check())
                 checks.Add(Check($"Conv2d {shape.Kernel} on {shape.Input} " + (shape.Timed ? $"(layer {shape.Layers})" : "(not in the network)"), quantity, null, diff, scale));
             if (!shape.Timed) continue;
@@ -161,7 +167,7 @@ internal static class CnnBench
         var notes = new List<string>();
         PrintTraining(trainRows);
         PrintEval(evalRows);
-        PrintConv(convRows);
+        PrintConv(convRows, peak);
         PrintChecks(checks, notes);
         notes.Add($"Load average at start {loadStart}, at end {loadEnd}; other processes' CPU use over the whole run: " +
                   $"{(otherCores is null ? "n/a" : $"{otherCores:F2} cores on average")} (per training/eval side in the JSON).");
@@ -171,7 +177,7 @@ internal static class CnnBench
         {
             Report.WriteJson(options.JsonPath, new CnnReport(
                 DateTime.UtcNow.ToString("o", CultureInfo.InvariantCulture), machine, options.Quick, threadCounts, setup,
-                trainRows, evalRows, convRows, checks, notes, loadStart, loadEnd, otherCores));
+                trainRows, evalRows, convRows, checks, notes, loadStart, loadEnd, otherCores, peak));
             Console.Error.WriteLine($"wrote {options.JsonPath}");
         }
         return 0;
@@ -402,17 +408,22 @@ internal static class CnnBench
         Console.WriteLine();
     }
 
-    private static void PrintConv(List<ConvRow> rows)
+    private static void PrintConv(List<ConvRow> rows, Dictionary<int, double> peak)
     {
-        Console.WriteLine($"### Conv2d alone (float32, batch {BatchSize}; GFLOP/s = 2·N·O·OH·OW·C·kh·kw / time, twice that for a backward that computes dx and dW)");
+        Console.WriteLine($"### Conv2d alone (float32, batch {BatchSize}; GFLOP/s = 2·N·O·OH·OW·C·kh·kw / time, twice that for a backward that computes dx and dW; % = share of the FMA peak at the row's thread count)");
         Console.WriteLine();
-        Console.WriteLine("| layer | input | conv | thr | GFLOP | fwd ms SharpNorm | fwd ms libtorch | fwd GFLOP/s SharpNorm | fwd GFLOP/s libtorch | fwd S/T time | " +
-                          "dx ms SharpNorm | dW ms SharpNorm | bwd ms SharpNorm (dx+dW) | bwd ms libtorch | bwd GFLOP/s SharpNorm | bwd GFLOP/s libtorch | bwd S/T time | other processes, cores |");
-        Console.WriteLine("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        Console.WriteLine("| layer | input | conv | thr | GFLOP | fwd ms SharpNorm | fwd ms libtorch | fwd GFLOP/s SharpNorm | fwd GFLOP/s libtorch | fwd % peak S / T | fwd S/T time | " +
+                          "dx ms SharpNorm | dW ms SharpNorm | bwd ms SharpNorm (dx+dW) | bwd ms libtorch | bwd GFLOP/s SharpNorm | bwd GFLOP/s libtorch | bwd % peak S / T | bwd S/T time | other processes, cores |");
+        Console.WriteLine("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         foreach (ConvRow r in rows)
+        {
+            double p = peak[r.Threads];
+            string Share(double? gflops) => gflops is { } g ? $"{100 * g / p:F0}" : "";
             Console.WriteLine($"| {r.Layers} | {r.Input} | {r.Kernel} | {r.Threads} | {r.ForwardGflop:F3} | {Ms(r.SharpForwardMs)} | {Ms(r.TorchForwardMs)} | " +
-                              $"{r.SharpForwardGflops:F1} | {F(r.TorchForwardGflops, "F1")} | {F(r.ForwardRatio, "F2")} | {Ms(r.SharpDxMs)} | {Ms(r.SharpDwMs)} | " +
-                              $"{Ms(r.SharpBackwardMs)} | {Ms(r.TorchBackwardMs)} | {r.SharpBackwardGflops:F1} | {F(r.TorchBackwardGflops, "F1")} | {F(r.BackwardRatio, "F2")} | {F(r.OtherProcessesCores, "F2")} |");
+                              $"{r.SharpForwardGflops:F1} | {F(r.TorchForwardGflops, "F1")} | {Share(r.SharpForwardGflops)} / {Share(r.TorchForwardGflops)} | {F(r.ForwardRatio, "F2")} | " +
+                              $"{Ms(r.SharpDxMs)} | {Ms(r.SharpDwMs)} | {Ms(r.SharpBackwardMs)} | {Ms(r.TorchBackwardMs)} | {r.SharpBackwardGflops:F1} | {F(r.TorchBackwardGflops, "F1")} | " +
+                              $"{Share(r.SharpBackwardGflops)} / {Share(r.TorchBackwardGflops)} | {F(r.BackwardRatio, "F2")} | {F(r.OtherProcessesCores, "F2")} |");
+        }
         Console.WriteLine();
         Console.WriteLine("SharpNorm bwd = median dx (Backward) + median dW (Gradient), timed separately; libtorch bwd = y.backward(dy) with x and weight " +
                           "requiring grad (dx and dW in one call; graph built untimed, grads set to None before each run). S/T time: SharpNorm time / libtorch time.");

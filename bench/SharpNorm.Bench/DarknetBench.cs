@@ -18,7 +18,8 @@ internal sealed record DarknetCheckRow(
 
 internal sealed record DarknetReport(
     string TimestampUtc, MachineInfo Machine, bool Quick, int Threads, int Warmup, int Runs, int WeightsSeed, int InputSeed,
-    List<DarknetTimingRow> Timings, List<DarknetCheckRow> Checks, string LoadAverageStart, string LoadAverageEnd, double? OtherProcessesCores);
+    List<DarknetTimingRow> Timings, List<DarknetCheckRow> Checks, string LoadAverageStart, string LoadAverageEnd, double? OtherProcessesCores,
+    Dictionary<int, double> FmaPeakGflops);
 
 /// <summary>
 /// bench/run.sh --darknet: inference latency of whole darknet networks, batch 1 at the cfg's own size: SharpNorm's
@@ -83,6 +84,9 @@ internal static class DarknetBench
                           (options.Quick ? " [--quick]" : ""));
         string loadStart = CpuContention.LoadAverage();
         Console.WriteLine($"Load average at start: {loadStart}");
+        Console.Error.WriteLine("probing the FMA peak ...");
+        Dictionary<int, double> peak = FmaPeak.Probe([threads]);
+        Console.WriteLine(FmaPeak.Describe(peak) + $"; per-layer tables give GFLOP/s as a share of the {threads}-thread peak.");
         Console.WriteLine();
 
         var timings = new List<DarknetTimingRow>();
@@ -194,10 +198,11 @@ internal static class DarknetBench
             double total = profile.Sum(p => p.Ms);
             Console.WriteLine($"### {network}: SharpNorm (folded) per layer, mean of {runs} runs, {total:F2} ms in all");
             Console.WriteLine();
-            Console.WriteLine("| # | layer | details | output | ms | share | GFLOP/s |");
-            Console.WriteLine("|--:|---|---|---|--:|--:|--:|");
+            Console.WriteLine("| # | layer | details | output | ms | share | GFLOP/s | % of FMA peak |");
+            Console.WriteLine("|--:|---|---|---|--:|--:|--:|--:|");
             foreach (var (layer, ms) in profile)
-                Console.WriteLine($"| {layer.Index} | {layer.Type} | {layer.Details} | {layer.Channels}x{layer.Height}x{layer.Width} | {ms:F3} | {100 * ms / total:F1} % | {(layer.Bflops > 0 ? $"{layer.Bflops / ms * 1e3:F0}" : "")} |");
+                Console.WriteLine($"| {layer.Index} | {layer.Type} | {layer.Details} | {layer.Channels}x{layer.Height}x{layer.Width} | {ms:F3} | {100 * ms / total:F1} % | " +
+                                  $"{(layer.Bflops > 0 ? $"{layer.Bflops / ms * 1e3:F0} | {100 * layer.Bflops / ms * 1e3 / peak[threads]:F0}" : " | ")} |");
             Console.WriteLine();
         }
         Console.WriteLine($"Load average at start {loadStart}, at end {loadEnd}; other processes' CPU use over the run: {(other is null ? "n/a" : $"{other:F2} cores on average")}.");
@@ -206,7 +211,7 @@ internal static class DarknetBench
         {
             Report.WriteJson(options.JsonPath, new DarknetReport(
                 DateTime.UtcNow.ToString("o", CultureInfo.InvariantCulture), machine, options.Quick, threads, warmup, runs, WeightsSeed, InputSeed,
-                timings, checks, loadStart, loadEnd, other));
+                timings, checks, loadStart, loadEnd, other, peak));
             Console.Error.WriteLine($"wrote {options.JsonPath}");
         }
         return checks.All(c => c.Verdict == "ok") ? 0 : 1;

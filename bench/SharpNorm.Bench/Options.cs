@@ -1,7 +1,8 @@
 namespace SharpNorm.Bench;
 
 internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int[]? Threads, int Warmup, int Runs, int WaitIdleSeconds, bool MallocReuse, bool Help,
-    bool Cnn = false, int? WarmupGiven = null, int? RunsGiven = null, bool Darknet = false, string? Cfg = null)
+    bool Cnn = false, int? WarmupGiven = null, int? RunsGiven = null, bool Darknet = false, string? Cfg = null,
+    SharpNorm.Layers.ConvAlgorithm ConvAlgorithm = SharpNorm.Layers.ConvAlgorithm.Auto)
 {
     public const string Usage =
         """
@@ -24,6 +25,8 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                            --threads: thread counts (default Environment.ProcessorCount); --warmup/--runs: warm-up
                            and timed training steps (default 5 and 20, --quick 5 and 10; conv layers: --runs or 15,
                            --quick 10, at least 10)
+          --conv-algorithm auto|im2col   SharpNorm's convolutions: Conv2d's default choice (Winograd for the 3x3 layers
+                           with 16+ channels) or im2col products everywhere
 
         usage: bench/run.sh --darknet [--cfg PATH] [--threads N] [--quick] [--json PATH] [--warmup N] [--runs N] [--malloc-reuse]
           --darknet        darknet inference latency (DarknetBench.cs): DarknetNetwork with folded batch norm, unfused,
@@ -42,6 +45,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
     {
         bool quick = false, help = false, mallocReuse = false, cnn = false, darknet = false;
         string? json = null, filter = null, cfg = null;
+        var algorithm = SharpNorm.Layers.ConvAlgorithm.Auto;
         int[]? threads = null;
         int? warmup = null, runs = null;
         int waitIdle = 0;
@@ -54,6 +58,14 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                 case "--cnn": cnn = true; break;
                 case "--darknet": darknet = true; break;
                 case "--cfg": cfg = Value(); break;
+                case "--conv-algorithm":
+                    algorithm = Value() switch
+                    {
+                        "auto" => SharpNorm.Layers.ConvAlgorithm.Auto,
+                        "im2col" => SharpNorm.Layers.ConvAlgorithm.Im2ColGemm,
+                        string other => throw new ArgumentException($"--conv-algorithm takes auto or im2col, got '{other}'."),
+                    };
+                    break;
                 case "--malloc-reuse": mallocReuse = true; break;
                 case "--json": json = Value(); break;
                 case "--filter": filter = Value(); break;
@@ -74,7 +86,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
         if (darknet && (cnn || filter is not null)) throw new ArgumentException("--darknet does not combine with --cnn or --filter.");
         if (cfg is not null && !darknet) throw new ArgumentException("--cfg applies to --darknet only.");
         return new Options(quick, json, filter, threads, warmup ?? (quick ? 3 : 5), runs ?? (quick ? 5 : 15), waitIdle, mallocReuse, help,
-            cnn, warmup, runs, darknet, cfg);
+            cnn, warmup, runs, darknet, cfg, algorithm);
     }
 
     private static int PositiveInt(string s, string name, bool allowZero) =>

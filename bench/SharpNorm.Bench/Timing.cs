@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace SharpNorm.Bench;
 
@@ -228,5 +230,61 @@ internal sealed class CpuContention
         {
             return null;
         }
+    }
+}
+
+/// <summary>
+/// The machine's FMA peak: a register-only loop of twelve independent Vector512 (or the widest accelerated) fused
+/// multiply-add chains, on 1 thread and on each thread count of the run at once; GFLOP/s counts 2 per lane per FMA.
+/// Probed in every run: it differs between machines of this VM type (two cores gave 1.35x one on one of them).
+/// </summary>
+internal static class FmaPeak
+{
+    private const long Iterations = 20_000_000;
+    private static float s_sink;
+
+    /// <summary>GFLOP/s by thread count (the median of 5 probes each).</summary>
+    public static Dictionary<int, double> Probe(IEnumerable<int> threadCounts)
+    {
+        var result = new Dictionary<int, double>();
+        foreach (int threads in threadCounts.Append(1).Distinct().Order())
+        {
+            var samples = new List<double>();
+            for (int probe = 0; probe < 5; probe++)
+            {
+                // Threads of their own, released together (Parallel.For may run both iterations on one pool thread).
+                using var start = new Barrier(threads + 1);
+                var workers = Enumerable.Range(0, threads).Select(_ => new Thread(() => { start.SignalAndWait(); s_sink += Loop(Iterations); })).ToArray();
+                foreach (Thread t in workers) t.Start();
+                start.SignalAndWait();
+                var clock = Stopwatch.StartNew();
+                foreach (Thread t in workers) t.Join();
+                samples.Add(threads * Iterations * 12.0 * 2 * Vector512<float>.Count / clock.Elapsed.TotalSeconds / 1e9);
+            }
+            samples.Sort();
+            result[threads] = samples[samples.Count / 2];
+        }
+        return result;
+    }
+
+    public static string Describe(Dictionary<int, double> peak) =>
+        "FMA peak (12 independent Vector512<float> FMA chains in registers, median of 5): " +
+        string.Join("; ", peak.OrderBy(p => p.Key).Select(p => $"{p.Key} thread{(p.Key == 1 ? "" : "s")}: {p.Value:F0} GFLOP/s"));
+
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static float Loop(long n)
+    {
+        Vector512<float> x = Vector512.Create(1.0001f), y = Vector512.Create(0.9999f);
+        Vector512<float> a0 = x, a1 = x, a2 = x, a3 = x, a4 = x, a5 = x, a6 = x, a7 = x, a8 = x, a9 = x, a10 = x, a11 = x;
+        for (long i = 0; i < n; i++)
+        {
+            a0 = Vector512.FusedMultiplyAdd(a0, y, x); a1 = Vector512.FusedMultiplyAdd(a1, y, x);
+            a2 = Vector512.FusedMultiplyAdd(a2, y, x); a3 = Vector512.FusedMultiplyAdd(a3, y, x);
+            a4 = Vector512.FusedMultiplyAdd(a4, y, x); a5 = Vector512.FusedMultiplyAdd(a5, y, x);
+            a6 = Vector512.FusedMultiplyAdd(a6, y, x); a7 = Vector512.FusedMultiplyAdd(a7, y, x);
+            a8 = Vector512.FusedMultiplyAdd(a8, y, x); a9 = Vector512.FusedMultiplyAdd(a9, y, x);
+            a10 = Vector512.FusedMultiplyAdd(a10, y, x); a11 = Vector512.FusedMultiplyAdd(a11, y, x);
+        }
+        return (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11).ToScalar();
     }
 }

@@ -132,4 +132,17 @@ public class ConvAlgorithmTests(ITestOutputHelper output)
         var explicitIm2Col = new Conv2d<float>(16, 16, 5, padding: 2) { Algorithm = ConvAlgorithm.Im2ColGemm };
         Assert.Equal(explicitIm2Col.Forward(x).ToArray(), fiveByFive.Forward(x).ToArray());
     }
+
+    [Theory]
+    [InlineData(1, 8, false)]     // 4 tiles: im2col
+    [InlineData(2, 16, true)]     // 32 tiles: Winograd
+    [InlineData(8, 8, true)]
+    public void AutoTakesWinogradFromThirtyTwoTilesOn(int batch, int size, bool winograd)
+    {
+        Tensor<float> x = new Gaussian(size).Tensor<float>([batch, 16, size, size]);
+        int[] Bits(ConvAlgorithm algorithm) => Layer<float>(16, 16, 1, true, algorithm).Forward(x).ToArray().Select(BitConverter.SingleToInt32Bits).ToArray();
+        int[] auto = Bits(ConvAlgorithm.Auto), expected = Bits(winograd ? ConvAlgorithm.Winograd : ConvAlgorithm.Im2ColGemm);
+        Assert.Equal(expected, auto);
+        Assert.NotEqual(Bits(winograd ? ConvAlgorithm.Im2ColGemm : ConvAlgorithm.Winograd), auto);
+    }
 }
