@@ -26,10 +26,12 @@ public sealed class LeakyReLU<T> : Layer<T> where T : unmanaged, IFloatingPointI
 
     public override nint[] OutputShape(ReadOnlySpan<nint> inputShape) => inputShape.ToArray();
 
-    protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y) => Rectifier.Forward(x, y, _slope);
+    private readonly Rectifier<T> _rectifier = new();
+
+    protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y) => _rectifier.Run(x, default, y, _slope, Threads);
 
     protected override void BackwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx) =>
-        Rectifier.Backward(x, dy, dx, _slope);
+        _rectifier.Run(x, dy, dx, _slope, Threads);
 }
 
 /// <summary>Rectifier, the twin of torch.nn.ReLU: y = max(x, 0); dx = dy where x &gt; 0, else 0.</summary>
@@ -39,10 +41,49 @@ public sealed class ReLU<T> : Layer<T> where T : unmanaged, IFloatingPointIeee75
 
     public override nint[] OutputShape(ReadOnlySpan<nint> inputShape) => inputShape.ToArray();
 
-    protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y) => Rectifier.Forward(x, y, T.Zero);
+    private readonly Rectifier<T> _rectifier = new();
+
+    protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y) => _rectifier.Run(x, default, y, T.Zero, Threads);
 
     protected override void BackwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx) =>
-        Rectifier.Backward(x, dy, dx, T.Zero);
+        _rectifier.Run(x, dy, dx, T.Zero, Threads);
+}
+
+/// <summary>A rectifier's forward or backward over pieces of the tensor on the shared helper threads (element-wise: any split gives the same bits).</summary>
+internal sealed unsafe class Rectifier<T> : SharpNorm.Threading.IChunkJob where T : unmanaged, IFloatingPointIeee754<T>
+{
+    /// <summary>Elements per piece: below two pieces the caller's thread does it all.</summary>
+    private const int Piece = 1 << 16;
+
+    private T* _x, _dy, _out;
+    private int _length;
+    private T _slope;
+
+    /// <summary>The forward (dy empty) or the backward of a rectifier with the given slope.</summary>
+    public void Run(ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> output, T slope, int threads)
+    {
+        fixed (T* px = x)
+        fixed (T* pdy = dy)
+        fixed (T* pout = output)
+        {
+            _x = px;
+            _dy = dy.IsEmpty ? null : pdy;
+            _out = pout;
+            (_length, _slope) = (x.Length, slope);
+            int pieces = (x.Length + Piece - 1) / Piece;
+            SharpNorm.Threading.ChunkRunner.Shared.Run(this, pieces, pieces < 2 ? 1 : Math.Max(1, threads));
+            _x = _dy = _out = null;
+        }
+    }
+
+    void SharpNorm.Threading.IChunkJob.Execute(int chunk, int worker)
+    {
+        int first = chunk * Piece, count = Math.Min(Piece, _length - first);
+        var x = new ReadOnlySpan<T>(_x + first, count);
+        var output = new Span<T>(_out + first, count);
+        if (_dy is null) Rectifier.Forward(x, output, _slope);
+        else Rectifier.Backward(x, new ReadOnlySpan<T>(_dy + first, count), output, _slope);
+    }
 }
 
 internal static class Rectifier

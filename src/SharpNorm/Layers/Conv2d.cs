@@ -243,7 +243,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     /// Images whose column matrices go side by side into one product: small output planes (7x7) would leave the
     /// product's column panels mostly empty. Depends on the geometry alone (the weight gradient's sums follow it).
     /// </summary>
-    private static int ImagesPerGroup(in WindowGeometry g) => Math.Max(1, MinProductColumns / g.OutputPlane);
+    private static int ImagesPerGroup(in WindowGeometry g) => g.IsPointwise ? 1 : Math.Max(1, MinProductColumns / g.OutputPlane);
 
     private const int MinProductColumns = 256;
 

@@ -223,6 +223,24 @@ public class CnnLayerTests
         Assert.Equal(Bits(scalar.Backward(x, dy)), Bits(vector.Backward(x, dy)));
     }
 
+    /// <summary>Rectifiers over many pieces (several threads) against the element-wise definition, forward and backward.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void LeakyReLUOverManyPiecesMatchesItsDefinition(int threads)
+    {
+        var random = new Gaussian(21);
+        nint[] shape = [5, 7, 100, 97];
+        Tensor<float> x = random.Tensor<float>(shape), dy = random.Tensor<float>(shape);
+        var relu = new LeakyReLU<float>(0.1) { MaxDegreeOfParallelism = threads };
+        float[] xs = x.ToArray(), dys = dy.ToArray(), y = relu.Forward(x).ToArray(), dx = relu.Backward(x, dy).ToArray();
+        for (int i = 0; i < xs.Length; i++)
+        {
+            Assert.Equal(xs[i] <= 0 ? xs[i] * 0.1f : xs[i], y[i]);
+            Assert.Equal(xs[i] > 0 ? dys[i] : dys[i] * 0.1f, dx[i]);
+        }
+    }
+
     [Fact]
     public void GlobalAvgPoolAndFlattenGradientsMatchCentralDifferences()
     {
