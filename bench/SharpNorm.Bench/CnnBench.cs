@@ -36,7 +36,9 @@ internal sealed record CnnReport(
 /// </summary>
 internal static class CnnBench
 {
-    private const int BatchSize = 128, Classes = 10, ModelSeed = 1, ShuffleSeed = 1, ConvSeed = 20240601;
+    private const int Classes = 10, ModelSeed = 1, ShuffleSeed = 1, ConvSeed = 20240601;
+    /// <summary>128 for the default network; 64 for the untuned one (--network untuned).</summary>
+    private static int BatchSize = 128;
     private const double EpochImages = 60000, Tolerance = 1e-3;
 
     public static int Run(Options options)
@@ -74,6 +76,17 @@ internal static class CnnBench
             Console.Error.WriteLine($"--cnn needs Fashion-MNIST: {e.Message}");
             return 1;
         }
+        bool untuned = options.Network == "untuned";
+        if (untuned)
+        {
+            // A network none of the kernels were tuned on: another DarkNet-style stack, 40x40 inputs (the images
+            // zero-padded by 6), batch 64.
+            BatchSize = 64;
+            train = Pad(train, 6);
+            test = Pad(test, 6);
+        }
+        Func<Sequential<float>> createModel = untuned ? () => UntunedNetwork(ModelSeed) : () => DarkNetClassifier.Create<float>(NormChoice.Batch, seed: ModelSeed);
+        string modelName = untuned ? "untuned DarkNet-style stack (CnnBench.UntunedNetwork, seed 1) on 40x40" : "DarkNetClassifier.Create<float>(NormChoice.Batch, seed: 1)";
         var (mean, std) = train.PixelStatistics();
         var trainLoader = new BatchLoader<float>(train, BatchSize, shuffle: true, ShuffleSeed, mean, std, Augmentation.None);
         var testLoader = new BatchLoader<float>(test, BatchSize, shuffle: false, 0, mean, std, Augmentation.None);
@@ -81,9 +94,9 @@ internal static class CnnBench
         Batches testBatches = Batches.Fill(testLoader, Math.Min(evalBatchLimit, testLoader.BatchCount), withTorch);
         nint[] imageShape = trainLoader.ImageShape;
 
-        long parameterCount = DarkNetClassifier.ParameterCount(DarkNetClassifier.Create<float>(NormChoice.Batch, seed: ModelSeed));
+        long parameterCount = DarkNetClassifier.ParameterCount(createModel());
         var setup = new CnnSetup(
-            "DarkNetClassifier.Create<float>(NormChoice.Batch, seed: 1)", parameterCount, BatchSize,
+            modelName, parameterCount, BatchSize,
             $"SGD(lr {CnnSgd.LearningRate}, momentum {CnnSgd.Momentum}, nesterov, weight decay {CnnSgd.WeightDecay}), cross-entropy",
             $"Fashion-MNIST ({FashionMnist.DebianDirectory}), BatchLoader<float> without augmentation, shuffled with seed {ShuffleSeed}",
             mean, std, ShuffleSeed, warmup, steps, testBatches.Images.Sum(b => b.Length) / train.ImageSize, convWarmup, convRuns, EpochImages);
@@ -122,7 +135,7 @@ internal static class CnnBench
         foreach (int threads in threadCounts)
         {
             Console.Error.WriteLine($"training, {threads} thread(s) ...");
-            var sharpModel = DarkNetClassifier.Create<float>(NormChoice.Batch, seed: ModelSeed);
+            var sharpModel = createModel();
             foreach (Conv2d<float> conv in sharpModel.Layers.OfType<Conv2d<float>>()) conv.Algorithm = options.ConvAlgorithm;
             var sharp = new SharpCnn(sharpModel, BatchSize, imageShape, Classes, threads);
             using TorchCnn? torchModel = withTorch ? new TorchCnn(sharp.Model) : null;
@@ -151,7 +164,7 @@ internal static class CnnBench
         trainBatches.Dispose();
         testBatches.Dispose();
 
-        foreach (ConvShape shape in ConvShape.Network(BatchSize))
+        foreach (ConvShape shape in untuned ? [] : ConvShape.Network(BatchSize))
         {
             Console.Error.WriteLine($"conv {shape.Kernel} on {shape.Input} ...");
             using var bench = new ConvBench(shape, withTorch, ConvSeed, options.ConvAlgorithm);
@@ -181,6 +194,41 @@ internal static class CnnBench
             Console.Error.WriteLine($"wrote {options.JsonPath}");
         }
         return 0;
+    }
+
+    /// <summary>
+    /// The untuned network: conv(3x3) → BatchNorm → LeakyReLU blocks of 16 (pool), 32 (pool), 64, 32 (1x1), 64 (pool),
+    /// 128, 64 (1x1), 128, then a 1x1 convolution to the classes and global average pooling; on 40x40 the maps are
+    /// 40, 20, 10 and 5 wide.
+    /// </summary>
+    internal static Sequential<float> UntunedNetwork(int seed)
+    {
+        var random = new Random(seed);
+        var layers = new List<ILayer<float>>();
+        int channels = 1;
+        foreach (var (outChannels, kernel, pool) in new[] { (16, 3, true), (32, 3, true), (64, 3, false), (32, 1, false), (64, 3, true), (128, 3, false), (64, 1, false), (128, 3, false) })
+        {
+            layers.Add(new Conv2d<float>(channels, outChannels, kernel, padding: kernel / 2, bias: false, random: random));
+            layers.Add(new BatchNorm<float>(outChannels));
+            layers.Add(new LeakyReLU<float>(0.1));
+            if (pool) layers.Add(new MaxPool2d<float>(2));
+            channels = outChannels;
+        }
+        layers.Add(new Conv2d<float>(channels, Classes, 1, random: random));
+        layers.Add(new GlobalAvgPool2d<float>());
+        layers.Add(new Flatten<float>());
+        return new Sequential<float>(layers.ToArray());
+    }
+
+    /// <summary>The images with a border of zeros.</summary>
+    private static ImageDataset Pad(ImageDataset data, int border)
+    {
+        int height = data.Height + 2 * border, width = data.Width + 2 * border;
+        var pixels = new byte[data.Count * height * width];
+        for (int i = 0; i < data.Count; i++)
+            for (int y = 0; y < data.Height; y++)
+                data.Pixels.AsSpan((i * data.Height + y) * data.Width, data.Width).CopyTo(pixels.AsSpan((i * height + y + border) * width + border));
+        return new ImageDataset(pixels, data.Labels, height, width, data.Classes);
     }
 
     /// <summary>What the first (warm-up) step of each side saw: logits, loss and gradients from equal weights on batch 0.</summary>

@@ -2,7 +2,7 @@ namespace SharpNorm.Bench;
 
 internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int[]? Threads, int Warmup, int Runs, int WaitIdleSeconds, bool MallocReuse, bool Help,
     bool Cnn = false, int? WarmupGiven = null, int? RunsGiven = null, bool Darknet = false, string? Cfg = null,
-    SharpNorm.Layers.ConvAlgorithm ConvAlgorithm = SharpNorm.Layers.ConvAlgorithm.Auto)
+    SharpNorm.Layers.ConvAlgorithm ConvAlgorithm = SharpNorm.Layers.ConvAlgorithm.Auto, string Network = "default")
 {
     public const string Usage =
         """
@@ -25,6 +25,8 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                            --threads: thread counts (default Environment.ProcessorCount); --warmup/--runs: warm-up
                            and timed training steps (default 5 and 20, --quick 5 and 10; conv layers: --runs or 15,
                            --quick 10, at least 10)
+          --network untuned  a network the kernels were not tuned on instead (another DarkNet-style stack, 40x40
+                           inputs: the images zero-padded, batch 64); training and eval only
           --conv-algorithm auto|im2col   SharpNorm's convolutions: Conv2d's default choice (Winograd for the 3x3 layers
                            with 16+ channels) or im2col products everywhere
 
@@ -46,6 +48,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
         bool quick = false, help = false, mallocReuse = false, cnn = false, darknet = false;
         string? json = null, filter = null, cfg = null;
         var algorithm = SharpNorm.Layers.ConvAlgorithm.Auto;
+        string network = "default";
         int[]? threads = null;
         int? warmup = null, runs = null;
         int waitIdle = 0;
@@ -58,6 +61,9 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                 case "--cnn": cnn = true; break;
                 case "--darknet": darknet = true; break;
                 case "--cfg": cfg = Value(); break;
+                case "--network":
+                    network = Value() is "default" or "untuned" ? args[i] : throw new ArgumentException($"--network takes default or untuned, got '{args[i]}'.");
+                    break;
                 case "--conv-algorithm":
                     algorithm = Value() switch
                     {
@@ -86,7 +92,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
         if (darknet && (cnn || filter is not null)) throw new ArgumentException("--darknet does not combine with --cnn or --filter.");
         if (cfg is not null && !darknet) throw new ArgumentException("--cfg applies to --darknet only.");
         return new Options(quick, json, filter, threads, warmup ?? (quick ? 3 : 5), runs ?? (quick ? 5 : 15), waitIdle, mallocReuse, help,
-            cnn, warmup, runs, darknet, cfg, algorithm);
+            cnn, warmup, runs, darknet, cfg, algorithm, network);
     }
 
     private static int PositiveInt(string s, string name, bool allowZero) =>

@@ -9,7 +9,7 @@ namespace SharpNorm.Layers;
 /// <summary>How <see cref="Conv2d{T}"/> computes its forward and input gradient.</summary>
 public enum ConvAlgorithm
 {
-    /// <summary>Winograd F(4x4, 3x3) where the layer fits it (3x3, stride 1, dilation 1, one group, 16+ channels in and out) and the call has 32 tiles of 4x4 outputs or more; im2col otherwise.</summary>
+    /// <summary>Winograd F(4x4, 3x3) where the layer fits it (3x3, stride 1, dilation 1, one group, 16+ channels in and out), the call has 32 tiles of 4x4 outputs or more and the map fills 60% of them (the weight gradient: 4096 filters or more too); im2col otherwise.</summary>
     Auto,
     /// <summary>Column matrices (im2col) multiplied by the weights.</summary>
     Im2ColGemm,
@@ -132,17 +132,25 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     /// <summary>
     /// Whether a convolution of <paramref name="inChannels"/> into <paramref name="outChannels"/> producing
     /// <paramref name="batch"/> maps of (height, width) goes by Winograd: asked for, or on Auto with 16 channels or more
-    /// on both sides (fewer leave the 36 products too thin) and 32 output tiles or more. Fewer tiles (a large layer on
-    /// an 8x8 or 13x13 map at batch 1) leave its products a column panel or two wide, each pass over the 4x larger
-    /// transformed filters doing little work: im2col measured 1.5-4x faster there.
+    /// on both sides (fewer leave the 36 products too thin), 32 output tiles or more, and at least 60% of the tiles'
+    /// outputs inside the map. Fewer tiles (a large layer on an 8x8 or 13x13 map at batch 1) leave each product a
+    /// column panel or two wide over filters 4x larger than im2col's (im2col measured 1.5-4x faster there); a 5x5 map
+    /// fills 39% of its four tiles, and im2col was faster there too.
     /// </summary>
-    private bool UsesWinograd(int inChannels, int outChannels, int batch, int height, int width) => Algorithm switch
+    private bool UsesWinograd(int inChannels, int outChannels, int batch, int height, int width)
     {
-        ConvAlgorithm.Winograd => true,
-        ConvAlgorithm.Auto => WinogradShape && inChannels >= 16 && outChannels >= 16
-            && (long)batch * ((height + 3) / 4) * ((width + 3) / 4) >= 32,
-        _ => false,
-    };
+        if (Algorithm != ConvAlgorithm.Auto) return Algorithm == ConvAlgorithm.Winograd;
+        long tilesHigh = (height + 3) / 4, tilesWide = (width + 3) / 4;
+        return WinogradShape && inChannels >= 16 && outChannels >= 16 && batch * tilesHigh * tilesWide >= 32
+            && 10L * height * width >= 6 * 16 * tilesHigh * tilesWide;
+    }
+
+    /// <summary>
+    /// The weight gradient by Winograd: as <see cref="UsesWinograd"/>, and on Auto also 4096 filters or more: its 36
+    /// products are O x C each, and smaller ones (16 -> 32, 32 -> 64 channels) ran slower than im2col's single product.
+    /// </summary>
+    private bool UsesWinogradGradient(int batch, int height, int width) =>
+        UsesWinograd(InChannels, OutChannels, batch, height, width) && (Algorithm == ConvAlgorithm.Winograd || (long)InChannels * OutChannels >= 4096);
 
     public override IEnumerable<Parameter<T>> Parameters => Bias is null ? [Weight] : [Weight, Bias];
 
@@ -197,7 +205,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     protected override void GradientCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy)
     {
         WindowGeometry g = Window(shape);
-        if (UsesWinograd(InChannels, OutChannels, (int)shape[0], g.OutputHeight, g.OutputWidth))
+        if (UsesWinogradGradient((int)shape[0], g.OutputHeight, g.OutputWidth))
         {
             WinogradGradient(g, (int)shape[0], x, dy);
             return;

@@ -137,12 +137,32 @@ public class ConvAlgorithmTests(ITestOutputHelper output)
     [InlineData(1, 8, false)]     // 4 tiles: im2col
     [InlineData(2, 16, true)]     // 32 tiles: Winograd
     [InlineData(8, 8, true)]
-    public void AutoTakesWinogradFromThirtyTwoTilesOn(int batch, int size, bool winograd)
+    [InlineData(16, 5, false)]    // 64 tiles, 39% of their outputs inside the map: im2col
+    [InlineData(16, 7, true)]     // 77%
+    public void AutoTakesWinogradFromThirtyTwoWellFilledTilesOn(int batch, int size, bool winograd)
     {
         Tensor<float> x = new Gaussian(size).Tensor<float>([batch, 16, size, size]);
         int[] Bits(ConvAlgorithm algorithm) => Layer<float>(16, 16, 1, true, algorithm).Forward(x).ToArray().Select(BitConverter.SingleToInt32Bits).ToArray();
         int[] auto = Bits(ConvAlgorithm.Auto), expected = Bits(winograd ? ConvAlgorithm.Winograd : ConvAlgorithm.Im2ColGemm);
         Assert.Equal(expected, auto);
         Assert.NotEqual(Bits(winograd ? ConvAlgorithm.Im2ColGemm : ConvAlgorithm.Winograd), auto);
+    }
+
+    [Theory]
+    [InlineData(16, 32, false)]   // 512 filters: im2col's weight gradient
+    [InlineData(48, 96, true)]    // 4608: Winograd's
+    public void AutoTakesTheWinogradWeightGradientFromFourThousandFiltersOn(int c, int o, bool winograd)
+    {
+        var random = new Gaussian(c);
+        // 8 images of 8x8: 32 tiles, all inside; only the filter count decides.
+        Tensor<float> x = random.Tensor<float>([8, c, 8, 8]);
+        Tensor<float> dy = random.Tensor<float>([8, o, 8, 8]);
+        int[] Bits(ConvAlgorithm algorithm)
+        {
+            Conv2d<float> conv = Layer<float>(c, o, 1, false, algorithm);
+            conv.Gradient(x, dy);
+            return conv.Weight.Gradient.ToArray().Select(BitConverter.SingleToInt32Bits).ToArray();
+        }
+        Assert.Equal(Bits(winograd ? ConvAlgorithm.Winograd : ConvAlgorithm.Im2ColGemm), Bits(ConvAlgorithm.Auto));
     }
 }
