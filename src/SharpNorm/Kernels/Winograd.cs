@@ -58,17 +58,8 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
         ReadOnlySpan<T> bias, int padTop, int padLeft, int outHeight, int outWidth, Span<T> y, int threads, bool filtersUnchanged = false)
     {
         bool transformed = filtersUnchanged && _filtersFor == (channels, outChannels);
-        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
-            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
-            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
-        (_channels, _outChannels, _height, _width, _outHeight, _outWidth, _padTop, _padLeft) =
-            (channels, outChannels, height, width, outHeight, outWidth, padTop, padLeft);
-        _tilesHigh = (outHeight + Tile - 1) / Tile;
-        _tilesWide = (outWidth + Tile - 1) / Tile;
-        _tiles = (long)batch * _tilesHigh * _tilesWide;
-        _tilesPerChunk = TilesPerChunk(channels, outChannels);
-        long chunks = (_tiles + _tilesPerChunk - 1) / _tilesPerChunk;
-        threads = (int)Math.Clamp(chunks, 1, Math.Max(1, threads));
+        Setup(batch, channels, height, width, outChannels, padTop, padLeft, outHeight, outWidth);
+        threads = Math.Clamp(_chunks, 1, Math.Max(1, threads));
         if (!transformed) TransformFilters(filters);
         _filtersFor = (channels, outChannels);
         EnsureWorkers(threads);
@@ -80,7 +71,7 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
             _x = px;
             _y = py;
             _bias = bias.IsEmpty ? null : pb;
-            _runner.Run(this, (int)chunks, threads);
+            _runner.Run(this, _chunks, threads);
             _x = _y = _bias = null;
         }
     }
@@ -93,16 +84,7 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
     public void WeightGradient(ReadOnlySpan<T> x, int batch, int channels, int height, int width, ReadOnlySpan<T> dy, int outChannels,
         int padTop, int padLeft, int outHeight, int outWidth, Span<T> dWeights, int threads)
     {
-        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
-            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
-            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
-        (_channels, _outChannels, _height, _width, _outHeight, _outWidth, _padTop, _padLeft) =
-            (channels, outChannels, height, width, outHeight, outWidth, padTop, padLeft);
-        _tilesHigh = (outHeight + Tile - 1) / Tile;
-        _tilesWide = (outWidth + Tile - 1) / Tile;
-        _tiles = (long)batch * _tilesHigh * _tilesWide;
-        _tilesPerChunk = TilesPerChunk(channels, outChannels);
-        _chunks = (int)((_tiles + _tilesPerChunk - 1) / _tilesPerChunk);
+        Setup(batch, channels, height, width, outChannels, padTop, padLeft, outHeight, outWidth);
         _parts = Math.Min(GradientParts, _chunks);
         int filters = outChannels * channels, size = Positions * filters;
         Grow(ref _partGradients, _parts * size);
@@ -289,6 +271,21 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
         g0 = TSimd.MultiplyAdd(quarter, u0, TSimd.MultiplyAdd(twentyFourth, sum34, TSimd.Subtract(TSimd.Zero, TSimd.MultiplyAdd(sixth, sum12, TSimd.Zero))));
         g1 = TSimd.MultiplyAdd(sixth, difference12, TSimd.MultiplyAdd(twelfth, difference34, TSimd.Zero));
         g2 = TSimd.Add(TSimd.MultiplyAdd(sixth, TSimd.Subtract(sum34, sum12), TSimd.Zero), u5);
+    }
+
+    /// <summary>The call's sizes, vector width, tiles and chunks.</summary>
+    private void Setup(int batch, int channels, int height, int width, int outChannels, int padTop, int padLeft, int outHeight, int outWidth)
+    {
+        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
+            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
+            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
+        (_channels, _outChannels, _height, _width, _outHeight, _outWidth, _padTop, _padLeft) =
+            (channels, outChannels, height, width, outHeight, outWidth, padTop, padLeft);
+        _tilesHigh = (outHeight + Tile - 1) / Tile;
+        _tilesWide = (outWidth + Tile - 1) / Tile;
+        _tiles = (long)batch * _tilesHigh * _tilesWide;
+        _tilesPerChunk = TilesPerChunk(channels, outChannels);
+        _chunks = checked((int)((_tiles + _tilesPerChunk - 1) / _tilesPerChunk));
     }
 
     /// <summary>

@@ -6,7 +6,7 @@ using SharpNorm.Threading;
 
 namespace SharpNorm.Layers;
 
-/// <summary>How <see cref="Conv2d{T}"/> computes its forward and input gradient.</summary>
+/// <summary>How <see cref="Conv2d{T}"/> computes its forward, input gradient and weight gradient.</summary>
 public enum ConvAlgorithm
 {
     /// <summary>Winograd F(4x4, 3x3) where the layer fits it (3x3, stride 1, dilation 1, one group, 16+ channels in and out), the call has 32 tiles of 4x4 outputs or more and the map fills 60% of them (the weight gradient: 4096 filters or more too); im2col otherwise.</summary>
@@ -19,7 +19,9 @@ public enum ConvAlgorithm
 
 /// <summary>
 /// 2-d convolution, the twin of torch.nn.Conv2d: input (N, C, H, W), weight (O, C/groups, kh, kw), optional bias (O).
-/// Each image is turned into its column matrix (im2col) and multiplied by the weights with <see cref="Gemm{T}"/>.
+/// Each image is turned into its column matrix (im2col) and multiplied by the weights with <see cref="Gemm{T}"/>; 1x1
+/// convolutions multiply the input as it lies; 3x3 stride-1 layers go by Winograd F(4x4, 3x3) where
+/// <see cref="Algorithm"/> allows.
 /// </summary>
 /// <remarks>
 /// With at least as many images as threads, each thread takes whole images (its own column buffer, a one-thread
@@ -106,7 +108,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     internal int MaxVectorBits { get; set; } = 512;
 
     /// <summary>
-    /// The forward's and input gradient's algorithm (the weight gradient is always the im2col product). Winograd
+    /// How the forward, the input gradient and the weight gradient are computed (see <see cref="ConvAlgorithm"/>). Winograd
     /// needs a 3x3 kernel, stride 1, dilation 1 and one group: asking for it otherwise throws.
     /// </summary>
     public ConvAlgorithm Algorithm
