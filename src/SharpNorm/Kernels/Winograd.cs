@@ -157,13 +157,9 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
     {
         T* staged = stackalloc T[Tile * Tile * Block];
         if (count < Block) new Span<T>(staged, Tile * Tile * Block).Clear();
-        int outPlane = _outHeight * _outWidth;
         for (int t = 0; t < count; t++)
         {
-            TilePlace place = places[t];
-            int row = place.Top + _padTop, column = place.Left + _padLeft;
-            T* source = _y + place.Image * _outChannels * outPlane + (nint)channel * outPlane + (nint)row * _outWidth + column;
-            int rows = Math.Min(Tile, _outHeight - row), columns = Math.Min(Tile, _outWidth - column);
+            T* source = OutputTile(places[t], channel, out int rows, out int columns);
             T* target = staged + t;
             for (int i = 0; i < Tile; i++, source += _outWidth, target += Tile * Block)
                 for (int j = 0; j < Tile; j++) target[j * Block] = i < rows && j < columns ? source[j] : T.Zero;
@@ -454,13 +450,9 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
                 TSimd.Store(TSimd.Add(y3, bias), ref *(target + 3 * Block), 0);
             }
         }
-        int outPlane = _outHeight * _outWidth;
         for (int t = 0; t < count; t++)
         {
-            TilePlace place = places[t];
-            int row = place.Top + _padTop, column = place.Left + _padLeft;
-            T* target = _y + place.Image * _outChannels * outPlane + (nint)channel * outPlane + (nint)row * _outWidth + column;
-            int rows = Math.Min(Tile, _outHeight - row), columns = Math.Min(Tile, _outWidth - column);
+            T* target = OutputTile(places[t], channel, out int rows, out int columns);
             T* source = staged + t;
             if (columns == Tile)
             {
@@ -484,6 +476,15 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
         public nint Image;
         public int Top, Left;
         public bool Inside;
+    }
+
+    /// <summary>The top-left of a tile's 4x4 outputs (or output gradients) in channel <paramref name="channel"/>, and how many of its rows and columns lie inside the output.</summary>
+    private T* OutputTile(TilePlace place, int channel, out int rows, out int columns)
+    {
+        int row = place.Top + _padTop, column = place.Left + _padLeft, outPlane = _outHeight * _outWidth;
+        rows = Math.Min(Tile, _outHeight - row);
+        columns = Math.Min(Tile, _outWidth - column);
+        return _y + (place.Image * _outChannels + channel) * outPlane + (nint)row * _outWidth + column;
     }
 
     /// <summary>The places of tiles [first, first + count).</summary>
