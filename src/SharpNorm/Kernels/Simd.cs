@@ -18,6 +18,9 @@ internal interface ISimd<T, TVector>
     static abstract TVector Broadcast(T value);
     static abstract TVector Add(TVector a, TVector b);
     static abstract TVector Subtract(TVector a, TVector b);
+    static abstract TVector Multiply(TVector a, TVector b);
+    /// <summary>Per lane: z &gt; 0 ? ifPositive : otherwise (NaN is not positive).</summary>
+    static abstract TVector PositiveOr(TVector z, TVector ifPositive, TVector otherwise);
     static abstract TVector Load(ref T source, nint index);
     static abstract void Store(TVector value, ref T destination, nint index);
     /// <summary>A store that bypasses the caches; the destination must be pinned and aligned to the vector size.</summary>
@@ -38,6 +41,11 @@ internal readonly struct Simd512<T> : ISimd<T, Vector512<T>> where T : unmanaged
     public static Vector512<T> Add(Vector512<T> a, Vector512<T> b) => a + b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<T> Subtract(Vector512<T> a, Vector512<T> b) => a - b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<T> Multiply(Vector512<T> a, Vector512<T> b) => a * b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<T> PositiveOr(Vector512<T> z, Vector512<T> ifPositive, Vector512<T> otherwise) =>
+        Vector512.ConditionalSelect(Vector512.GreaterThan(z, Vector512<T>.Zero), ifPositive, otherwise);
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<T> Load(ref T source, nint index) => Vector512.LoadUnsafe(ref source, (nuint)index);
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -70,6 +78,11 @@ internal readonly struct Simd256<T> : ISimd<T, Vector256<T>> where T : unmanaged
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<T> Subtract(Vector256<T> a, Vector256<T> b) => a - b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<T> Multiply(Vector256<T> a, Vector256<T> b) => a * b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<T> PositiveOr(Vector256<T> z, Vector256<T> ifPositive, Vector256<T> otherwise) =>
+        Vector256.ConditionalSelect(Vector256.GreaterThan(z, Vector256<T>.Zero), ifPositive, otherwise);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<T> Load(ref T source, nint index) => Vector256.LoadUnsafe(ref source, (nuint)index);
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Store(Vector256<T> value, ref T destination, nint index) => value.StoreUnsafe(ref destination, (nuint)index);
@@ -101,6 +114,11 @@ internal readonly struct Simd128<T> : ISimd<T, Vector128<T>> where T : unmanaged
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector128<T> Subtract(Vector128<T> a, Vector128<T> b) => a - b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<T> Multiply(Vector128<T> a, Vector128<T> b) => a * b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<T> PositiveOr(Vector128<T> z, Vector128<T> ifPositive, Vector128<T> otherwise) =>
+        Vector128.ConditionalSelect(Vector128.GreaterThan(z, Vector128<T>.Zero), ifPositive, otherwise);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector128<T> Load(ref T source, nint index) => Vector128.LoadUnsafe(ref source, (nuint)index);
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Store(Vector128<T> value, ref T destination, nint index) => value.StoreUnsafe(ref destination, (nuint)index);
@@ -131,6 +149,10 @@ internal readonly struct SimdScalar<T> : ISimd<T, T> where T : unmanaged, IFloat
     public static T Add(T a, T b) => a + b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static T Subtract(T a, T b) => a - b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static T Multiply(T a, T b) => a * b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static T PositiveOr(T z, T ifPositive, T otherwise) => z > T.Zero ? ifPositive : otherwise;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static T Load(ref T source, nint index) => Unsafe.Add(ref source, index);
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -52,13 +52,17 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
     /// y (N, O, OH, OW) = the 3x3 stride-1 convolution of x (N, C, H, W) with filters (O, C, 3, 3), zero padding
     /// (padTop, padLeft) and as much at the bottom and right as OH and OW take, plus bias (O) where given. With
     /// <paramref name="filtersUnchanged"/> the caller promises the filters are those of the last call (inference), whose
-    /// transform is used again.
+    /// transform is used again. <paramref name="moments"/>, where given, receives each output channel's shifted sums per
+    /// chunk of tiles, summed from the output transform's registers.
     /// </summary>
     public void Forward(ReadOnlySpan<T> x, int batch, int channels, int height, int width, ReadOnlySpan<T> filters, int outChannels,
-        ReadOnlySpan<T> bias, int padTop, int padLeft, int outHeight, int outWidth, Span<T> y, int threads, bool filtersUnchanged = false)
+        ReadOnlySpan<T> bias, int padTop, int padLeft, int outHeight, int outWidth, Span<T> y, int threads, bool filtersUnchanged = false,
+        ChannelMoments<T>? moments = null)
     {
         bool transformed = filtersUnchanged && _filtersFor == (channels, outChannels);
         Setup(batch, channels, height, width, outChannels, padTop, padLeft, outHeight, outWidth);
+        _moments = moments;
+        moments?.Reset(_chunks, outChannels);
         threads = Math.Clamp(_chunks, 1, Math.Max(1, threads));
         if (!transformed) TransformFilters(filters);
         _filtersFor = (channels, outChannels);
@@ -71,10 +75,19 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
             _x = px;
             _y = py;
             _bias = bias.IsEmpty ? null : pb;
-            _runner.Run(this, _chunks, threads);
-            _x = _y = _bias = null;
+            try
+            {
+                _runner.Run(this, _chunks, threads);
+            }
+            finally
+            {
+                _x = _y = _bias = null;
+                _moments = null;
+            }
         }
     }
+
+    private ChannelMoments<T>? _moments;
 
     /// <summary>
     /// dW (O, C, 3, 3) += the weight gradient of <see cref="Forward"/>'s convolution for input x and output gradient
@@ -345,7 +358,7 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
                 int tiles = Math.Min(Block, count - block);
                 Locate(first + block, tiles, places);
                 for (int channel = 0; channel < o; channel++)
-                    OutputTiles<TSimd, TVector>(places, tiles, channel, m + (nint)channel * columns + block, o * columns);
+                    OutputTiles<TSimd, TVector>(places, tiles, channel, m + (nint)channel * columns + block, o * columns, chunk, block == 0);
             }
         }
     }
@@ -417,9 +430,10 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
 
     /// <summary>
     /// Output channel <paramref name="channel"/> of tiles [first, first + count): Y = Aᵀ M A from m[ξ * stride + tile],
-    /// plus the bias, staged as y[i][j][tile] and written where the tile lies inside the output.
+    /// plus the bias, staged as y[i][j][tile] and written where the tile lies inside the output; with moments asked for,
+    /// the values written are added to the chunk's shifted sums of the channel.
     /// </summary>
-    private void OutputTiles<TSimd, TVector>(TilePlace* places, int count, int channel, T* m, int stride)
+    private void OutputTiles<TSimd, TVector>(TilePlace* places, int count, int channel, T* m, int stride, int chunk, bool firstBlock)
         where TSimd : ISimd<T, TVector>
         where TVector : unmanaged
     {
@@ -468,6 +482,41 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
             for (int i = 0; i < rows; i++, target += _outWidth, source += Tile * Block)
                 for (int j = 0; j < columns; j++) target[j] = source[j * Block];
         }
+        if (_moments is not null) AddMoments<TSimd, TVector>(places, count, channel, staged, chunk, firstBlock);
+    }
+
+    /// <summary>
+    /// Adds the staged outputs of a block of tiles to the chunk's partial of the channel, shifted by the chunk's first
+    /// output. Positions outside the map (edge tiles, the block's empty lanes) are set to the shift first: they add zero.
+    /// </summary>
+    private void AddMoments<TSimd, TVector>(TilePlace* places, int count, int channel, T* staged, int chunk, bool firstBlock)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        ref ChannelMoments<T>.Partial partial = ref _moments!.At(chunk, channel);
+        if (firstBlock) partial.Shift = staged[0];
+        T shift = partial.Shift;
+        int values = 0;
+        for (int t = 0; t < Block; t++)
+        {
+            int rows = 0, columns = 0;
+            if (t < count) OutputTile(places[t], channel, out rows, out columns);
+            values += rows * columns;
+            if (rows == Tile && columns == Tile) continue;
+            for (int i = 0; i < Tile; i++)
+                for (int j = 0; j < Tile; j++)
+                    if (i >= rows || j >= columns) staged[(i * Tile + j) * Block + t] = shift;
+        }
+        TVector c = TSimd.Broadcast(shift), s1 = TSimd.Zero, s2 = TSimd.Zero;
+        for (int k = 0; k < Tile * Tile * Block; k += TSimd.Count)
+        {
+            TVector d = TSimd.Subtract(TSimd.Load(ref *(staged + k), 0), c);
+            s1 = TSimd.Add(s1, d);
+            s2 = TSimd.MultiplyAdd(d, d, s2);
+        }
+        partial.Sum1 += double.CreateTruncating(TSimd.Sum(s1));
+        partial.Sum2 += double.CreateTruncating(TSimd.Sum(s2));
+        partial.Count += values;
     }
 
     /// <summary>Where a tile lies: its image, and the top-left of its 6x6 input window (padding counted); whether that window is inside the image.</summary>

@@ -201,6 +201,25 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y) =>
         Run(Job.Forward, Window(shape), x, default, y);
 
+    /// <summary>
+    /// Forward that also leaves each output channel's moments in <paramref name="moments"/> (BatchNorm's statistics),
+    /// summed by each work unit right after it writes its outputs, while they are still in cache.
+    /// </summary>
+    internal void Forward(ReadOnlyTensorSpan<T> x, TensorSpan<T> y, ChannelMoments<T> moments)
+    {
+        _moments = moments;
+        try
+        {
+            Forward(x, y);
+        }
+        finally
+        {
+            _moments = null;
+        }
+    }
+
+    private ChannelMoments<T>? _moments;
+
     protected override void BackwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx) =>
         Run(Job.Backward, Window(shape), default, dy, dx);
 
@@ -269,7 +288,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
             _winograd.MaxVectorBits = MaxVectorBits;
             _winograd.Forward(x, batch, InChannels, g.Height, g.Width, TensorData.Flat(Weight.Value), OutChannels,
                 Bias is null ? default : TensorData.Flat(Bias.Value), PadHeight, PadWidth, g.OutputHeight, g.OutputWidth, output, threads,
-                filtersUnchanged: WeightsFrozen);
+                filtersUnchanged: WeightsFrozen, moments: _moments);
             return;
         }
         if (job == Job.Backward && UsesWinograd(OutChannels, InChannels, batch, g.Height, g.Width) && RotatedBackward(g))
@@ -287,6 +306,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         // threads instead, each band's columns gathered on their own and small enough to stay in cache.
         int bandColumns = BandColumns(g);
         bool banded = job == Job.Forward && !groupParallel && Groups == 1 && !g.IsPointwise && g.OutputPlane >= 2 * bandColumns;
+        if (job == Job.Forward) _moments?.Reset(batch * MomentBands(g), OutChannels);
         if (banded)
         {
             EnsureWorkers(threads, g, bandColumns);
@@ -445,6 +465,20 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
             }
         }
 
+        if (_job == Job.Forward && _moments is not null)
+        {
+            int bands = MomentBands(g), bandColumns = BandColumns(g);
+            for (int i = 0; i < count; i++)
+            {
+                var y = new ReadOnlySpan<T>(_out + (nint)(first + i) * imageOut, imageOut);
+                for (int band = 0; band < bands; band++)
+                {
+                    int start = band * bandColumns, length = bands == 1 ? plane : Math.Min(bandColumns, plane - start);
+                    for (int o = 0; o < OutChannels; o++) _moments.Set((first + i) * bands + band, o, y.Slice(o * plane + start, length));
+                }
+            }
+        }
+
         if (_job == Job.Gradient && Bias is not null)
         {
             Span<T> dBias = _partBiasGradient.AsSpan(part!.Value * OutChannels, OutChannels);
@@ -535,6 +569,14 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     private static int BandsPerImage(in WindowGeometry g, int bandColumns) => (g.OutputPlane + bandColumns - 1) / bandColumns;
 
     /// <summary>
+    /// Units of an image's output moments: its bands where the forward may go by bands (a large map, one group, not
+    /// pointwise), else the whole image. The geometry alone decides, so the moments' bits do not depend on whether
+    /// this call went by bands.
+    /// </summary>
+    private int MomentBands(in WindowGeometry g) =>
+        Groups == 1 && !g.IsPointwise && g.OutputPlane >= 2 * BandColumns(g) ? BandsPerImage(g, BandColumns(g)) : 1;
+
+    /// <summary>
     /// One band of one image: its columns (K x band) gathered, y[:, band] = W · columns written in place (row stride P),
     /// and the bias added. Each output value is the same sum, in the same order, as in the unbanded product.
     /// </summary>
@@ -551,13 +593,17 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
         w.Gemm.Multiply(false, false, OutChannels, count, columnRows, TensorData.Flat(Weight.Value), columnRows, columns, count, y, plane,
             accumulate: false, reusePackedA: w.WeightsPacked);
         w.WeightsPacked = true;
-        if (Bias is null) return;
-        ReadOnlySpan<T> bias = TensorData.Flat(Bias.Value);
-        for (int o = 0; o < OutChannels; o++)
+        if (Bias is not null)
         {
-            Span<T> part = y.Slice(o * plane, count);
-            TensorPrimitives.Add(part, bias[o], part);
+            ReadOnlySpan<T> bias = TensorData.Flat(Bias.Value);
+            for (int o = 0; o < OutChannels; o++)
+            {
+                Span<T> part = y.Slice(o * plane, count);
+                TensorPrimitives.Add(part, bias[o], part);
+            }
         }
+        if (_moments is not null)
+            for (int o = 0; o < OutChannels; o++) _moments.Set(chunk, o, y.Slice(o * plane, count));
     }
 
     private sealed class BandJob(Conv2d<T> layer) : IChunkJob

@@ -63,6 +63,13 @@ public abstract class NormLayer<T> : ILayer<T> where T : unmanaged, IFloatingPoi
             : throw new ArgumentOutOfRangeException(nameof(value), value, "MaxDegreeOfParallelism must be -1 (all cores) or positive.");
     }
 
+    /// <summary>A fused block ran this layer's forward in its own passes: the engine holds nothing of it, so Backward and Gradient called on the layer alone need a Forward of its own first.</summary>
+    internal void ForgetForward()
+    {
+        _forwardShape = [];
+        _gradientSumsKey = default;
+    }
+
     /// <summary>The kernel engine (tests lower its vector width).</summary>
     internal NormEngine<T> Engine => _engine;
 

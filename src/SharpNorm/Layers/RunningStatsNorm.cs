@@ -112,8 +112,17 @@ public abstract class RunningStatsNorm<T> : NormLayer<T> where T : unmanaged, IF
     protected override void ForwardWithOwnStatistics(in NormGeometry g, ReadOnlySpan<T> x, Span<T> y) =>
         Engine.Forward(g, x, y, TensorData.Flat(RunningMean!), TensorData.Flat(RunningVar!), GammaOrEmpty(), BetaOrEmpty(), Eps);
 
+    /// <summary>Whether the next Forward takes the batch's statistics (training, or no running statistics to use).</summary>
+    internal bool TakesBatchStatistics => UsesBatchStatistics;
+
+    /// <summary>The running update for statistics computed outside the layer (a fused block's): one group per channel of <paramref name="count"/> values.</summary>
+    internal void UpdateRunningStatistics(ReadOnlySpan<double> mean, ReadOnlySpan<double> variance, int count) =>
+        UpdateRunningStatistics(new NormGeometry(1, 1, NumFeatures, 1, count), mean, variance);
+
+    private void UpdateRunningStatistics(in NormGeometry g) => UpdateRunningStatistics(g, Engine.GroupMean, Engine.GroupVariance);
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void UpdateRunningStatistics(in NormGeometry g)
+    private void UpdateRunningStatistics(in NormGeometry g, ReadOnlySpan<double> mean, ReadOnlySpan<double> variance)
     {
         double factor = Momentum ?? 0.0;
         if (CountsBatches)
@@ -124,7 +133,6 @@ public abstract class RunningStatsNorm<T> : NormLayer<T> where T : unmanaged, IF
 
         Span<T> runningMean = TensorData.Flat(RunningMean!);
         Span<T> runningVar = TensorData.Flat(RunningVar!);
-        ReadOnlySpan<double> mean = Engine.GroupMean, variance = Engine.GroupVariance;
         double count = g.GroupSize, unbias = count / (count - 1);
         // One update per group, averaged over a (InstanceNorm's instances), as ATen's instance_norm does.
         // Groups are visited in storage order (a outer); each channel's terms are still added in order of a.

@@ -10,6 +10,11 @@ namespace SharpNorm.Layers;
 /// named as in PyTorch's state_dict: "0.weight", "1.running_mean", "1.num_batches_tracked", nested as "2.0.weight".
 /// </summary>
 /// <remarks>
+/// A Conv2d → BatchNorm (→ LeakyReLU or ReLU) run of its layers executes as one fused block (statistics gathered by
+/// the convolution, normalization and rectifier in one pass, and in the backward BatchNorm's reductions and its dx in
+/// two passes): the same results to float rounding, the layers' parameters, buffers and names unchanged.
+/// <see cref="FuseConvBatchNorm"/> turns it off. After a fused Forward the block's BatchNorm holds no forward of its
+/// own: Backward and Gradient run through the Sequential.
 /// <c>Gradient</c> is the training step's backward: one sweep that
 /// accumulates every layer's parameter gradients (each layer's Backward feeds the layer before it; the first layer's
 /// input gradient is not computed). <c>Backward</c>
@@ -22,6 +27,8 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
     private readonly T[][] _outputs;        // outputs of layers 0..n-2 (the inputs of layers 1..n-1)
     private T[] _gradient1 = [], _gradient2 = [];
     private nint[]? _forwardShape;
+    private readonly ConvBatchNormBlock<T>?[] _blocks;   // _blocks[i]: the fused block starting at layer i
+    private bool _forwardFused;
 
     public Sequential(params ILayer<T>[] layers)
     {
@@ -33,7 +40,19 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
         _shapes = new nint[layers.Length + 1][];
         _outputs = new T[Math.Max(0, layers.Length - 1)][];
         for (int i = 0; i < _outputs.Length; i++) _outputs[i] = [];
+        _blocks = new ConvBatchNormBlock<T>?[layers.Length];
+        for (int i = 0; i < layers.Length; i++)
+        {
+            _blocks[i] = ConvBatchNormBlock<T>.At(_layers, i);
+            if (_blocks[i] is { } block) i += block.Length - 1;
+        }
     }
+
+    /// <summary>
+    /// Whether Conv2d → BatchNorm (→ LeakyReLU or ReLU) runs of the layers execute as fused blocks (default true).
+    /// Takes effect at the next Forward; Backward and Gradient follow the Forward they come after.
+    /// </summary>
+    public bool FuseConvBatchNorm { get; set; } = true;
 
     public IReadOnlyList<ILayer<T>> Layers => _layers;
 
@@ -126,12 +145,23 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
     protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y)
     {
         PrepareShapes(shape);
+        bool fused = FuseConvBatchNorm;
         for (int i = 0; i < _layers.Length; i++)
         {
             ReadOnlySpan<T> input = i == 0 ? x : _outputs[i - 1].AsSpan(0, Length(_shapes[i]));
+            if (fused && _blocks[i] is { } block)
+            {
+                // The convolution's output stays in _outputs[i] for the backward; BatchNorm's is never written.
+                int last = i + block.Length - 1;
+                Span<T> blockOutput = last == _layers.Length - 1 ? y : _outputs[last].AsSpan(0, Length(_shapes[last + 1]));
+                block.Forward(input, _shapes[i], _outputs[i].AsSpan(0, Length(_shapes[i + 1])), _shapes[i + 1], blockOutput);
+                i = last;
+                continue;
+            }
             Span<T> output = i == _layers.Length - 1 ? y : _outputs[i].AsSpan(0, Length(_shapes[i + 1]));
             _layers[i].Forward(new ReadOnlyTensorSpan<T>(input, _shapes[i], []), new TensorSpan<T>(output, _shapes[i + 1], []));
         }
+        _forwardFused = fused;
         if (_forwardShape is null || _forwardShape.Length != shape.Length) _forwardShape = new nint[shape.Length];
         shape.CopyTo(_forwardShape);
     }
@@ -163,6 +193,21 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
         bool useFirst = true;
         for (int i = _layers.Length - 1; i >= 0; i--)
         {
+            int start = _forwardFused ? BlockEndingAt(i) : -1;
+            if (start >= 0)
+            {
+                ConvBatchNormBlock<T> block = _blocks[start]!;
+                ReadOnlySpan<T> blockInput = start == 0 ? x : _outputs[start - 1].AsSpan(0, Length(_shapes[start]));
+                Span<T> blockGradIn = default;
+                if (start > 0 || !parameterGradients)
+                    blockGradIn = start == 0 ? dx : (useFirst ? _gradient1 : _gradient2).AsSpan(0, Length(_shapes[start]));
+                block.Backward(blockInput, _shapes[start], _outputs[start].AsSpan(0, Length(_shapes[start + 1])), _shapes[start + 1], gradOut,
+                    blockGradIn, parameterGradients);
+                gradOut = blockGradIn;
+                useFirst = !useFirst;
+                i = start;
+                continue;
+            }
             ReadOnlySpan<T> input = i == 0 ? x : _outputs[i - 1].AsSpan(0, Length(_shapes[i]));
             var inputTensor = new ReadOnlyTensorSpan<T>(input, _shapes[i], []);
             var gradOutTensor = new ReadOnlyTensorSpan<T>(gradOut, _shapes[i + 1], []);
@@ -176,6 +221,14 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
             gradOut = gradIn;
             useFirst = !useFirst;
         }
+    }
+
+    /// <summary>The first layer of the fused block whose last layer is <paramref name="index"/>, or -1.</summary>
+    private int BlockEndingAt(int index)
+    {
+        for (int start = Math.Max(0, index - 2); start <= index; start++)
+            if (_blocks[start] is { } block && start + block.Length - 1 == index) return start;
+        return -1;
     }
 
     private void PrepareShapes(ReadOnlySpan<nint> inputShape)
