@@ -111,7 +111,7 @@ internal static class CnnBench
         Console.WriteLine($"Training: batch {BatchSize}, {setup.Optimizer}; {setup.Data} (pixel mean {mean:F4}, std {std:F4}); both sides train on the same batches, filled once.");
         Console.WriteLine($"Timing: training step = median of {steps} steps after {warmup} warm-up steps (batch preparation untimed); " +
                           $"eval = forward of {setup.EvalImages} test images in batches of {BatchSize}, median per full batch, after 3 warm-up batches; " +
-                          $"conv = median of {convRuns} runs after {convWarmup} warm-up runs; SharpNorm's Conv2d algorithm {options.ConvAlgorithm}; threads {string.Join(", ", threadCounts)}" + (options.Quick ? " [--quick]" : "") +
+                          $"conv = median of {convRuns} runs after {convWarmup} warm-up runs; SharpNorm's Conv2d algorithm {options.ConvAlgorithm}, conv -> BatchNorm -> LeakyReLU {(options.Unfused ? "as three layers (--unfused)" : "fused")}; threads {string.Join(", ", threadCounts)}" + (options.Quick ? " [--quick]" : "") +
                           ". The two sides run in turn, step by step (batch by batch, run by run), with a short untimed pause between them, so load from other processes meets both alike.");
         if (options.WaitIdleSeconds > 0)
         {
@@ -137,6 +137,7 @@ internal static class CnnBench
             Console.Error.WriteLine($"training, {threads} thread(s) ...");
             var sharpModel = createModel();
             foreach (Conv2d<float> conv in sharpModel.Layers.OfType<Conv2d<float>>()) conv.Algorithm = options.ConvAlgorithm;
+            sharpModel.FuseConvBatchNorm = !options.Unfused;
             var sharp = new SharpCnn(sharpModel, BatchSize, imageShape, Classes, threads);
             using TorchCnn? torchModel = withTorch ? new TorchCnn(sharp.Model) : null;
             // The first step once more in float64 from the same initial parameters: the reference for both float32 sides.

@@ -2,7 +2,7 @@ namespace SharpNorm.Bench;
 
 internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int[]? Threads, int Warmup, int Runs, int WaitIdleSeconds, bool MallocReuse, bool Help,
     bool Cnn = false, int? WarmupGiven = null, int? RunsGiven = null, bool Darknet = false, string? Cfg = null,
-    SharpNorm.Layers.ConvAlgorithm ConvAlgorithm = SharpNorm.Layers.ConvAlgorithm.Auto, string Network = "default")
+    SharpNorm.Layers.ConvAlgorithm ConvAlgorithm = SharpNorm.Layers.ConvAlgorithm.Auto, string Network = "default", bool Unfused = false)
 {
     public const string Usage =
         """
@@ -29,6 +29,8 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                            inputs: the images zero-padded, batch 64); training and eval only
           --conv-algorithm auto|im2col   SharpNorm's convolutions: Conv2d's default choice (Winograd for the 3x3 layers
                            with 16+ channels) or im2col products everywhere
+          --unfused        SharpNorm's Conv2d -> BatchNorm -> LeakyReLU runs as three layers (Sequential.FuseConvBatchNorm
+                           off) instead of the fused block
 
         usage: bench/run.sh --darknet [--cfg PATH] [--threads N] [--quick] [--json PATH] [--warmup N] [--runs N] [--malloc-reuse]
           --darknet        darknet inference latency (DarknetBench.cs): DarknetNetwork with folded batch norm, unfused,
@@ -45,7 +47,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
 
     public static Options Parse(string[] args)
     {
-        bool quick = false, help = false, mallocReuse = false, cnn = false, darknet = false;
+        bool quick = false, help = false, mallocReuse = false, cnn = false, darknet = false, unfused = false;
         string? json = null, filter = null, cfg = null;
         var algorithm = SharpNorm.Layers.ConvAlgorithm.Auto;
         string network = "default";
@@ -73,6 +75,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                     };
                     break;
                 case "--malloc-reuse": mallocReuse = true; break;
+                case "--unfused": unfused = true; break;
                 case "--json": json = Value(); break;
                 case "--filter": filter = Value(); break;
                 case "--threads":
@@ -90,9 +93,10 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
         }
         if (cnn && filter is not null) throw new ArgumentException("--filter does not apply to --cnn.");
         if (darknet && (cnn || filter is not null)) throw new ArgumentException("--darknet does not combine with --cnn or --filter.");
+        if (unfused && !cnn) throw new ArgumentException("--unfused applies to --cnn only.");
         if (cfg is not null && !darknet) throw new ArgumentException("--cfg applies to --darknet only.");
         return new Options(quick, json, filter, threads, warmup ?? (quick ? 3 : 5), runs ?? (quick ? 5 : 15), waitIdle, mallocReuse, help,
-            cnn, warmup, runs, darknet, cfg, algorithm, network);
+            cnn, warmup, runs, darknet, cfg, algorithm, network, unfused);
     }
 
     private static int PositiveInt(string s, string name, bool allowZero) =>

@@ -166,3 +166,69 @@ public class ConvAlgorithmTests(ITestOutputHelper output)
         Assert.Equal(Bits(winograd ? ConvAlgorithm.Winograd : ConvAlgorithm.Im2ColGemm), Bits(ConvAlgorithm.Auto));
     }
 }
+
+/// <summary>The direct forward for few input channels against im2col's product: the same sums in the same order, so the same bits.</summary>
+public class DirectConvTests
+{
+    public static TheoryData<int, int, int, int, int, int, bool, int> Cases() => new()
+    {
+        // channels, out channels, kernel, padding, height, width, bias, vector bits
+        { 1, 48, 3, 1, 28, 28, false, 512 },
+        { 3, 16, 3, 1, 37, 70, true, 512 },     // 70 columns: a full pair and a short one
+        { 3, 13, 5, 2, 20, 33, true, 256 },     // out channels not a multiple of the register block
+        { 2, 8, 7, 3, 9, 40, false, 128 },
+        { 4, 5, 1, 0, 6, 35, true, 0 },
+        { 3, 9, 3, 0, 11, 34, false, 512 },     // no padding
+        { 1, 4, 2, 1, 8, 33, true, 512 },       // even kernel, output one wider than the input
+    };
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void DirectForwardHasIm2ColsBits(int c, int o, int k, int padding, int height, int width, bool bias, int bits)
+    {
+        Conv2d<float> Make(ConvAlgorithm algorithm) => new(c, o, k, padding: padding, bias: bias, random: new Random(4))
+        { Algorithm = algorithm, MaxVectorBits = bits };
+        foreach (int batch in new[] { 1, 3 })
+            foreach (int threads in new[] { 1, 2, 3 })
+            {
+                Tensor<float> x = new Gaussian(batch * 10 + threads).Tensor<float>([batch, c, height, width]);
+                Conv2d<float> direct = Make(ConvAlgorithm.Direct), im2col = Make(ConvAlgorithm.Im2ColGemm);
+                direct.MaxDegreeOfParallelism = im2col.MaxDegreeOfParallelism = threads;
+                float[] expected = im2col.Forward(x).ToArray(), actual = direct.Forward(x).ToArray();
+                Assert.Equal(expected.Select(BitConverter.SingleToInt32Bits), actual.Select(BitConverter.SingleToInt32Bits));
+            }
+    }
+
+    [Fact]
+    public void DirectForwardMatchesTheDoubleSum()
+    {
+        var conv = new Conv2d<double>(3, 10, 3, padding: 1, random: new Random(5)) { Algorithm = ConvAlgorithm.Direct };
+        Tensor<double> x = new Gaussian(6).Tensor<double>([2, 3, 9, 40]);
+        double[] y = conv.Forward(x).ToArray(), xs = x.ToArray(), w = conv.Weight.Value.ToArray(), b = conv.Bias!.Value.ToArray();
+        for (int n = 0; n < 2; n++)
+            for (int oc = 0; oc < 10; oc++)
+                for (int i = 0; i < 9; i++)
+                    for (int j = 0; j < 40; j++)
+                    {
+                        double sum = b[oc];
+                        for (int ic = 0; ic < 3; ic++)
+                            for (int di = 0; di < 3; di++)
+                                for (int dj = 0; dj < 3; dj++)
+                                {
+                                    int r = i + di - 1, q = j + dj - 1;
+                                    if (r >= 0 && r < 9 && q >= 0 && q < 40) sum += w[((oc * 3 + ic) * 3 + di) * 3 + dj] * xs[((n * 3 + ic) * 9 + r) * 40 + q];
+                                }
+                        Assert.Equal(sum, y[((n * 10 + oc) * 9 + i) * 40 + j], 1e-12);
+                    }
+    }
+
+    [Fact]
+    public void DirectIsRefusedWhereItDoesNotFit()
+    {
+        var e = Assert.Throws<ArgumentException>(() => new Conv2d<float>(8, 4, 3) { Algorithm = ConvAlgorithm.Direct });
+        Assert.Contains("at most 4 input channels", e.Message);
+        Assert.Throws<ArgumentException>(() => new Conv2d<float>(3, 4, 3, stride: 2) { Algorithm = ConvAlgorithm.Direct });
+        Assert.Throws<ArgumentException>(() => new Conv2d<float>(2, 4, 3, groups: 2) { Algorithm = ConvAlgorithm.Direct });
+        Assert.Throws<ArgumentException>(() => new Conv2d<float>(3, 4, 9) { Algorithm = ConvAlgorithm.Direct });
+    }
+}

@@ -17,7 +17,7 @@ namespace SharpNorm.Tests.Layers;
 public class ConvBatchNormBlockTests
 {
 
-    /// <summary>A network whose blocks take every convolution path: im2col image groups, pointwise, grouped, Winograd, banded.</summary>
+    /// <summary>A network whose blocks take every convolution path: im2col image groups, pointwise, grouped, Winograd, bands, direct.</summary>
     public enum Net { Im2ColAndPointwise, Grouped, Winograd, Banded }
 
     private static Sequential<T> Build<T>(Net net, int seed, bool unbiased = false, bool affine = true, double? momentum = 0.1, bool convBias = false)
@@ -50,7 +50,10 @@ public class ConvBatchNormBlockTests
             ],
             _ =>
             [
-                new Conv2d<T>(3, 4, 3, padding: 1, bias: convBias, random: random), Norm(4), new LeakyReLU<T>(0.1),
+                new Conv2d<T>(3, 4, 3, padding: 1, bias: convBias, random: random) { Algorithm = ConvAlgorithm.Im2ColGemm }, Norm(4), new LeakyReLU<T>(0.1),   // im2col by bands
+                new Conv2d<T>(4, 4, 3, padding: 1, bias: convBias, random: random), Norm(4), new LeakyReLU<T>(0.1),   // direct, on Auto
+                new MaxPool2d<T>(2),
+                new Conv2d<T>(4, 4, 3, padding: 1, bias: convBias, random: random) { Algorithm = ConvAlgorithm.Direct }, Norm(4), new LeakyReLU<T>(0.1),
                 new GlobalAvgPool2d<T>(), new Flatten<T>(),
             ],
         };
@@ -271,7 +274,7 @@ public class ConvBatchNormBlockTests
     public static TheoryData<string, int> MomentCases() => new()
     {
         { "im2col", 512 }, { "im2col", 256 }, { "im2col", 128 }, { "im2col", 0 },
-        { "pointwise", 512 }, { "grouped", 512 }, { "banded", 512 }, { "banded", 0 },
+        { "pointwise", 512 }, { "grouped", 512 }, { "banded", 512 }, { "banded", 0 }, { "direct", 512 }, { "direct", 128 },
         { "winograd", 512 }, { "winograd", 256 }, { "winograd", 128 }, { "winograd", 0 },
     };
 
@@ -285,7 +288,8 @@ public class ConvBatchNormBlockTests
             "im2col" => (new Conv2d<float>(3, 5, 3, padding: 1), new nint[] { 5, 3, 7, 6 }),
             "pointwise" => (new Conv2d<float>(6, 5, 1), new nint[] { 3, 6, 9, 9 }),
             "grouped" => (new Conv2d<float>(6, 4, 3, stride: 2, groups: 2), new nint[] { 3, 6, 9, 11 }),
-            "banded" => (new Conv2d<float>(3, 4, 3, padding: 1), new nint[] { 1, 3, 75, 70 }),
+            "banded" => (new Conv2d<float>(5, 4, 3, padding: 1), new nint[] { 1, 5, 75, 70 }),
+            "direct" => (new Conv2d<float>(3, 20, 3, padding: 1) { Algorithm = ConvAlgorithm.Direct }, new nint[] { 2, 3, 75, 70 }),
             _ => (new Conv2d<float>(16, 17, 3, padding: 1) { Algorithm = ConvAlgorithm.Winograd }, new nint[] { 3, 16, 13, 10 }),
         };
         conv.MaxVectorBits = bits;
