@@ -107,9 +107,7 @@ internal sealed unsafe class BatchNormActivation<T> : IChunkJob where T : unmana
 
     private void Run(Pass pass, int length, int channels, int plane, T slope, int threads)
     {
-        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
-            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
-            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
+        _bits = SimdWidth.Bits<T>(MaxVectorBits);
         (_pass, _channels, _plane, _planes, _slope) = (pass, channels, plane, length / plane, slope);
         _chunks = (int)Math.Clamp(length / MinChunkValues, 1, Math.Min(_planes, Math.Max(1, threads)));
         try

@@ -81,10 +81,13 @@ internal sealed class ChannelMoments<T> where T : unmanaged, IFloatingPointIeee7
         for (int start = 0; start < x.Length; start += Piece)
         {
             ReadOnlySpan<T> piece = x.Slice(start, Math.Min(Piece, x.Length - start));
-            (T a, T b) = maxBits >= 512 && Simd512<T>.IsUsable ? PieceSums<Simd512<T>, Vector512<T>>(piece, shift)
-                : maxBits >= 256 && Simd256<T>.IsUsable ? PieceSums<Simd256<T>, Vector256<T>>(piece, shift)
-                : maxBits >= 128 && Simd128<T>.IsUsable ? PieceSums<Simd128<T>, Vector128<T>>(piece, shift)
-                : PieceSums<SimdScalar<T>, T>(piece, shift);
+            (T a, T b) = SimdWidth.Bits<T>(maxBits) switch
+            {
+                512 => PieceSums<Simd512<T>, Vector512<T>>(piece, shift),
+                256 => PieceSums<Simd256<T>, Vector256<T>>(piece, shift),
+                128 => PieceSums<Simd128<T>, Vector128<T>>(piece, shift),
+                _ => PieceSums<SimdScalar<T>, T>(piece, shift),
+            };
             s1 += double.CreateTruncating(a);
             s2 += double.CreateTruncating(b);
         }

@@ -51,9 +51,7 @@ internal sealed unsafe class DirectConv<T> : IChunkJob where T : unmanaged, IFlo
     public void Forward(ReadOnlySpan<T> x, int batch, int channels, int height, int width, ReadOnlySpan<T> weights, int outChannels, int kh, int kw,
         ReadOnlySpan<T> bias, int padTop, int padLeft, int outHeight, int outWidth, Span<T> y, int threads, ChannelMoments<T>? moments)
     {
-        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
-            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
-            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
+        _bits = SimdWidth.Bits<T>(MaxVectorBits);
         int lanes = _bits == 0 ? 1 : _bits / 8 / sizeof(T);
         (_channels, _height, _width, _outChannels, _kh, _kw) = (channels, height, width, outChannels, kh, kw);
         (_padTop, _padLeft, _outHeight, _outWidth) = (padTop, padLeft, outHeight, outWidth);

@@ -126,9 +126,7 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
     /// <summary>The product's tiles over packed A, on the helper threads.</summary>
     private void Run(T* packedA, bool transB, int m, int n, int k, T* b, int ldb, T* c, int ldc, bool accumulate)
     {
-        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
-            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
-            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
+        _bits = SimdWidth.Bits<T>(MaxVectorBits);
         _nr = 2 * (_bits == 0 ? 1 : _bits / 8 / sizeof(T));
         _packedBLength = KC * _nr;
         Grow(ref _packedB, Math.Max(1, Threads) * _packedBLength);

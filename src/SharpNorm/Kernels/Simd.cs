@@ -138,6 +138,15 @@ internal readonly struct Simd128<T> : ISimd<T, Vector128<T>> where T : unmanaged
     public static T Sum(Vector128<T> value) => Vector128.Sum(value);
 }
 
+/// <summary>The widest usable vector width, in bits, up to a limit (512, 256, 128; 0 for scalar code).</summary>
+internal static class SimdWidth
+{
+    public static int Bits<T>(int maxBits) where T : unmanaged, IFloatingPointIeee754<T> =>
+        maxBits >= 512 && Simd512<T>.IsUsable ? 512
+        : maxBits >= 256 && Simd256<T>.IsUsable ? 256
+        : maxBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
+}
+
 /// <summary>One lane: the scalar tail of every kernel, and the path when no vector unit is usable.</summary>
 internal readonly struct SimdScalar<T> : ISimd<T, T> where T : unmanaged, IFloatingPointIeee754<T>
 {

@@ -285,9 +285,7 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
     /// <summary>The call's sizes, vector width, tiles and chunks.</summary>
     private void Setup(int batch, int channels, int height, int width, int outChannels, int padTop, int padLeft, int outHeight, int outWidth)
     {
-        _bits = MaxVectorBits >= 512 && Simd512<T>.IsUsable ? 512
-            : MaxVectorBits >= 256 && Simd256<T>.IsUsable ? 256
-            : MaxVectorBits >= 128 && Simd128<T>.IsUsable ? 128 : 0;
+        _bits = SimdWidth.Bits<T>(MaxVectorBits);
         (_channels, _outChannels, _height, _width, _outHeight, _outWidth, _padTop, _padLeft) =
             (channels, outChannels, height, width, outHeight, outWidth, padTop, padLeft);
         _tilesHigh = (outHeight + Tile - 1) / Tile;
