@@ -134,88 +134,88 @@ internal sealed unsafe class BatchNormActivation<T> : IChunkJob where T : unmana
             }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    /// <summary>One plane's pass: whole vectors, then the rest one lane at a time through the same code.</summary>
     private void Plane<TSimd, TVector>(int plane)
         where TSimd : ISimd<T, TVector>
         where TVector : unmanaged
     {
-        int c = plane % _channels;
+        int c = plane % _channels, count = _plane;
         nint offset = (nint)plane * _plane;
-        T* y = _y + offset;
-        var center = TSimd.Broadcast(_center[c]);
-        var p = TSimd.Broadcast(_p[c]);
-        var q = TSimd.Broadcast(_q[c]);
-        var slope = TSimd.Broadcast(_slope);
-        int n = TSimd.Count, count = _plane;
         switch (_pass)
         {
             case Pass.Forward:
-            {
-                T* output = _out + offset;
-                int i = 0;
-                for (; i <= count - n; i += n)
-                    TSimd.Store(Rectify<TSimd, TVector>(TSimd.MultiplyAdd(TSimd.Subtract(TSimd.Load(ref y[i], 0), center), p, q), slope), ref output[i], 0);
-                for (; i < count; i++)
-                {
-                    T z = T.FusedMultiplyAdd(y[i] - _center[c], _p[c], _q[c]);
-                    output[i] = z <= T.Zero ? z * _slope : z;
-                }
+                Forward<SimdScalar<T>, T>(c, offset, Forward<TSimd, TVector>(c, offset, 0, count), count);
                 break;
-            }
             case Pass.Reduce:
-            {
-                T* dOut = _dOut + offset;
                 double sum1 = 0, sum2 = 0;
                 for (int start = 0; start < count; start += Piece)
                 {
-                    int end = Math.Min(count, start + Piece), i = start;
-                    TVector s1 = TSimd.Zero, s2 = TSimd.Zero;
-                    for (; i <= end - n; i += n)
-                    {
-                        TVector centered = TSimd.Subtract(TSimd.Load(ref y[i], 0), center);
-                        TVector d = Through<TSimd, TVector>(TSimd.MultiplyAdd(centered, p, q), TSimd.Load(ref dOut[i], 0), slope);
-                        s1 = TSimd.Add(s1, d);
-                        s2 = TSimd.MultiplyAdd(d, centered, s2);
-                    }
-                    T t1 = TSimd.Sum(s1), t2 = TSimd.Sum(s2);
-                    for (; i < end; i++)
-                    {
-                        T centered = y[i] - _center[c];
-                        T z = T.FusedMultiplyAdd(centered, _p[c], _q[c]);
-                        T d = z > T.Zero ? dOut[i] : dOut[i] * _slope;
-                        t1 += d;
-                        t2 += d * centered;
-                    }
-                    sum1 += double.CreateTruncating(t1);
-                    sum2 += double.CreateTruncating(t2);
+                    int end = Math.Min(count, start + Piece);
+                    var (vector1, vector2, reached) = Reduce<TSimd, TVector>(c, offset, start, end);
+                    var (lane1, lane2, _) = Reduce<SimdScalar<T>, T>(c, offset, reached, end);
+                    sum1 += double.CreateTruncating(vector1 + lane1);
+                    sum2 += double.CreateTruncating(vector2 + lane2);
                 }
                 _sum1[plane] = sum1;
                 _sum2[plane] = sum2;
                 break;
-            }
             default:
-            {
-                T* dOut = _dOut + offset, dy = _out + offset;
-                var a = TSimd.Broadcast(_a[c]);
-                var b = TSimd.Broadcast(_b[c]);
-                var e = TSimd.Broadcast(_e[c]);
-                int i = 0;
-                for (; i <= count - n; i += n)
-                {
-                    TVector centered = TSimd.Subtract(TSimd.Load(ref y[i], 0), center);
-                    TVector d = Through<TSimd, TVector>(TSimd.MultiplyAdd(centered, p, q), TSimd.Load(ref dOut[i], 0), slope);
-                    TSimd.Store(TSimd.MultiplyAdd(a, d, TSimd.MultiplyAdd(b, centered, e)), ref dy[i], 0);
-                }
-                for (; i < count; i++)
-                {
-                    T centered = y[i] - _center[c];
-                    T z = T.FusedMultiplyAdd(centered, _p[c], _q[c]);
-                    T d = z > T.Zero ? dOut[i] : dOut[i] * _slope;
-                    dy[i] = T.FusedMultiplyAdd(_a[c], d, T.FusedMultiplyAdd(_b[c], centered, _e[c]));
-                }
+                InputGradient<SimdScalar<T>, T>(c, offset, InputGradient<TSimd, TVector>(c, offset, 0, count), count);
                 break;
-            }
         }
+    }
+
+    /// <summary>out = act((y - center)·p + q) for whole vectors of [from, to); returns where it stopped.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private int Forward<TSimd, TVector>(int c, nint offset, int from, int to)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        T* y = _y + offset, output = _out + offset;
+        TVector center = TSimd.Broadcast(_center[c]), p = TSimd.Broadcast(_p[c]), q = TSimd.Broadcast(_q[c]), slope = TSimd.Broadcast(_slope);
+        int i = from;
+        for (; i <= to - TSimd.Count; i += TSimd.Count)
+            TSimd.Store(Rectify<TSimd, TVector>(TSimd.MultiplyAdd(TSimd.Subtract(TSimd.Load(ref y[i], 0), center), p, q), slope), ref output[i], 0);
+        return i;
+    }
+
+    /// <summary>(Σ d, Σ d·(y - center)) over whole vectors of [from, to), and where it stopped.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private (T, T, int) Reduce<TSimd, TVector>(int c, nint offset, int from, int to)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        T* y = _y + offset, dOut = _dOut + offset;
+        TVector center = TSimd.Broadcast(_center[c]), p = TSimd.Broadcast(_p[c]), q = TSimd.Broadcast(_q[c]), slope = TSimd.Broadcast(_slope);
+        TVector s1 = TSimd.Zero, s2 = TSimd.Zero;
+        int i = from;
+        for (; i <= to - TSimd.Count; i += TSimd.Count)
+        {
+            TVector centered = TSimd.Subtract(TSimd.Load(ref y[i], 0), center);
+            TVector d = Through<TSimd, TVector>(TSimd.MultiplyAdd(centered, p, q), TSimd.Load(ref dOut[i], 0), slope);
+            s1 = TSimd.Add(s1, d);
+            s2 = TSimd.MultiplyAdd(d, centered, s2);
+        }
+        return (TSimd.Sum(s1), TSimd.Sum(s2), i);
+    }
+
+    /// <summary>dy = a·d + b·(y - center) + e over whole vectors of [from, to); returns where it stopped.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private int InputGradient<TSimd, TVector>(int c, nint offset, int from, int to)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        T* y = _y + offset, dOut = _dOut + offset, dy = _out + offset;
+        TVector center = TSimd.Broadcast(_center[c]), p = TSimd.Broadcast(_p[c]), q = TSimd.Broadcast(_q[c]), slope = TSimd.Broadcast(_slope);
+        TVector a = TSimd.Broadcast(_a[c]), b = TSimd.Broadcast(_b[c]), e = TSimd.Broadcast(_e[c]);
+        int i = from;
+        for (; i <= to - TSimd.Count; i += TSimd.Count)
+        {
+            TVector centered = TSimd.Subtract(TSimd.Load(ref y[i], 0), center);
+            TVector d = Through<TSimd, TVector>(TSimd.MultiplyAdd(centered, p, q), TSimd.Load(ref dOut[i], 0), slope);
+            TSimd.Store(TSimd.MultiplyAdd(a, d, TSimd.MultiplyAdd(b, centered, e)), ref dy[i], 0);
+        }
+        return i;
     }
 
     /// <summary>z &gt; 0 ? z : slope·z, LeakyReLU's forward (NaN stays NaN).</summary>
