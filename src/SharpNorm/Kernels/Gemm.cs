@@ -31,14 +31,22 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
     private readonly ChunkRunner _runner = ChunkRunner.Shared;
     private T[] _packedA = [];
     private (nint Source, bool TransA, int M, int K, int Lda) _packedKey;
-    private T[] _packedB = [];          // per worker: one KC x NR micro-panel
+    // Packed op(B): per worker one KC x NR micro-panel (one row of tiles), or one block of columns over all of k
+    // shared by every tile (several rows of tiles, which would otherwise each pack the same B).
+    private T[] _packedB = [];
     private int _packedBLength;
 
     // The running product.
     private T* _a, _b, _c;
-    private int _m, _n, _k, _ldb, _ldc, _nr, _tilesN;
+    private int _m, _n, _k, _ldb, _ldc, _nr, _tilesN, _tilesM, _panelsM;
     private bool _transB, _accumulate;
     private int _bits;
+    // The shared block of B: its first panel and panel count; whether the running job packs it or multiplies by it.
+    private bool _shared, _packing;
+    private int _blockFirst, _blockPanels;
+
+    /// <summary>Most bytes of op(B) packed as one shared block (it stays in the L3 while every row of tiles reads it).</summary>
+    internal int SharedBlockBytes { get; set; } = 4 << 20;
 
     /// <summary>Widest vector the kernel may use, in bits (512, 256, 128; 0 for scalar code).</summary>
     public int MaxVectorBits { get; set; } = 512;
@@ -128,17 +136,43 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
     {
         _bits = SimdWidth.Bits<T>(MaxVectorBits);
         _nr = 2 * (_bits == 0 ? 1 : _bits / 8 / sizeof(T));
-        _packedBLength = KC * _nr;
-        Grow(ref _packedB, Math.Max(1, Threads) * _packedBLength);
         _a = packedA;
         _b = b;
         _c = c;
         (_m, _n, _k, _ldb, _ldc, _transB, _accumulate) = (m, n, k, ldb, ldc, transB, accumulate);
+        _panelsM = (m + MR - 1) / MR;
         int panelsN = (n + _nr - 1) / _nr;
-        _tilesN = (panelsN + PanelsPerTile - 1) / PanelsPerTile;
-        int tiles = (m + MC - 1) / MC * _tilesN;
         int threads = (long)m * n * k < MinParallelWork ? 1 : Math.Max(1, Threads);
-        _runner.Run(this, tiles, threads);
+        if (_panelsM <= MC / MR)
+        {
+            // One row of tiles: each micro-panel of B is packed once, by the tile that uses it, into L1-sized scratch.
+            _shared = false;
+            _packedBLength = KC * _nr;
+            Grow(ref _packedB, threads * _packedBLength);
+            (_blockFirst, _blockPanels, _tilesM) = (0, panelsN, 1);
+            _tilesN = Math.Min(panelsN, Math.Max((panelsN + PanelsPerTile - 1) / PanelsPerTile, threads));
+            _runner.Run(this, _tilesN, threads);
+            _a = _b = _c = null;
+            return;
+        }
+
+        // Several rows of tiles: B is packed once per block of columns (all of k, in parallel), then every tile reads it.
+        _shared = true;
+        int blockPanels = (int)Math.Clamp(SharedBlockBytes / ((long)k * _nr * sizeof(T)), 1, panelsN);
+        Grow(ref _packedB, blockPanels * _nr * k);
+        for (int first = 0; first < panelsN; first += blockPanels)
+        {
+            (_blockFirst, _blockPanels) = (first, Math.Min(blockPanels, panelsN - first));
+            _packing = true;
+            _runner.Run(this, _blockPanels, threads);
+            _packing = false;
+            _tilesN = (_blockPanels + PanelsPerTile - 1) / PanelsPerTile;
+            _tilesM = (_panelsM + MC / MR - 1) / (MC / MR);
+            // Rows of tiles split evenly, and as many tiles as keep every thread busy to the end (the rows' split
+            // changes no sum: each element is still one micro-kernel's over all of k).
+            while (threads > 1 && _tilesM < _panelsM && (_tilesM * _tilesN < 4 * threads || _tilesM * _tilesN % threads != 0 && _tilesM * _tilesN < 8 * threads)) _tilesM++;
+            _runner.Run(this, _tilesM * _tilesN, threads);
+        }
         _a = _b = _c = null;
     }
 
@@ -185,45 +219,80 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
     {
         switch (_bits)
         {
-            case 512: Tile<Simd512<T>, Vector512<T>>(chunk, worker); break;
-            case 256: Tile<Simd256<T>, Vector256<T>>(chunk, worker); break;
-            case 128: Tile<Simd128<T>, Vector128<T>>(chunk, worker); break;
-            default: Tile<SimdScalar<T>, T>(chunk, worker); break;
+            case 512: Chunk<Simd512<T>, Vector512<T>>(chunk, worker); break;
+            case 256: Chunk<Simd256<T>, Vector256<T>>(chunk, worker); break;
+            case 128: Chunk<Simd128<T>, Vector128<T>>(chunk, worker); break;
+            default: Chunk<SimdScalar<T>, T>(chunk, worker); break;
         }
     }
 
-    /// <summary>One tile of C: MC rows by PanelsPerTile micro-panels of columns, over all of k in KC blocks.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Chunk<TSimd, TVector>(int chunk, int worker)
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        if (_packing) PackSharedPanel<TSimd, TVector>(chunk);
+        else Tile<TSimd, TVector>(chunk, worker);
+    }
+
+    /// <summary>Micro-panel <paramref name="q"/> of the shared block, over all of k: per KC block, kc x NR.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void PackSharedPanel<TSimd, TVector>(int q)
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        fixed (T* packed = _packedB)
+        {
+            int j = (_blockFirst + q) * _nr, cols = Math.Min(_nr, _n - j);
+            for (int p0 = 0; p0 < _k; p0 += KC)
+            {
+                int kc = Math.Min(KC, _k - p0);
+                PackB<TSimd, TVector>(p0, kc, j, cols, _nr, packed + (nint)p0 * _blockPanels * _nr + (nint)q * kc * _nr);
+            }
+        }
+    }
+
+    /// <summary>
+    /// One tile of C: a run of MR-row panels by a run of micro-panels of columns, over all of k in KC blocks. Tiles
+    /// split rows and columns evenly; every tile's elements are each one micro-kernel's sum over k in block order.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Tile<TSimd, TVector>(int tile, int worker)
         where TSimd : ISimd<T, TVector>
         where TVector : struct
     {
-        int nr = 2 * TSimd.Count;
-        int i0 = tile / _tilesN * MC, iEnd = Math.Min(_m, i0 + MC);
-        int j0 = tile % _tilesN * PanelsPerTile * nr, jEnd = Math.Min(_n, j0 + PanelsPerTile * nr);
-        int panelsM = (_m + MR - 1) / MR;
-        T* packedB = (T*)Unsafe.AsPointer(ref _packedB[worker * _packedBLength]);
+        int w = TSimd.Count, nr = 2 * w;
+        int rowTile = tile / _tilesN, colTile = tile % _tilesN;
+        int i0 = _panelsM * rowTile / _tilesM * MR, iEnd = Math.Min(_m, _panelsM * (rowTile + 1) / _tilesM * MR);
+        int q0 = _blockPanels * colTile / _tilesN, qEnd = _blockPanels * (colTile + 1) / _tilesN;
+        T* scratch = _shared ? null : (T*)Unsafe.AsPointer(ref _packedB[worker * _packedBLength]);
+        T* shared = _shared ? (T*)Unsafe.AsPointer(ref _packedB[0]) : null;
         T* edge = stackalloc T[MR * nr];
         for (int p0 = 0; p0 < _k; p0 += KC)
         {
             int kc = Math.Min(KC, _k - p0);
             bool add = _accumulate || p0 > 0;
-            T* blockA = _a + (nint)p0 * panelsM * MR;
-            for (int j = j0; j < jEnd; j += nr)
+            T* blockA = _a + (nint)p0 * _panelsM * MR;
+            for (int q = q0; q < qEnd; q++)
             {
-                int cols = Math.Min(nr, _n - j);
-                PackB<TSimd, TVector>(p0, kc, j, cols, nr, packedB);
+                int j = (_blockFirst + q) * nr, cols = Math.Min(nr, _n - j);
+                T* panelB;
+                if (_shared) panelB = shared + (nint)p0 * _blockPanels * nr + (nint)q * kc * nr;
+                else PackB<TSimd, TVector>(p0, kc, j, cols, nr, panelB = scratch);
+                bool half = cols <= w;
                 for (int i = i0; i < iEnd; i += MR)
                 {
                     int rows = Math.Min(MR, _m - i);
                     T* panelA = blockA + (nint)(i / MR) * kc * MR, c = _c + (nint)i * _ldc + j;
-                    if (rows == MR && cols == nr)
+                    if (rows == MR && cols == (half ? w : nr))
                     {
-                        MicroKernel<TSimd, TVector>(kc, panelA, packedB, c, _ldc, add);
+                        if (half) HalfKernel<TSimd, TVector>(kc, panelA, panelB, c, _ldc, add);
+                        else MicroKernel<TSimd, TVector>(kc, panelA, panelB, c, _ldc, add);
                         continue;
                     }
-                    // An edge tile: the whole MR x NR block into scratch, then its valid part into C.
-                    MicroKernel<TSimd, TVector>(kc, panelA, packedB, edge, nr, add: false);
+                    // An edge tile: the whole block into scratch (row stride nr), then its valid part into C.
+                    if (half) HalfKernel<TSimd, TVector>(kc, panelA, panelB, edge, nr, add: false);
+                    else MicroKernel<TSimd, TVector>(kc, panelA, panelB, edge, nr, add: false);
                     for (int r = 0; r < rows; r++)
                         for (int col = 0; col < cols; col++)
                             c[(nint)r * _ldc + col] = add ? c[(nint)r * _ldc + col] + edge[r * nr + col] : edge[r * nr + col];
@@ -345,6 +414,51 @@ public sealed unsafe class Gemm<T> : IChunkJob where T : unmanaged, IFloatingPoi
         StoreRow<TSimd, TVector>(c + 5 * ldc, c50, c51, add);
         StoreRow<TSimd, TVector>(c + 6 * ldc, c60, c61, add);
         StoreRow<TSimd, TVector>(c + 7 * ldc, c70, c71, add);
+    }
+
+    /// <summary>
+    /// C[MR x w] (+)= Apanel · (the first vector of each row of Bpanel), for a last panel of columns no wider than one
+    /// vector: each element is the same chain of multiply-adds as in <see cref="MicroKernel"/>, so the same bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void HalfKernel<TSimd, TVector>(int kc, T* a, T* b, T* c, int ldc, bool add)
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        int w = TSimd.Count;
+        TVector c0 = TSimd.Zero, c1 = TSimd.Zero, c2 = TSimd.Zero, c3 = TSimd.Zero, c4 = TSimd.Zero, c5 = TSimd.Zero, c6 = TSimd.Zero, c7 = TSimd.Zero;
+        ref T bRef = ref Unsafe.AsRef<T>(b);
+        for (int p = 0; p < kc; p++)
+        {
+            TVector b0 = TSimd.Load(ref bRef, p * 2 * w);
+            T* ap = a + p * MR;
+            c0 = TSimd.MultiplyAdd(TSimd.Broadcast(ap[0]), b0, c0);
+            c1 = TSimd.MultiplyAdd(TSimd.Broadcast(ap[1]), b0, c1);
+            c2 = TSimd.MultiplyAdd(TSimd.Broadcast(ap[2]), b0, c2);
+            c3 = TSimd.MultiplyAdd(TSimd.Broadcast(ap[3]), b0, c3);
+            c4 = TSimd.MultiplyAdd(TSimd.Broadcast(ap[4]), b0, c4);
+            c5 = TSimd.MultiplyAdd(TSimd.Broadcast(ap[5]), b0, c5);
+            c6 = TSimd.MultiplyAdd(TSimd.Broadcast(ap[6]), b0, c6);
+            c7 = TSimd.MultiplyAdd(TSimd.Broadcast(ap[7]), b0, c7);
+        }
+        StoreHalf<TSimd, TVector>(c, c0, add);
+        StoreHalf<TSimd, TVector>(c + ldc, c1, add);
+        StoreHalf<TSimd, TVector>(c + 2 * ldc, c2, add);
+        StoreHalf<TSimd, TVector>(c + 3 * ldc, c3, add);
+        StoreHalf<TSimd, TVector>(c + 4 * ldc, c4, add);
+        StoreHalf<TSimd, TVector>(c + 5 * ldc, c5, add);
+        StoreHalf<TSimd, TVector>(c + 6 * ldc, c6, add);
+        StoreHalf<TSimd, TVector>(c + 7 * ldc, c7, add);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreHalf<TSimd, TVector>(T* c, TVector v, bool add)
+        where TSimd : ISimd<T, TVector>
+        where TVector : struct
+    {
+        ref T row = ref Unsafe.AsRef<T>(c);
+        if (add) v = TSimd.Add(TSimd.Load(ref row, 0), v);
+        TSimd.Store(v, ref row, 0);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

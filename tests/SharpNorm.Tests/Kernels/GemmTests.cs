@@ -63,6 +63,42 @@ public class GemmTests
             }
     }
 
+    /// <summary>
+    /// Products of several rows of tiles pack B once into a shared block of columns; blocks of one panel, of a few and
+    /// of all of B must give the reference's values and the same bits, for every width and thread count.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void SharedBlocksOfBGiveTheSameBitsForAnyBlockSize(bool transB)
+    {
+        int m = 203, n = 150, k = 300;
+        var random = new Gaussian(77);
+        float[] a = random.Array<float>(m * k), b = random.Array<float>(k * n);
+        foreach (int bits in new[] { 512, 256, 128, 0 })
+        {
+            int nr = 2 * (bits == 0 ? 1 : bits / 32);
+            string? first = null;
+            foreach (int blockBytes in new[] { 1, 3 * nr * k * sizeof(float), 4 << 20 })
+                foreach (int threads in new[] { 1, 2, 3 })
+                {
+                    var gemm = new Gemm<float> { MaxVectorBits = bits, MaxDegreeOfParallelism = threads, SharedBlockBytes = blockBytes };
+                    var c = new float[m * n];
+                    gemm.Multiply(false, transB, m, n, k, a, k, b, transB ? k : n, c, n, false);
+                    for (int i = 0; i < m; i += 7)
+                        for (int j = 0; j < n; j++)
+                        {
+                            double want = 0;
+                            for (int p = 0; p < k; p++) want += (double)a[i * k + p] * (transB ? b[j * k + p] : b[p * n + j]);
+                            Assert.True(Math.Abs(c[i * n + j] - want) <= 1e-4 * Math.Sqrt(k) * (1 + Math.Abs(want)), $"{bits}-bit block {blockBytes} B, {threads} threads: C[{i},{j}] = {c[i * n + j]}, want {want}");
+                        }
+                    string fingerprint = string.Join(",", c.Select(BitConverter.SingleToInt32Bits));
+                    first ??= fingerprint;
+                    Assert.True(first == fingerprint, $"{bits}-bit block {blockBytes} B, {threads} threads: bits differ");
+                }
+        }
+    }
+
     [Fact]
     public void DoubleMatchesTripleLoop()
     {
