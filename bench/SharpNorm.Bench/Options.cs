@@ -2,7 +2,7 @@ namespace SharpNorm.Bench;
 
 internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int[]? Threads, int Warmup, int Runs, int WaitIdleSeconds, bool MallocReuse, bool Help,
     bool Cnn = false, int? WarmupGiven = null, int? RunsGiven = null, bool Darknet = false, string? Cfg = null,
-    SharpNorm.Layers.ConvAlgorithm ConvAlgorithm = SharpNorm.Layers.ConvAlgorithm.Auto, string Network = "default", bool Unfused = false)
+    SharpNorm.Layers.ConvAlgorithm ConvAlgorithm = SharpNorm.Layers.ConvAlgorithm.Auto, string Network = "default", bool Unfused = false, bool Gemm = false)
 {
     public const string Usage =
         """
@@ -43,11 +43,17 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
           --cfg PATH       that cfg alone instead (at its own [net] size)
                            --threads: thread count (default Environment.ProcessorCount); --warmup/--runs: warm-up and
                            timed runs per side (default 10 and 50, --quick 3 and 20; at least 20 timed)
+
+        usage: bench/run.sh --gemm [--threads LIST] [--quick] [--json PATH] [--runs N]
+          --gemm           the matrix product alone (GemmBench.cs): Gemm<float> against libtorch's addmm_ on the same
+                           operands, square products from 512³ to 2048³, the products the CNN's convolutions issue and
+                           the darknet networks' largest; ms, GFLOP/s and share of the FMA peak, time ratio, and the
+                           normwise difference of the two results. --threads: default 1 and Environment.ProcessorCount
         """;
 
     public static Options Parse(string[] args)
     {
-        bool quick = false, help = false, mallocReuse = false, cnn = false, darknet = false, unfused = false;
+        bool quick = false, help = false, mallocReuse = false, cnn = false, darknet = false, unfused = false, gemm = false;
         string? json = null, filter = null, cfg = null;
         var algorithm = SharpNorm.Layers.ConvAlgorithm.Auto;
         string network = "default";
@@ -62,6 +68,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                 case "--quick": quick = true; break;
                 case "--cnn": cnn = true; break;
                 case "--darknet": darknet = true; break;
+                case "--gemm": gemm = true; break;
                 case "--cfg": cfg = Value(); break;
                 case "--network":
                     network = Value() is "default" or "untuned" ? args[i] : throw new ArgumentException($"--network takes default or untuned, got '{args[i]}'.");
@@ -95,8 +102,9 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
         if (darknet && (cnn || filter is not null)) throw new ArgumentException("--darknet does not combine with --cnn or --filter.");
         if (unfused && !cnn) throw new ArgumentException("--unfused applies to --cnn only.");
         if (cfg is not null && !darknet) throw new ArgumentException("--cfg applies to --darknet only.");
+        if (gemm && (cnn || darknet || filter is not null)) throw new ArgumentException("--gemm does not combine with --cnn, --darknet or --filter.");
         return new Options(quick, json, filter, threads, warmup ?? (quick ? 3 : 5), runs ?? (quick ? 5 : 15), waitIdle, mallocReuse, help,
-            cnn, warmup, runs, darknet, cfg, algorithm, network, unfused);
+            cnn, warmup, runs, darknet, cfg, algorithm, network, unfused, gemm);
     }
 
     private static int PositiveInt(string s, string name, bool allowZero) =>

@@ -5,6 +5,7 @@
 //                [--malloc-reuse] [--wait-idle SECONDS]        (--help lists them)
 //   bench/run.sh --cnn [--threads N] [--quick] [--json PATH]   the CNN benchmark (CnnBench.cs)
 //   bench/run.sh --darknet [--cfg PATH] [--threads N] [--quick]  darknet inference latency (DarknetBench.cs)
+//   bench/run.sh --gemm [--threads LIST] [--quick]               the matrix product against libtorch's (GemmBench.cs)
 
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -31,6 +32,7 @@ if (options.Help)
 }
 if (options.Cnn) return CnnBench.Run(options);
 if (options.Darknet) return DarknetBench.Run(options);
+if (options.Gemm) return GemmBench.Run(options);
 
 var cases = BenchCase.All(options.Quick)
     .Where(c => options.Filter is null || c.Name.Contains(options.Filter, StringComparison.OrdinalIgnoreCase))
