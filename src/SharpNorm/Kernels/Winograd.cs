@@ -63,10 +63,10 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
         Setup(batch, channels, height, width, outChannels, padTop, padLeft, outHeight, outWidth);
         _moments = moments;
         moments?.Reset(_chunks, outChannels);
-        threads = Math.Clamp(_chunks, 1, Math.Max(1, threads));
+        threads = Math.Max(1, threads);
         if (!transformed) TransformFilters(filters);
         _filtersFor = (channels, outChannels);
-        EnsureWorkers(threads);
+        EnsureWorkers(Math.Min(threads, Math.Max(_chunks, Positions)));
         _weightGradient = false;
         fixed (T* px = x)
         fixed (T* py = y)
@@ -77,7 +77,25 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
             _bias = bias.IsEmpty ? null : pb;
             try
             {
-                _runner.Run(this, _chunks, threads);
+                if (_chunks >= threads)
+                {
+                    _phase = Phase.Chunks;
+                    _runner.Run(this, _chunks, threads);
+                }
+                else
+                {
+                    // Fewer ranges of tiles than threads (a small map at batch 1): each range's three steps are split
+                    // among the threads instead, by channel, by position and by output channel, in the buffers of worker 0.
+                    for (_splitChunk = 0; _splitChunk < _chunks; _splitChunk++)
+                    {
+                        _phase = Phase.SplitInput;
+                        _runner.Run(this, Math.Min(_channels, SplitParts), threads);
+                        _phase = Phase.SplitProducts;
+                        _runner.Run(this, Positions, threads);
+                        _phase = Phase.SplitOutput;
+                        _runner.Run(this, Math.Min(_outChannels, SplitParts), threads);
+                    }
+                }
             }
             finally
             {
@@ -86,6 +104,15 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
             }
         }
     }
+
+    /// <summary>What a chunk of the running job is: a whole range of tiles, or one step's share of a range.</summary>
+    private enum Phase { Chunks, SplitInput, SplitProducts, SplitOutput }
+
+    /// <summary>Channel groups of a split range's transforms (enough for the threads to share evenly).</summary>
+    private const int SplitParts = 32;
+
+    private Phase _phase;
+    private int _splitChunk;
 
     private ChannelMoments<T>? _moments;
 
@@ -320,10 +347,50 @@ internal sealed unsafe class Winograd<T> : IChunkJob where T : unmanaged, IFloat
         }
         switch (_bits)
         {
-            case 512: Chunk<Simd512<T>, Vector512<T>>(chunk, _workers[worker]); break;
-            case 256: Chunk<Simd256<T>, Vector256<T>>(chunk, _workers[worker]); break;
-            case 128: Chunk<Simd128<T>, Vector128<T>>(chunk, _workers[worker]); break;
-            default: Chunk<SimdScalar<T>, T>(chunk, _workers[worker]); break;
+            case 512: Forward<Simd512<T>, Vector512<T>>(chunk, _workers[worker]); break;
+            case 256: Forward<Simd256<T>, Vector256<T>>(chunk, _workers[worker]); break;
+            case 128: Forward<Simd128<T>, Vector128<T>>(chunk, _workers[worker]); break;
+            default: Forward<SimdScalar<T>, T>(chunk, _workers[worker]); break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Forward<TSimd, TVector>(int chunk, Worker w)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        if (_phase == Phase.Chunks)
+        {
+            Chunk<TSimd, TVector>(chunk, w);
+            return;
+        }
+        long first = (long)_splitChunk * _tilesPerChunk;
+        int count = (int)Math.Min(_tilesPerChunk, _tiles - first), columns = (count + Block - 1) / Block * Block;
+        int c = _channels, o = _outChannels;
+        Worker shared = _workers[0];
+        fixed (T* v = shared.Transformed)
+        fixed (T* m = shared.Products)
+        {
+            if (_phase == Phase.SplitProducts)
+            {
+                int packed = Gemm<T>.PackedLength(o, c);
+                w.Gemm.MultiplyPacked(_packedU.AsSpan(chunk * packed, packed), false, o, columns, c,
+                    new ReadOnlySpan<T>(v + (nint)chunk * c * columns, c * columns), columns, new Span<T>(m + (nint)chunk * o * columns, o * columns), columns,
+                    accumulate: false);
+                return;
+            }
+            bool input = _phase == Phase.SplitInput;
+            int channels = input ? c : o, parts = Math.Min(channels, SplitParts);
+            int from = (int)((long)channels * chunk / parts), to = (int)((long)channels * (chunk + 1) / parts);
+            TilePlace* places = stackalloc TilePlace[Block];
+            for (int block = 0; block < columns; block += Block)
+            {
+                int tiles = Math.Min(Block, count - block);
+                Locate(first + block, tiles, places);
+                for (int channel = from; channel < to; channel++)
+                    if (input) InputTiles<TSimd, TVector>(places, tiles, channel, v + (nint)channel * columns + block, c * columns);
+                    else OutputTiles<TSimd, TVector>(places, tiles, channel, m + (nint)channel * columns + block, o * columns, _splitChunk, block == 0);
+            }
         }
     }
 

@@ -9,7 +9,7 @@ namespace SharpNorm.Layers;
 /// <summary>How <see cref="Conv2d{T}"/> computes its forward, input gradient and weight gradient.</summary>
 public enum ConvAlgorithm
 {
-    /// <summary>Winograd F(4x4, 3x3) where the layer fits it (3x3, stride 1, dilation 1, one group, 16+ channels in and out), the call has 32 tiles of 4x4 outputs or more and the map fills 60% of them (the weight gradient: 4096 filters or more too); the direct forward where <see cref="Direct"/> fits; im2col otherwise.</summary>
+    /// <summary>Winograd F(4x4, 3x3) where the layer fits it (3x3, stride 1, dilation 1, one group, 16+ channels in and out), the call has 32 tiles of 4x4 outputs or more (9 or more for a loaded network's inference, whose transformed filters are kept) and the map fills 60% of them (the weight gradient: 4096 filters or more too); the direct forward where <see cref="Direct"/> fits; im2col otherwise.</summary>
     Auto,
     /// <summary>Column matrices (im2col) multiplied by the weights.</summary>
     Im2ColGemm,
@@ -151,16 +151,18 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     /// <summary>
     /// Whether a convolution of <paramref name="inChannels"/> into <paramref name="outChannels"/> producing
     /// <paramref name="batch"/> maps of (height, width) goes by Winograd: asked for, or on Auto with 16 channels or more
-    /// on both sides (fewer leave the 36 products too thin), 32 output tiles or more, and at least 60% of the tiles'
-    /// outputs inside the map. Fewer tiles (a large layer on an 8x8 or 13x13 map at batch 1) leave each product a
-    /// column panel or two wide over filters 4x larger than im2col's (im2col measured 1.5-4x faster there); a 5x5 map
-    /// fills 39% of its four tiles, and im2col was faster there too.
+    /// on both sides (fewer leave the 36 products too thin), at least 60% of the tiles' outputs inside the map, and 32
+    /// output tiles or more, or 9 or more where the transformed filters are reused from call to call
+    /// (<paramref name="filtersReused"/>: a loaded network's inference). Transforming the filters costs as much as a
+    /// batch-1 product on a small map (a 512 -> 1024 layer on 13x13 ran 2x slower than im2col), and fewer than 9 tiles
+    /// fill under half of each product's block of 16 columns (1024 filters on 8x8: 1.4x slower); a 5x5 map fills 39% of
+    /// its four tiles.
     /// </summary>
-    private bool UsesWinograd(int inChannels, int outChannels, int batch, int height, int width)
+    private bool UsesWinograd(int inChannels, int outChannels, int batch, int height, int width, bool filtersReused = false)
     {
         if (Algorithm != ConvAlgorithm.Auto) return Algorithm == ConvAlgorithm.Winograd;
-        long tilesHigh = (height + 3) / 4, tilesWide = (width + 3) / 4;
-        return WinogradShape && inChannels >= 16 && outChannels >= 16 && batch * tilesHigh * tilesWide >= 32
+        long tilesHigh = (height + 3) / 4, tilesWide = (width + 3) / 4, tiles = batch * tilesHigh * tilesWide;
+        return WinogradShape && inChannels >= 16 && outChannels >= 16 && (tiles >= 32 || filtersReused && tiles >= 9)
             && 10L * height * width >= 6 * 16 * tilesHigh * tilesWide;
     }
 
@@ -299,7 +301,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     {
         int batch = (job == Job.Backward ? output.Length : x.Length) / (InChannels * g.InputPlane);
         int threads = Threads, imageGroups = ImageGroupCount(batch, g);
-        if (job == Job.Forward && UsesWinograd(InChannels, OutChannels, batch, g.OutputHeight, g.OutputWidth))
+        if (job == Job.Forward && UsesWinograd(InChannels, OutChannels, batch, g.OutputHeight, g.OutputWidth, filtersReused: WeightsFrozen))
         {
             _winograd ??= new Winograd<T>();
             _winograd.MaxVectorBits = MaxVectorBits;

@@ -148,6 +148,32 @@ public class ConvAlgorithmTests(ITestOutputHelper output)
         Assert.NotEqual(Bits(winograd ? ConvAlgorithm.Im2ColGemm : ConvAlgorithm.Winograd), auto);
     }
 
+    /// <summary>
+    /// With the weights frozen (a loaded network's inference: the transformed filters are kept), Auto takes Winograd
+    /// from 9 well-filled tiles; with weights that may change it keeps the 32-tile threshold.
+    /// </summary>
+    [Theory]
+    [InlineData(12, false, false)]  // 9 tiles, weights free: im2col
+    [InlineData(12, true, true)]    // 9 tiles, frozen: Winograd
+    [InlineData(13, true, true)]    // 16 tiles, 66% inside
+    [InlineData(8, true, false)]    // 4 tiles: im2col even frozen
+    [InlineData(9, true, false)]    // 9 tiles, 56% inside: im2col
+    public void AutoTakesWinogradFromNineTilesWhenTheWeightsAreFrozen(int size, bool frozen, bool winograd)
+    {
+        Tensor<float> x = new Gaussian(size).Tensor<float>([1, 16, size, size]);
+        int[] Bits(ConvAlgorithm algorithm, bool frozenLayer)
+        {
+            Conv2d<float> conv = Layer<float>(16, 16, 1, true, algorithm);
+            conv.WeightsFrozen = frozenLayer;
+            // Twice: the second call is the one that reuses what the first kept.
+            conv.Forward(x);
+            return conv.Forward(x).ToArray().Select(BitConverter.SingleToInt32Bits).ToArray();
+        }
+        int[] auto = Bits(ConvAlgorithm.Auto, frozen);
+        Assert.Equal(Bits(winograd ? ConvAlgorithm.Winograd : ConvAlgorithm.Im2ColGemm, false), auto);
+        Assert.NotEqual(Bits(winograd ? ConvAlgorithm.Im2ColGemm : ConvAlgorithm.Winograd, false), auto);
+    }
+
     [Theory]
     [InlineData(16, 32, false)]   // 512 filters: im2col's weight gradient
     [InlineData(48, 96, true)]    // 4608: Winograd's
