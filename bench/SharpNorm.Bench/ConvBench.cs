@@ -37,6 +37,23 @@ internal sealed record ConvShape(string Layers, int N, int C, int H, int W, int 
     ];
 }
 
+internal static class UntunedConvShapes
+{
+    /// <summary>The distinct convolutions of CnnBench.UntunedNetwork at its batch (layer indices in the Sequential).</summary>
+    public static ConvShape[] Network(int batch) =>
+    [
+        new("0", batch, 1, 40, 40, 16, 3, 3, 1, 1, false, true),
+        new("4", batch, 16, 20, 20, 32, 3, 3, 1, 1, false, true),
+        new("8", batch, 32, 10, 10, 64, 3, 3, 1, 1, false, true),
+        new("11", batch, 64, 10, 10, 32, 1, 1, 0, 0, false, true),
+        new("14", batch, 32, 10, 10, 64, 3, 3, 1, 1, false, true),
+        new("18", batch, 64, 5, 5, 128, 3, 3, 1, 1, false, true),
+        new("21", batch, 128, 5, 5, 64, 1, 1, 0, 0, false, true),
+        new("24", batch, 64, 5, 5, 128, 3, 3, 1, 1, false, true),
+        new("27", batch, 128, 5, 5, 10, 1, 1, 0, 0, true, true),
+    ];
+}
+
 internal sealed record ConvRow(
     string Layers, string Input, string Kernel, int Threads, double ForwardGflop,
     double SharpForwardMs, double SharpDxMs, double SharpDwMs, double SharpBackwardMs, double? TorchForwardMs, double? TorchBackwardMs,

@@ -26,7 +26,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                            and timed training steps (default 5 and 20, --quick 5 and 10; conv layers: --runs or 15,
                            --quick 10, at least 10)
           --network untuned  a network the kernels were not tuned on instead (another DarkNet-style stack, 40x40
-                           inputs: the images zero-padded, batch 64); training and eval only
+                           inputs: the images zero-padded, batch 64); training, eval and its convolutions alone
           --conv-algorithm auto|im2col   SharpNorm's convolutions: Conv2d's default choice (Winograd for the 3x3 layers
                            with 16+ channels) or im2col products everywhere
           --unfused        SharpNorm's Conv2d -> BatchNorm -> LeakyReLU runs as three layers (Sequential.FuseConvBatchNorm

@@ -1,4 +1,6 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace SharpNorm.Kernels;
 
@@ -38,6 +40,11 @@ internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
     /// </summary>
     public static void Gather(in WindowGeometry g, ReadOnlySpan<T> image, Span<T> columns, int rowStride)
     {
+        if (SmallStrideOne(g))
+        {
+            GatherSmall(g, image, columns, rowStride);
+            return;
+        }
         if (g.StrideHeight == 1 && g.StrideWidth == 1 && g.OutputWidth == g.Width)
         {
             GatherShifted(g, image, columns, rowStride);
@@ -69,6 +76,63 @@ internal static class Im2Col<T> where T : unmanaged, IFloatingPointIeee754<T>
                             for (int ow = owBegin; ow < owEnd; ow++) outRow[ow] = inRow[ow * g.StrideWidth + dx];
                     }
                 }
+    }
+
+    /// <summary>Padded planes up to this many elements are staged on the stack by <see cref="GatherSmall"/>.</summary>
+    private const int SmallPlane = 4096;
+
+    /// <summary>
+    /// Stride 1, dilation 1 and output rows under 16 wide (small maps): there the shifted copies spend more on clearing
+    /// each row's wrapped columns than on copying, and <see cref="GatherSmall"/> is used instead.
+    /// </summary>
+    private static bool SmallStrideOne(in WindowGeometry g) =>
+        g.StrideHeight == 1 && g.StrideWidth == 1 && g.DilationHeight == 1 && g.DilationWidth == 1 && g.OutputWidth < 16
+        && (long)(g.Height + 2 * g.PadHeight) * (g.Width + 2 * g.PadWidth) <= SmallPlane;
+
+    /// <summary>
+    /// <see cref="Gather"/> for small maps at stride 1: each channel is staged once zero-padded, after which every output
+    /// row of every (ki, kj) is one short copy out of the padded plane (two overlapping vectors), with no clearing.
+    /// </summary>
+    private static unsafe void GatherSmall(in WindowGeometry g, ReadOnlySpan<T> image, Span<T> columns, int rowStride)
+    {
+        int paddedWidth = g.Width + 2 * g.PadWidth, paddedHeight = g.Height + 2 * g.PadHeight, outWidth = g.OutputWidth;
+        T* padded = stackalloc T[paddedWidth * paddedHeight];
+        new Span<T>(padded, paddedWidth * paddedHeight).Clear();
+        fixed (T* source = image)
+        fixed (T* target = columns)
+            for (int c = 0; c < g.Channels; c++)
+            {
+                // The border stays zero from the first clear: only the inside is rewritten per channel.
+                T* channel = source + (nint)c * g.InputPlane;
+                for (int ih = 0; ih < g.Height; ih++)
+                    CopyShort(channel + ih * g.Width, padded + (ih + g.PadHeight) * paddedWidth + g.PadWidth, g.Width);
+                for (int ki = 0; ki < g.KernelHeight; ki++)
+                    for (int kj = 0; kj < g.KernelWidth; kj++)
+                    {
+                        T* row = target + (nint)((c * g.KernelHeight + ki) * g.KernelWidth + kj) * rowStride;
+                        T* window = padded + ki * paddedWidth + kj;
+                        for (int oh = 0; oh < g.OutputHeight; oh++) CopyShort(window + oh * paddedWidth, row + oh * outWidth, outWidth);
+                    }
+            }
+    }
+
+    /// <summary>n elements from source to target (not overlapping): whole vectors, the last one ending at n.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void CopyShort(T* source, T* target, int n)
+    {
+        int w256 = Vector256<T>.Count, w128 = Vector128<T>.Count;
+        if (n >= w256)
+        {
+            for (int i = 0; i < n - w256; i += w256) Vector256.Store(Vector256.Load(source + i), target + i);
+            Vector256.Store(Vector256.Load(source + n - w256), target + n - w256);
+        }
+        else if (n >= w128)
+        {
+            Vector128.Store(Vector128.Load(source), target);
+            Vector128.Store(Vector128.Load(source + n - w128), target + n - w128);
+        }
+        else
+            for (int i = 0; i < n; i++) target[i] = source[i];
     }
 
     /// <summary>
