@@ -9,13 +9,17 @@ namespace SharpNorm.Layers;
 /// <summary>How <see cref="Conv2d{T}"/> computes its forward, input gradient and weight gradient.</summary>
 public enum ConvAlgorithm
 {
-    /// <summary>Winograd F(4x4, 3x3) where the layer fits it (3x3, stride 1, dilation 1, one group, 16+ channels in and out), the call has 32 tiles of 4x4 outputs or more (9 or more for a loaded network's inference, whose transformed filters are kept) and the map fills 60% of them (the weight gradient: 4096 filters or more too); the direct forward where <see cref="Direct"/> fits; im2col otherwise.</summary>
+    /// <summary>The direct sum for grouped layers of up to 8 channels per group (depthwise included); Winograd F(4x4, 3x3) where the layer fits it (3x3, stride 1, dilation 1, one group, 16+ channels in and out), the call has 32 tiles of 4x4 outputs or more (9 or more for a loaded network's inference, whose transformed filters are kept) and the map fills 60% of them (the weight gradient: 4096 filters or more too); the direct forward where <see cref="Direct"/> fits; im2col otherwise.</summary>
     Auto,
     /// <summary>Column matrices (im2col) multiplied by the weights.</summary>
     Im2ColGemm,
     /// <summary>Winograd F(4x4, 3x3); only for 3x3 kernels with stride 1, dilation 1 and one group.</summary>
     Winograd,
-    /// <summary>The direct sum, output channels and columns in registers (forward; the gradients by im2col); only for at most 4 input channels, one group, stride 1, dilation 1 and kernels up to 7x7.</summary>
+    /// <summary>
+    /// The direct sum with no column matrix: for grouped layers of up to 8 input channels per group, depthwise included
+    /// (forward and both gradients, any stride, padding and dilation), and for at most 4 input channels, one group, stride 1, dilation 1 and kernels up
+    /// to 7x7 (output channels and columns in registers; forward only, the gradients by im2col).
+    /// </summary>
     Direct,
 }
 
@@ -123,12 +127,26 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
                 throw new ArgumentException(
                     $"{Description}: Winograd F(4x4, 3x3) needs a 3x3 kernel, stride 1, dilation 1 and one group; this layer has kernel ({KernelHeight}, {KernelWidth}), " +
                     $"stride ({StrideHeight}, {StrideWidth}), dilation ({DilationHeight}, {DilationWidth}), {Groups} group(s).", nameof(value));
-            if (value == ConvAlgorithm.Direct && !DirectShape)
+            if (value == ConvAlgorithm.Direct && !DirectShape && !GroupedShape)
                 throw new ArgumentException(
-                    $"{Description}: the direct convolution needs at most 4 input channels, one group, stride 1, dilation 1 and a kernel up to 7x7; this layer has " +
+                    $"{Description}: the direct convolution needs several groups of at most 8 input channels each (depthwise included), or at most 4 input channels, one group, stride 1, dilation 1 and a kernel up to 7x7; this layer has " +
                     $"{InChannels} input channels, {Groups} group(s), stride ({StrideHeight}, {StrideWidth}), dilation ({DilationHeight}, {DilationWidth}), kernel ({KernelHeight}, {KernelWidth}).", nameof(value));
             _algorithm = value;
         }
+    }
+
+    private bool GroupedShape => GroupedConv<T>.Fits(InChannels, OutChannels, Groups);
+
+    /// <summary>Grouped layers of up to 8 channels per group (depthwise ones too) go by <see cref="GroupedConv{T}"/> unless im2col is asked for.</summary>
+    private bool UsesGrouped => GroupedShape && Algorithm is ConvAlgorithm.Auto or ConvAlgorithm.Direct;
+
+    private GroupedConv<T>? _grouped;
+
+    private GroupedConv<T> Grouped()
+    {
+        _grouped ??= new GroupedConv<T>();
+        _grouped.MaxVectorBits = MaxVectorBits;
+        return _grouped;
     }
 
     private bool DirectShape => DirectConv<T>.Fits(InChannels, KernelHeight, KernelWidth, StrideHeight, StrideWidth, DilationHeight, DilationWidth, Groups);
@@ -245,6 +263,12 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     protected override void GradientCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy)
     {
         WindowGeometry g = Window(shape);
+        if (UsesGrouped)
+        {
+            Grouped().WeightGradient(x, dy, TensorData.Flat(Weight.Gradient), Bias is null ? default : TensorData.Flat(Bias.Gradient),
+                g, (int)shape[0], OutChannels, Groups, Threads);
+            return;
+        }
         if (UsesWinogradGradient((int)shape[0], g.OutputHeight, g.OutputWidth))
         {
             WinogradGradient(g, (int)shape[0], x, dy);
@@ -301,6 +325,14 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     {
         int batch = (job == Job.Backward ? output.Length : x.Length) / (InChannels * g.InputPlane);
         int threads = Threads, imageGroups = ImageGroupCount(batch, g);
+        if (UsesGrouped)
+        {
+            if (job == Job.Forward)
+                Grouped().Forward(x, TensorData.Flat(Weight.Value), Bias is null ? default : TensorData.Flat(Bias.Value), output, g, batch, OutChannels,
+                    Groups, threads, _moments);
+            else Grouped().InputGradient(dy, TensorData.Flat(Weight.Value), output, g, batch, OutChannels, Groups, threads);
+            return;
+        }
         if (job == Job.Forward && UsesWinograd(InChannels, OutChannels, batch, g.OutputHeight, g.OutputWidth, filtersReused: WeightsFrozen))
         {
             _winograd ??= new Winograd<T>();

@@ -254,7 +254,7 @@ public class DirectConvTests
         var e = Assert.Throws<ArgumentException>(() => new Conv2d<float>(8, 4, 3) { Algorithm = ConvAlgorithm.Direct });
         Assert.Contains("at most 4 input channels", e.Message);
         Assert.Throws<ArgumentException>(() => new Conv2d<float>(3, 4, 3, stride: 2) { Algorithm = ConvAlgorithm.Direct });
-        Assert.Throws<ArgumentException>(() => new Conv2d<float>(2, 4, 3, groups: 2) { Algorithm = ConvAlgorithm.Direct });
+        Assert.Throws<ArgumentException>(() => new Conv2d<float>(32, 4, 3, groups: 2) { Algorithm = ConvAlgorithm.Direct });  // 16 channels per group
         Assert.Throws<ArgumentException>(() => new Conv2d<float>(3, 4, 9) { Algorithm = ConvAlgorithm.Direct });
     }
 }
