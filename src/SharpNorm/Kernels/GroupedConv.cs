@@ -10,7 +10,7 @@ namespace SharpNorm.Kernels;
 /// each of the G groups' Og filters (Cg x kh x kw) reads the group's Cg input channels, at any stride, padding and
 /// dilation. im2col would make each group a product of depth Cg·kh·kw and Og rows, nearly all packing; here each
 /// output plane is summed directly from the group's channels staged zero-padded, four vectors of columns at a time.
-/// The forward and dx go by (image, group), dW and db by filter over the whole batch in image order, so every value is
+/// The forward and dx go by (image, group), dW and db by group over the whole batch in image order, so every value is
 /// summed by one thread in a fixed order and results do not depend on the thread count. The forward sums each output
 /// over the taps in (c, i, j) order with fused multiply-adds, as im2col's product does: the same bits.
 /// </summary>
@@ -31,7 +31,11 @@ internal sealed unsafe class GroupedConv<T> : IChunkJob where T : unmanaged, IFl
     private ChannelMoments<T>? _moments;
     private int _batch, _channels, _height, _width, _outChannels, _groups, _groupChannels, _groupOut;
     private int _kh, _kw, _sh, _sw, _ph, _pw, _dh, _dw, _outHeight, _outWidth;
-    private int _paddedHeight, _paddedWidth, _paddedPlane, _bits;
+    private int _paddedHeight, _phaseWidth, _phaseStride, _paddedPlane, _bits;
+    private int[] _tapOffsets = [];      // per tap (c, i, j): where its input for output (0, 0) lies in the staged planes
+    private int[] _dxOffsets = [];       // the gathered dx's taps (o, i, j) in the staged dy planes
+    private bool _gatherDx;
+    private int _dyWidth, _dyPlane;
 
     /// <summary>Widest vector the kernel may use (tests lower it).</summary>
     public int MaxVectorBits { get; set; } = 512;
@@ -90,7 +94,7 @@ internal sealed unsafe class GroupedConv<T> : IChunkJob where T : unmanaged, IFl
             _y = pdy;
             _out = pdw;
             _dBias = dBias.IsEmpty ? null : pdb;
-            Execute(outChannels, threads);
+            Execute(groups, threads);
         }
     }
 
@@ -105,10 +109,36 @@ internal sealed unsafe class GroupedConv<T> : IChunkJob where T : unmanaged, IFl
         (_outHeight, _outWidth) = (g.OutputHeight, g.OutputWidth);
         // Rows and columns the windows reach (never more than the padded input at floor-mode sizes).
         _paddedHeight = Math.Max(g.Height + 2 * g.PadHeight, (g.OutputHeight - 1) * g.StrideHeight + (g.KernelHeight - 1) * g.DilationHeight + 1);
-        _paddedWidth = Math.Max(g.Width + 2 * g.PadWidth, (g.OutputWidth - 1) * g.StrideWidth + (g.KernelWidth - 1) * g.DilationWidth + 1);
-        _paddedPlane = checked(_paddedHeight * _paddedWidth);
+        int paddedWidth = Math.Max(g.Width + 2 * g.PadWidth, (g.OutputWidth - 1) * g.StrideWidth + (g.KernelWidth - 1) * g.DilationWidth + 1);
+        // Columns split by phase (column mod stride), so that a tap's inputs for consecutive outputs are consecutive;
+        // a vector of slack (zeros) after each row for the last, part-filled vector of outputs.
+        _phaseWidth = Math.Max((paddedWidth + _sw - 1) / _sw, g.OutputWidth + (g.KernelWidth - 1) * g.DilationWidth / _sw) + 64 / sizeof(T);
+        _phaseStride = checked(_paddedHeight * _phaseWidth);
+        _paddedPlane = checked(_sw * _phaseStride);
+        int taps = _groupChannels * _kh * _kw;
+        if (_tapOffsets.Length < taps) _tapOffsets = new int[taps];
+        for (int c = 0, k = 0; c < _groupChannels; c++)
+            for (int i = 0; i < _kh; i++)
+                for (int j = 0; j < _kw; j++, k++)
+                    _tapOffsets[k] = c * _paddedPlane + j * _dw % _sw * _phaseStride + i * _dh * _phaseWidth + j * _dw / _sw;
         int workers = Math.Max(1, threads), planes = checked(_groupChannels * _paddedPlane);
-        int sums = job == Job.WeightGradient ? checked(_groupChannels * _kh * _kw * (64 / sizeof(T) + 1)) : 0;
+        int sums = job == Job.WeightGradient ? checked(_groupOut * (taps + 1) * (64 / sizeof(T))) : 0;
+        // dx at stride 1 with padding no wider than the window: the forward's shape over dy zero-padded by the window
+        // less the padding, with the taps turned around (a gather: one load per multiply-add, no read-modify-write).
+        _gatherDx = job == Job.InputGradient && _sh == 1 && _sw == 1 && (_kh - 1) * _dh >= _ph && (_kw - 1) * _dw >= _pw;
+        if (_gatherDx)
+        {
+            _dyWidth = g.Width + (_kw - 1) * _dw + 64 / sizeof(T);
+            _dyPlane = checked((g.Height + (_kh - 1) * _dh) * _dyWidth);
+            int dxTaps = checked(_groupOut * _kh * _kw);
+            if (_dxOffsets.Length < dxTaps) _dxOffsets = new int[dxTaps];
+            for (int o = 0, k = 0; o < _groupOut; o++)
+                for (int i = 0; i < _kh; i++)
+                    for (int j = 0; j < _kw; j++, k++)
+                        _dxOffsets[k] = o * _dyPlane + (_kh - 1 - i) * _dh * _dyWidth + (_kw - 1 - j) * _dw;
+            planes = checked(_groupOut * _dyPlane);
+            sums = dxTaps;
+        }
         if (_planes.Length < workers) Array.Resize(ref _planes, workers);
         if (_sums.Length < workers) Array.Resize(ref _sums, workers);
         for (int w = 0; w < workers; w++)
@@ -149,12 +179,15 @@ internal sealed unsafe class GroupedConv<T> : IChunkJob where T : unmanaged, IFl
         switch (_job)
         {
             case Job.Forward: ForwardGroup<TSimd, TVector>(chunk / _groups, chunk % _groups, planes); break;
+            case Job.InputGradient when _gatherDx:
+                GatheredInputGradient<TSimd, TVector>(chunk / _groups, chunk % _groups, planes, (T*)Unsafe.AsPointer(ref _sums[worker][0]));
+                break;
             case Job.InputGradient: InputGradientGroup<TSimd, TVector>(chunk / _groups, chunk % _groups, planes); break;
-            default: WeightGradientFilter<TSimd, TVector>(chunk, planes, (T*)Unsafe.AsPointer(ref _sums[worker][0])); break;
+            default: WeightGradientGroup<TSimd, TVector>(chunk, planes, (T*)Unsafe.AsPointer(ref _sums[worker][0])); break;
         }
     }
 
-    /// <summary>The group's input channels of image n into the padded planes: zeros around them.</summary>
+    /// <summary>The group's input channels of image n into the padded planes (by column phase): zeros around them.</summary>
     private void Stage(int n, int group, T* planes)
     {
         new Span<T>(planes, _groupChannels * _paddedPlane).Clear();
@@ -162,8 +195,37 @@ internal sealed unsafe class GroupedConv<T> : IChunkJob where T : unmanaged, IFl
         {
             T* source = _x + ((nint)n * _channels + group * _groupChannels + c) * _height * _width, plane = planes + (nint)c * _paddedPlane;
             for (int ih = 0; ih < _height; ih++)
-                new ReadOnlySpan<T>(source + (nint)ih * _width, _width).CopyTo(new Span<T>(plane + (nint)(ih + _ph) * _paddedWidth + _pw, _width));
+            {
+                T* from = source + (nint)ih * _width, row = plane + (nint)(ih + _ph) * _phaseWidth;
+                if (_sw == 1)
+                {
+                    new ReadOnlySpan<T>(from, _width).CopyTo(new Span<T>(row + _pw, _width));
+                    continue;
+                }
+                // Phase r holds padded columns r, r + stride, ...: input columns r - pw, r - pw + stride, ...
+                for (int r = 0; r < _sw; r++)
+                {
+                    T* phase = row + (nint)r * _phaseStride;
+                    int first = r - _pw, index = 0;
+                    if (first < 0)
+                    {
+                        index = (-first + _sw - 1) / _sw;
+                        first += index * _sw;
+                    }
+                    for (int iw = first; iw < _width; iw += _sw, index++) phase[index] = from[iw];
+                }
+            }
         }
+    }
+
+    /// <summary>Lanes [0, count) one, the rest zero: PositiveOr(mask, v, 0) keeps v's first count lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static TVector Mask<TSimd, TVector>(int count, T* scratch)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        for (int l = 0; l < TSimd.Count; l++) scratch[l] = l < count ? T.One : T.Zero;
+        return TSimd.Load(ref *scratch, 0);
     }
 
     /// <summary>y[n, o] for the group's filters: Σ over taps (c, i, j) of w[o, c, i, j] · the staged channel c shifted by the tap, plus the bias.</summary>
@@ -172,62 +234,68 @@ internal sealed unsafe class GroupedConv<T> : IChunkJob where T : unmanaged, IFl
         where TVector : unmanaged
     {
         Stage(n, group, planes);
-        int lanes = TSimd.Count, vectorEnd = _sw == 1 ? _outWidth / lanes * lanes : 0;
-        for (int o = group * _groupOut; o < (group + 1) * _groupOut; o++)
-        {
-            T* w = _weights + (nint)o * _groupChannels * _kh * _kw;
-            T* y = _out + ((nint)n * _outChannels + o) * _outHeight * _outWidth;
-            T bias = _bias is null ? T.Zero : _bias[o];
-            for (int oh = 0; oh < _outHeight; oh++)
+        int taps = _groupChannels * _kh * _kw;
+        fixed (int* offsets = _tapOffsets)
+            for (int o = group * _groupOut; o < (group + 1) * _groupOut; o++)
             {
-                T* top = planes + (nint)oh * _sh * _paddedWidth, row = y + (nint)oh * _outWidth;
-                int ow = 0;
-                for (; ow + 4 * lanes <= vectorEnd; ow += 4 * lanes) OutputsBy4<TSimd, TVector>(top + ow, w, bias, row + ow);
-                for (; ow < vectorEnd; ow += lanes) Outputs<TSimd, TVector>(top + ow, w, bias, row + ow);
-                for (; ow < _outWidth; ow++) Outputs<SimdScalar<T>, T>(top + ow * _sw, w, bias, row + ow);
+                T* y = _out + ((nint)n * _outChannels + o) * _outHeight * _outWidth;
+                Plane<TSimd, TVector>(planes, _sh * _phaseWidth, offsets, taps, _weights + (nint)o * taps, _bias is null ? T.Zero : _bias[o],
+                    y, _outHeight, _outWidth);
+                _moments?.Set(n, o, new ReadOnlySpan<T>(y, _outHeight * _outWidth));
             }
-            _moments?.Set(n, o, new ReadOnlySpan<T>(y, _outHeight * _outWidth));
+    }
+
+    /// <summary>
+    /// An output plane (rows x columns, row r reading the staged planes from r·rowStep on) as Σ over the taps of
+    /// w[k] · the staged values at offsets[k], plus the bias; the last, part-filled vector of a row loads into the
+    /// rows' slack and keeps only its valid lanes.
+    /// </summary>
+    private static void Plane<TSimd, TVector>(T* planes, int rowStep, int* offsets, int taps, T* w, T bias, T* y, int rows, int columns)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        int lanes = TSimd.Count, whole = columns / lanes * lanes;
+        T* tail = stackalloc T[lanes];
+        for (int r = 0; r < rows; r++)
+        {
+            T* top = planes + (nint)r * rowStep, row = y + (nint)r * columns;
+            int c = 0;
+            for (; c + 4 * lanes <= whole; c += 4 * lanes) OutputsBy4<TSimd, TVector>(top + c, offsets, taps, w, bias, row + c);
+            for (; c < whole; c += lanes) Outputs<TSimd, TVector>(top + c, offsets, taps, w, bias, row + c);
+            if (c == columns) continue;
+            Outputs<TSimd, TVector>(top + c, offsets, taps, w, bias, tail);
+            new ReadOnlySpan<T>(tail, columns - c).CopyTo(new Span<T>(row + c, columns - c));
         }
     }
 
-    /// <summary>One vector of outputs (lane l at window column l·stride): the taps in (c, i, j) order.</summary>
+    /// <summary>One vector of outputs: the taps in (c, i, j) order.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void Outputs<TSimd, TVector>(T* window, T* w, T bias, T* target)
+    private static void Outputs<TSimd, TVector>(T* window, int* offsets, int taps, T* w, T bias, T* target)
         where TSimd : ISimd<T, TVector>
         where TVector : unmanaged
     {
         TVector sum = TSimd.Zero;
-        for (int c = 0, k = 0; c < _groupChannels; c++)
-            for (int i = 0; i < _kh; i++)
-            {
-                ref T tapRow = ref Unsafe.AsRef<T>(window + (nint)c * _paddedPlane + (nint)i * _dh * _paddedWidth);
-                for (int j = 0; j < _kw; j++, k++) sum = TSimd.MultiplyAdd(TSimd.Broadcast(w[k]), TSimd.Load(ref tapRow, j * _dw), sum);
-            }
+        for (int k = 0; k < taps; k++) sum = TSimd.MultiplyAdd(TSimd.Broadcast(w[k]), TSimd.Load(ref *(window + offsets[k]), 0), sum);
         TSimd.Store(TSimd.Add(sum, TSimd.Broadcast(bias)), ref Unsafe.AsRef<T>(target), 0);
     }
 
-    /// <summary>Four vectors of outputs side by side (stride 1): four independent chains over the taps.</summary>
+    /// <summary>Four vectors of outputs side by side: four independent chains over the taps.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void OutputsBy4<TSimd, TVector>(T* window, T* w, T bias, T* target)
+    private static void OutputsBy4<TSimd, TVector>(T* window, int* offsets, int taps, T* w, T bias, T* target)
         where TSimd : ISimd<T, TVector>
         where TVector : unmanaged
     {
         int lanes = TSimd.Count;
         TVector s0 = TSimd.Zero, s1 = TSimd.Zero, s2 = TSimd.Zero, s3 = TSimd.Zero;
-        for (int c = 0, k = 0; c < _groupChannels; c++)
-            for (int i = 0; i < _kh; i++)
-            {
-                ref T tapRow = ref Unsafe.AsRef<T>(window + (nint)c * _paddedPlane + (nint)i * _dh * _paddedWidth);
-                for (int j = 0; j < _kw; j++, k++)
-                {
-                    TVector weight = TSimd.Broadcast(w[k]);
-                    nint at = j * _dw;
-                    s0 = TSimd.MultiplyAdd(weight, TSimd.Load(ref tapRow, at), s0);
-                    s1 = TSimd.MultiplyAdd(weight, TSimd.Load(ref tapRow, at + lanes), s1);
-                    s2 = TSimd.MultiplyAdd(weight, TSimd.Load(ref tapRow, at + 2 * lanes), s2);
-                    s3 = TSimd.MultiplyAdd(weight, TSimd.Load(ref tapRow, at + 3 * lanes), s3);
-                }
-            }
+        for (int k = 0; k < taps; k++)
+        {
+            TVector weight = TSimd.Broadcast(w[k]);
+            ref T tap = ref *(window + offsets[k]);
+            s0 = TSimd.MultiplyAdd(weight, TSimd.Load(ref tap, 0), s0);
+            s1 = TSimd.MultiplyAdd(weight, TSimd.Load(ref tap, lanes), s1);
+            s2 = TSimd.MultiplyAdd(weight, TSimd.Load(ref tap, 2 * lanes), s2);
+            s3 = TSimd.MultiplyAdd(weight, TSimd.Load(ref tap, 3 * lanes), s3);
+        }
         TVector b = TSimd.Broadcast(bias);
         ref T to = ref Unsafe.AsRef<T>(target);
         TSimd.Store(TSimd.Add(s0, b), ref to, 0);
@@ -237,98 +305,150 @@ internal sealed unsafe class GroupedConv<T> : IChunkJob where T : unmanaged, IFl
     }
 
     /// <summary>
-    /// dx[n] for the group's channels: each of the group's filters scatters w[o, c, i, j] · dy[o] onto channel c's
-    /// padded plane at every tap (filters, channels, taps, rows in order), and the planes' insides are dx.
+    /// dx[n] for the group's channels at stride 1: the group's dy planes staged zero-padded by the window less the
+    /// padding, then dx[c] = Σ over (o, i, j) of w[o, c, i, j] · the staged dy[o] shifted by the turned-around tap.
+    /// </summary>
+    private void GatheredInputGradient<TSimd, TVector>(int n, int group, T* planes, T* weights)
+        where TSimd : ISimd<T, TVector>
+        where TVector : unmanaged
+    {
+        int top = (_kh - 1) * _dh - _ph, left = (_kw - 1) * _dw - _pw, taps = _kh * _kw, outPlane = _outHeight * _outWidth;
+        new Span<T>(planes, _groupOut * _dyPlane).Clear();
+        for (int o = 0; o < _groupOut; o++)
+        {
+            T* dy = _y + ((nint)n * _outChannels + group * _groupOut + o) * outPlane, plane = planes + (nint)o * _dyPlane;
+            for (int oh = 0; oh < _outHeight; oh++)
+                new ReadOnlySpan<T>(dy + (nint)oh * _outWidth, _outWidth).CopyTo(new Span<T>(plane + (nint)(oh + top) * _dyWidth + left, _outWidth));
+        }
+        fixed (int* offsets = _dxOffsets)
+            for (int c = 0; c < _groupChannels; c++)
+            {
+                // The channel's weights in the taps' (o, i, j) order.
+                for (int o = 0; o < _groupOut; o++)
+                    new ReadOnlySpan<T>(_weights + ((nint)(group * _groupOut + o) * _groupChannels + c) * taps, taps).CopyTo(new Span<T>(weights + o * taps, taps));
+                T* dx = _out + ((nint)n * _channels + group * _groupChannels + c) * _height * _width;
+                Plane<TSimd, TVector>(planes, _dyWidth, offsets, _groupOut * taps, weights, T.Zero, dx, _height, _width);
+            }
+    }
+
+    /// <summary>
+    /// dx[n] for the group's channels: each of the group's filters adds w[o, c, i, j] · dy[o] onto channel c's padded
+    /// planes at every tap (filters, taps, rows in order; a part-filled last vector changes only its valid lanes), and
+    /// the planes' insides are dx.
     /// </summary>
     private void InputGradientGroup<TSimd, TVector>(int n, int group, T* planes)
         where TSimd : ISimd<T, TVector>
         where TVector : unmanaged
     {
         new Span<T>(planes, _groupChannels * _paddedPlane).Clear();
-        int outPlane = _outHeight * _outWidth, vectorEnd = _sw == 1 ? _outWidth / TSimd.Count * TSimd.Count : 0;
-        for (int o = group * _groupOut; o < (group + 1) * _groupOut; o++)
-        {
-            T* dy = _y + ((nint)n * _outChannels + o) * outPlane;
-            for (int c = 0; c < _groupChannels; c++)
-                for (int i = 0; i < _kh; i++)
-                    for (int j = 0; j < _kw; j++)
+        int lanes = TSimd.Count, outPlane = _outHeight * _outWidth, whole = _outWidth / lanes * lanes, taps = _groupChannels * _kh * _kw;
+        T* scratch = stackalloc T[2 * lanes];
+        TVector mask = Mask<TSimd, TVector>(_outWidth - whole, scratch);
+        fixed (int* offsets = _tapOffsets)
+            for (int o = group * _groupOut; o < (group + 1) * _groupOut; o++)
+            {
+                T* dy = _y + ((nint)n * _outChannels + o) * outPlane, w = _weights + (nint)o * taps;
+                for (int k = 0; k < taps; k++)
+                {
+                    TVector weight = TSimd.Broadcast(w[k]);
+                    for (int oh = 0; oh < _outHeight; oh++)
                     {
-                        T weight = _weights[(((nint)o * _groupChannels + c) * _kh + i) * _kw + j];
-                        TVector wv = TSimd.Broadcast(weight);
-                        for (int oh = 0; oh < _outHeight; oh++)
+                        T* target = planes + offsets[k] + (nint)oh * _sh * _phaseWidth, source = dy + (nint)oh * _outWidth;
+                        int ow = 0;
+                        for (; ow < whole; ow += lanes)
                         {
-                            T* target = planes + (nint)c * _paddedPlane + (nint)(oh * _sh + i * _dh) * _paddedWidth + j * _dw;
-                            T* source = dy + (nint)oh * _outWidth;
-                            int ow = 0;
-                            for (; ow < vectorEnd; ow += TSimd.Count)
-                            {
-                                ref T t = ref Unsafe.AsRef<T>(target + ow);
-                                TSimd.Store(TSimd.MultiplyAdd(wv, TSimd.Load(ref Unsafe.AsRef<T>(source + ow), 0), TSimd.Load(ref t, 0)), ref t, 0);
-                            }
-                            for (; ow < _outWidth; ow++) target[ow * _sw] = T.FusedMultiplyAdd(weight, source[ow], target[ow * _sw]);
+                            ref T t = ref *(target + ow);
+                            TSimd.Store(TSimd.MultiplyAdd(weight, TSimd.Load(ref *(source + ow), 0), TSimd.Load(ref t, 0)), ref t, 0);
                         }
+                        if (ow == _outWidth) continue;
+                        new ReadOnlySpan<T>(source + ow, _outWidth - ow).CopyTo(new Span<T>(scratch + lanes, lanes));
+                        ref T last = ref *(target + ow);
+                        TVector before = TSimd.Load(ref last, 0);
+                        TSimd.Store(TSimd.PositiveOr(mask, TSimd.MultiplyAdd(weight, TSimd.Load(ref *(scratch + lanes), 0), before), before), ref last, 0);
                     }
-        }
+                }
+            }
         for (int c = 0; c < _groupChannels; c++)
         {
             T* dx = _out + ((nint)n * _channels + group * _groupChannels + c) * _height * _width, plane = planes + (nint)c * _paddedPlane;
             for (int ih = 0; ih < _height; ih++)
-                new ReadOnlySpan<T>(plane + (nint)(ih + _ph) * _paddedWidth + _pw, _width).CopyTo(new Span<T>(dx + (nint)ih * _width, _width));
+            {
+                T* row = plane + (nint)(ih + _ph) * _phaseWidth, to = dx + (nint)ih * _width;
+                if (_sw == 1)
+                {
+                    new ReadOnlySpan<T>(row + _pw, _width).CopyTo(new Span<T>(to, _width));
+                    continue;
+                }
+                for (int r = 0; r < _sw; r++)
+                {
+                    T* phase = row + (nint)r * _phaseStride;
+                    int first = r - _pw, index = 0;
+                    if (first < 0)
+                    {
+                        index = (-first + _sw - 1) / _sw;
+                        first += index * _sw;
+                    }
+                    for (int iw = first; iw < _width; iw += _sw, index++) to[iw] = phase[index];
+                }
+            }
         }
     }
 
     /// <summary>
-    /// dW[o, c, i, j] += Σ over images, rows and columns of dy[n, o] · the staged channel c shifted by the tap; db[o] +=
-    /// Σ dy. Each tap sums a vector of lanes over the whole batch (then the lanes, then the scalar tail), in image order.
+    /// dW[o, c, i, j] += Σ over images, rows and columns of dy[n, o] · the staged channel c shifted by the tap, for the
+    /// group's filters; db[o] += Σ dy. Each (filter, tap) sums a vector of lanes over the whole batch (a part-filled last
+    /// vector with its other lanes zeroed), then the lanes, in image order.
     /// </summary>
-    private void WeightGradientFilter<TSimd, TVector>(int o, T* planes, T* scratch)
+    private void WeightGradientGroup<TSimd, TVector>(int group, T* planes, T* scratch)
         where TSimd : ISimd<T, TVector>
         where TVector : unmanaged
     {
-        int taps = _groupChannels * _kh * _kw, group = o / _groupOut, outPlane = _outHeight * _outWidth;
+        int lanes = TSimd.Count, taps = _groupChannels * _kh * _kw, outPlane = _outHeight * _outWidth;
+        int whole = _outWidth / lanes * lanes;
         TVector* sums = (TVector*)scratch;
-        T* tails = scratch + (nint)taps * TSimd.Count;
-        for (int k = 0; k < taps; k++)
-        {
-            sums[k] = TSimd.Zero;
-            tails[k] = T.Zero;
-        }
-        TVector biasSum = TSimd.Zero;
-        T biasTail = T.Zero;
-        int vectorEnd = _sw == 1 ? _outWidth / TSimd.Count * TSimd.Count : 0;
-        for (int n = 0; n < _batch; n++)
-        {
-            Stage(n, group, planes);
-            T* dy = _y + ((nint)n * _outChannels + o) * outPlane;
-            for (int oh = 0; oh < _outHeight; oh++)
+        for (int k = 0; k < _groupOut * (taps + 1); k++) sums[k] = TSimd.Zero;
+        T* staged = stackalloc T[2 * lanes];
+        TVector mask = Mask<TSimd, TVector>(_outWidth - whole, staged), zero = TSimd.Zero;
+        fixed (int* offsets = _tapOffsets)
+            for (int n = 0; n < _batch; n++)
             {
-                T* source = dy + (nint)oh * _outWidth, top = planes + (nint)oh * _sh * _paddedWidth;
-                for (int ow = 0; ow < vectorEnd; ow += TSimd.Count)
+                Stage(n, group, planes);
+                for (int f = 0; f < _groupOut; f++)
                 {
-                    TVector d = TSimd.Load(ref Unsafe.AsRef<T>(source + ow), 0);
-                    biasSum = TSimd.Add(biasSum, d);
-                    for (int c = 0, k = 0; c < _groupChannels; c++)
-                        for (int i = 0; i < _kh; i++)
+                    T* dy = _y + ((nint)n * _outChannels + group * _groupOut + f) * outPlane;
+                    TVector* filter = sums + (nint)f * (taps + 1);   // taps' sums, then db's
+                    for (int oh = 0; oh < _outHeight; oh++)
+                    {
+                        T* source = dy + (nint)oh * _outWidth, top = planes + (nint)oh * _sh * _phaseWidth;
+                        for (int ow = 0; ow < _outWidth; ow += lanes)
                         {
-                            ref T tapRow = ref Unsafe.AsRef<T>(top + (nint)c * _paddedPlane + (nint)i * _dh * _paddedWidth + ow);
-                            for (int j = 0; j < _kw; j++, k++) sums[k] = TSimd.MultiplyAdd(d, TSimd.Load(ref tapRow, j * _dw), sums[k]);
+                            bool part = ow == whole;
+                            TVector d;
+                            if (part)
+                            {
+                                new Span<T>(staged + lanes, lanes).Clear();
+                                new ReadOnlySpan<T>(source + ow, _outWidth - ow).CopyTo(new Span<T>(staged + lanes, lanes));
+                                d = TSimd.Load(ref *(staged + lanes), 0);
+                            }
+                            else d = TSimd.Load(ref *(source + ow), 0);
+                            filter[taps] = TSimd.Add(filter[taps], d);
+                            for (int k = 0; k < taps; k++)
+                            {
+                                TVector v = TSimd.Load(ref *(top + offsets[k] + ow), 0);
+                                if (part) v = TSimd.PositiveOr(mask, v, zero);
+                                filter[k] = TSimd.MultiplyAdd(d, v, filter[k]);
+                            }
                         }
-                }
-                for (int ow = vectorEnd; ow < _outWidth; ow++)
-                {
-                    T d = source[ow];
-                    biasTail += d;
-                    for (int c = 0, k = 0; c < _groupChannels; c++)
-                        for (int i = 0; i < _kh; i++)
-                        {
-                            T* tapRow = top + (nint)c * _paddedPlane + (nint)i * _dh * _paddedWidth + ow * _sw;
-                            for (int j = 0; j < _kw; j++, k++) tails[k] = T.FusedMultiplyAdd(d, tapRow[j * _dw], tails[k]);
-                        }
+                    }
                 }
             }
+        for (int f = 0; f < _groupOut; f++)
+        {
+            int o = group * _groupOut + f;
+            TVector* filter = sums + (nint)f * (taps + 1);
+            T* dw = _out + (nint)o * taps;
+            for (int k = 0; k < taps; k++) dw[k] += TSimd.Sum(filter[k]);
+            if (_dBias is not null) _dBias[o] += TSimd.Sum(filter[taps]);
         }
-        T* dw = _out + (nint)o * taps;
-        for (int k = 0; k < taps; k++) dw[k] += TSimd.Sum(sums[k]) + tails[k];
-        if (_dBias is not null) _dBias[o] += TSimd.Sum(biasSum) + biasTail;
     }
 }
