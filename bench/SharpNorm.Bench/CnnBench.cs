@@ -165,7 +165,7 @@ internal static class CnnBench
         trainBatches.Dispose();
         testBatches.Dispose();
 
-        foreach (ConvShape shape in untuned ? UntunedConvShapes.Network(BatchSize) : ConvShape.Network(BatchSize))
+        foreach (ConvShape shape in (untuned ? UntunedConvShapes.Network(BatchSize) : ConvShape.Network(BatchSize)).Concat(options.Grouped ? ConvShape.Grouped() : []))
         {
             Console.Error.WriteLine($"conv {shape.Kernel} on {shape.Input} ...");
             using var bench = new ConvBench(shape, withTorch, ConvSeed, options.ConvAlgorithm);

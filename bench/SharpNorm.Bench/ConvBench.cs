@@ -7,15 +7,32 @@ using TorchTensor = TorchSharp.torch.Tensor;
 namespace SharpNorm.Bench;
 
 /// <summary>One convolution of the network (or a check-only shape): input (N, C, H, W), O filters of kh x kw, padding.</summary>
-internal sealed record ConvShape(string Layers, int N, int C, int H, int W, int O, int KernelHeight, int KernelWidth, int PadHeight, int PadWidth, bool Bias, bool Timed)
+internal sealed record ConvShape(string Layers, int N, int C, int H, int W, int O, int KernelHeight, int KernelWidth, int PadHeight, int PadWidth, bool Bias, bool Timed,
+    int Stride = 1, int Groups = 1)
 {
     public string Input => $"{N}x{C}x{H}x{W}";
-    public string Kernel => $"{C}→{O} {KernelHeight}x{KernelWidth}" + (PadHeight + PadWidth > 0 ? $" pad {(PadHeight == PadWidth ? $"{PadHeight}" : $"({PadHeight},{PadWidth})")}" : "") + (Bias ? " +bias" : "");
-    public int OutHeight => H + 2 * PadHeight - KernelHeight + 1;
-    public int OutWidth => W + 2 * PadWidth - KernelWidth + 1;
+    public string Kernel => $"{C}→{O} {KernelHeight}x{KernelWidth}" + (Stride > 1 ? $" stride {Stride}" : "") +
+        (PadHeight + PadWidth > 0 ? $" pad {(PadHeight == PadWidth ? $"{PadHeight}" : $"({PadHeight},{PadWidth})")}" : "") +
+        (Groups > 1 && Groups == C ? " depthwise" : Groups > 1 ? $" groups {Groups}" : "") + (Bias ? " +bias" : "");
+    public int OutHeight => (H + 2 * PadHeight - KernelHeight) / Stride + 1;
+    public int OutWidth => (W + 2 * PadWidth - KernelWidth) / Stride + 1;
 
-    /// <summary>2*N*O*OH*OW*C*kh*kw: the floating-point operations of one forward (and of each of dx, dW).</summary>
-    public double Flops => 2.0 * N * O * OutHeight * OutWidth * C * KernelHeight * KernelWidth;
+    /// <summary>2*N*O*OH*OW*(C/groups)*kh*kw: the floating-point operations of one forward (and of each of dx, dW).</summary>
+    public double Flops => 2.0 * N * O * OutHeight * OutWidth * (C / Groups) * KernelHeight * KernelWidth;
+
+    /// <summary>
+    /// Grouped convolutions (--grouped): MobileNet v1's depthwise 3x3 layers (stride 1 and 2) and a ResNeXt-style layer
+    /// of 32 groups of 4 channels, batch 16.
+    /// </summary>
+    public static ConvShape[] Grouped() =>
+    [
+        new("dw", 16, 32, 112, 112, 32, 3, 3, 1, 1, false, true, Groups: 32),
+        new("dw", 16, 64, 112, 112, 64, 3, 3, 1, 1, false, true, Stride: 2, Groups: 64),
+        new("dw", 16, 128, 56, 56, 128, 3, 3, 1, 1, false, true, Groups: 128),
+        new("dw", 16, 256, 28, 28, 256, 3, 3, 1, 1, false, true, Groups: 256),
+        new("dw", 16, 512, 14, 14, 512, 3, 3, 1, 1, false, true, Groups: 512),
+        new("g32", 16, 128, 56, 56, 128, 3, 3, 1, 1, false, true, Groups: 32),
+    ];
 
     /// <summary>
     /// The distinct convolutions of DarkNetClassifier.Create (NormChoice.Batch) at batch 128 (layer indices in the
@@ -80,8 +97,8 @@ internal sealed class ConvBench : IDisposable
     {
         _shape = shape;
         var random = new Random(seed);
-        _layer = new Conv2d<float>(shape.C, shape.O, [shape.KernelHeight, shape.KernelWidth], padding: [shape.PadHeight, shape.PadWidth],
-            bias: shape.Bias, random: random) { Algorithm = algorithm };
+        _layer = new Conv2d<float>(shape.C, shape.O, [shape.KernelHeight, shape.KernelWidth], stride: [shape.Stride, shape.Stride],
+            padding: [shape.PadHeight, shape.PadWidth], groups: shape.Groups, bias: shape.Bias, random: random) { Algorithm = algorithm };
         float[] x = Uniform(random, shape.N * shape.C * shape.H * shape.W), dy = Uniform(random, shape.N * shape.O * shape.OutHeight * shape.OutWidth);
         nint[] xShape = [shape.N, shape.C, shape.H, shape.W], yShape = [shape.N, shape.O, shape.OutHeight, shape.OutWidth];
         _x = Tensor.Create(x, xShape);
@@ -92,7 +109,7 @@ internal sealed class ConvBench : IDisposable
         if (!withTorch) return;
         _tx = TorchCnn.FromArray(x, [shape.N, shape.C, shape.H, shape.W]).requires_grad_(true);
         _tdy = TorchCnn.FromArray(dy, [shape.N, shape.O, shape.OutHeight, shape.OutWidth]);
-        _tw = TorchCnn.FromArray(SharpCnn.Flat(_layer.Weight.Value).ToArray(), [shape.O, shape.C, shape.KernelHeight, shape.KernelWidth]).requires_grad_(true);
+        _tw = TorchCnn.FromArray(SharpCnn.Flat(_layer.Weight.Value).ToArray(), [shape.O, shape.C / shape.Groups, shape.KernelHeight, shape.KernelWidth]).requires_grad_(true);
         _tb = _layer.Bias is null ? null : TorchCnn.FromArray(SharpCnn.Flat(_layer.Bias.Value).ToArray(), [shape.O]).requires_grad_(true);
         _dyList.Add(_tdy);
     }
@@ -108,7 +125,7 @@ internal sealed class ConvBench : IDisposable
     private void SharpBackward() => _layer.Backward(_x.AsReadOnlyTensorSpan(), _dy.AsReadOnlyTensorSpan(), _dx.AsTensorSpan());
     private void SharpGradient() => _layer.Gradient(_x.AsReadOnlyTensorSpan(), _dy.AsReadOnlyTensorSpan());
 
-    private TorchTensor TorchConv() => torch.nn.functional.conv2d(_tx!, _tw!, _tb, padding: _padding);
+    private TorchTensor TorchConv() => torch.nn.functional.conv2d(_tx!, _tw!, _tb, strides: [_shape.Stride, _shape.Stride], padding: _padding, groups: _shape.Groups);
 
     /// <summary>y, dx, dW (and db) of both from the same x, weights and dy; each as (max |difference|, max |libtorch value|).</summary>
     public List<(string Quantity, double Diff, double Scale)> Check()

@@ -2,7 +2,7 @@ namespace SharpNorm.Bench;
 
 internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int[]? Threads, int Warmup, int Runs, int WaitIdleSeconds, bool MallocReuse, bool Help,
     bool Cnn = false, int? WarmupGiven = null, int? RunsGiven = null, bool Darknet = false, string? Cfg = null,
-    SharpNorm.Layers.ConvAlgorithm ConvAlgorithm = SharpNorm.Layers.ConvAlgorithm.Auto, string Network = "default", bool Unfused = false, bool Gemm = false)
+    SharpNorm.Layers.ConvAlgorithm ConvAlgorithm = SharpNorm.Layers.ConvAlgorithm.Auto, string Network = "default", bool Unfused = false, bool Gemm = false, bool Grouped = false)
 {
     public const string Usage =
         """
@@ -17,7 +17,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                            output buffers instead of faulting in fresh pages on every call (tensors > 32 MiB)
           --wait-idle S    first wait up to S seconds for other processes to leave the CPUs idle (shared machines)
 
-        usage: bench/run.sh --cnn [--threads N] [--quick] [--json PATH] [--warmup N] [--runs N] [--malloc-reuse] [--wait-idle S]
+        usage: bench/run.sh --cnn [--threads N] [--quick] [--json PATH] [--warmup N] [--runs N] [--malloc-reuse] [--wait-idle S] [--unfused] [--grouped]
           --cnn            the CNN benchmark instead: SharpNorm's DarkNet-style Fashion-MNIST classifier and the same
                            network in libtorch, trained side by side from equal weights on the same batches (ms per
                            step, images/s, projected epoch time), eval throughput on the test set, and each of its
@@ -31,6 +31,8 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                            with 16+ channels) or im2col products everywhere
           --unfused        SharpNorm's Conv2d -> BatchNorm -> LeakyReLU runs as three layers (Sequential.FuseConvBatchNorm
                            off) instead of the fused block
+          --grouped        also time grouped convolutions alone: MobileNet v1's depthwise 3x3 layers and 32 groups of 4
+                           channels, batch 16 (checked against libtorch like the network's)
 
         usage: bench/run.sh --darknet [--cfg PATH] [--threads N] [--quick] [--json PATH] [--warmup N] [--runs N] [--malloc-reuse]
           --darknet        darknet inference latency (DarknetBench.cs): DarknetNetwork with folded batch norm, unfused,
@@ -53,7 +55,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
 
     public static Options Parse(string[] args)
     {
-        bool quick = false, help = false, mallocReuse = false, cnn = false, darknet = false, unfused = false, gemm = false;
+        bool quick = false, help = false, mallocReuse = false, cnn = false, darknet = false, unfused = false, gemm = false, grouped = false;
         string? json = null, filter = null, cfg = null;
         var algorithm = SharpNorm.Layers.ConvAlgorithm.Auto;
         string network = "default";
@@ -83,6 +85,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                     break;
                 case "--malloc-reuse": mallocReuse = true; break;
                 case "--unfused": unfused = true; break;
+                case "--grouped": grouped = true; break;
                 case "--json": json = Value(); break;
                 case "--filter": filter = Value(); break;
                 case "--threads":
@@ -101,10 +104,11 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
         if (cnn && filter is not null) throw new ArgumentException("--filter does not apply to --cnn.");
         if (darknet && (cnn || filter is not null)) throw new ArgumentException("--darknet does not combine with --cnn or --filter.");
         if (unfused && !cnn) throw new ArgumentException("--unfused applies to --cnn only.");
+        if (grouped && !cnn) throw new ArgumentException("--grouped applies to --cnn only.");
         if (cfg is not null && !darknet) throw new ArgumentException("--cfg applies to --darknet only.");
         if (gemm && (cnn || darknet || filter is not null)) throw new ArgumentException("--gemm does not combine with --cnn, --darknet or --filter.");
         return new Options(quick, json, filter, threads, warmup ?? (quick ? 3 : 5), runs ?? (quick ? 5 : 15), waitIdle, mallocReuse, help,
-            cnn, warmup, runs, darknet, cfg, algorithm, network, unfused, gemm);
+            cnn, warmup, runs, darknet, cfg, algorithm, network, unfused, gemm, grouped);
     }
 
     private static int PositiveInt(string s, string name, bool allowZero) =>
