@@ -26,8 +26,8 @@ public enum ConvAlgorithm
 /// <summary>
 /// 2-d convolution, the twin of torch.nn.Conv2d: input (N, C, H, W), weight (O, C/groups, kh, kw), optional bias (O).
 /// Each image is turned into its column matrix (im2col) and multiplied by the weights with <see cref="Gemm{T}"/>; 1x1
-/// convolutions multiply the input as it lies; 3x3 stride-1 layers go by Winograd F(4x4, 3x3) where
-/// <see cref="Algorithm"/> allows.
+/// convolutions multiply the input as it lies; 3x3 stride-1 layers go by Winograd F(4x4, 3x3), grouped layers of up to
+/// 8 channels per group (depthwise) and few-channel first layers by direct sums, where <see cref="Algorithm"/> allows.
 /// </summary>
 /// <remarks>
 /// With at least as many images as threads, each thread takes whole images (its own column buffer, a one-thread

@@ -82,6 +82,35 @@ public class AllocationTests
         Assert.True(allocated == 0, $"{allocated} bytes allocated in 10 steps");
     }
 
+    /// <summary>Convolution paths of this kind's own buffers: grouped and depthwise direct sums, Winograd split at batch 1, small-map im2col.</summary>
+    [Theory]
+    [InlineData(16, 16, 16, 20, 1, 1)]    // depthwise
+    [InlineData(16, 16, 4, 19, 2, 1)]     // groups of 4, stride 2
+    [InlineData(32, 32, 1, 12, 1, 1)]     // Winograd, one range of tiles split among the threads
+    [InlineData(64, 128, 1, 5, 1, 4)]     // im2col on a 5x5 map
+    public void ConvolutionPathsAllocateNothingPerCall(int c, int o, int groups, int size, int stride, int batch)
+    {
+        var conv = new Conv2d<float>(c, o, 3, stride: stride, padding: 1, groups: groups, random: new Random(2)) { MaxDegreeOfParallelism = -1 };
+        var random = new Gaussian(6);
+        Tensor<float> x = random.Tensor<float>([batch, c, size, size]);
+        nint[] yShape = conv.OutputShape(x.Lengths);
+        Tensor<float> dy = random.Tensor<float>(yShape), y = Tensor.Create(new float[dy.FlattenedLength], yShape);
+        Tensor<float> dx = Tensor.Create(new float[x.FlattenedLength], x.Lengths);
+
+        void Step()
+        {
+            conv.Forward(x.AsReadOnlyTensorSpan(), y.AsTensorSpan());
+            conv.Backward(x.AsReadOnlyTensorSpan(), dy.AsReadOnlyTensorSpan(), dx.AsTensorSpan());
+            conv.Gradient(x.AsReadOnlyTensorSpan(), dy.AsReadOnlyTensorSpan());
+        }
+
+        for (int i = 0; i < 60; i++) Step();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 10; i++) Step();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated == 0, $"{allocated} bytes allocated in 10 steps");
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(-1)]
