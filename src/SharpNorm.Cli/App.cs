@@ -19,6 +19,7 @@ internal static class App
           sharpnorm darknet run MODEL.cfg MODEL.weights IMAGE     top-5 classes, or YOLO boxes, for one image
           sharpnorm darknet export MODEL.cfg MODEL.weights OUT.safetensors   the weights as a PyTorch-style state dict
           sharpnorm darknet random-weights MODEL.cfg OUT.weights   a random .weights file that fits the cfg
+          mpirun -np N sharpnorm distributed check    check Open MPI's collectives across N processes
           sharpnorm help [COMMAND]                    this text, or a command's options
           sharpnorm --version                         the version
 
@@ -57,11 +58,14 @@ internal static class App
                 return EvalCommand.Run(rest);
             case "darknet":
                 return DarknetCommand.Run(rest);
+            case "distributed":
+                return DistributedCommand.Run(rest);
             case "help" or "-h" or "--help" or "-?":
                 if (rest.Length == 0) Console.Out.WriteLine(Usage);
                 else if (rest.Length == 1 && rest[0] == "train") Console.Out.WriteLine(TrainCommand.Usage);
                 else if (rest.Length == 1 && rest[0] is "eval" or "evaluate") Console.Out.WriteLine(EvalCommand.Usage);
                 else if (rest.Length == 1 && rest[0] == "darknet") Console.Out.WriteLine(DarknetCommand.Usage);
+                else if (rest.Length == 1 && rest[0] == "distributed") Console.Out.WriteLine(DistributedCommand.Usage);
                 else throw new UsageException($"no help for '{string.Join(' ', rest)}' (commands: train, eval)");
                 return 0;
             case "--version":
@@ -70,7 +74,7 @@ internal static class App
             default:
                 throw args[0].StartsWith('-')
                     ? new UsageException($"unknown option '{args[0]}'; expected a command: train, eval or help")
-                    : new UsageException($"unknown command '{args[0]}' (commands: train, eval, darknet, help)");
+                    : new UsageException($"unknown command '{args[0]}' (commands: train, eval, darknet, distributed, help)");
         }
     }
 
