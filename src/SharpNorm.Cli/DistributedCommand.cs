@@ -15,9 +15,11 @@ internal static class DistributedCommand
     public const string Usage = """
         Usage: mpirun -np N sharpnorm distributed check    check Open MPI's collectives across the N ranks
                sharpnorm distributed check --in-process N  the same over N threads of one process
+               mpirun -np N sharpnorm distributed check --fail-rank R | --kill-rank R
+                                                           rank R throws (or kills itself) halfway: every rank must end
 
         Every rank checks all-reduce (sum, max, min; float, double, int, long), broadcast and all-gather against the
-        values they must give, then times the all-reduce of 4 floats and of 1.6 MB of floats (median of 200 and 20).
+        values they must give, then times the all-reduce of 4 floats and of 1.6 MB of floats (median of 1000 and 20).
         Exit code 0 when every rank's checks pass.
         """;
 
@@ -37,7 +39,12 @@ internal static class DistributedCommand
             foreach (string line in lines) Console.Out.WriteLine(line);
             return 0;
         }
-        if (args.Length != 1) throw new UsageException($"distributed check takes no arguments but --in-process N; got '{string.Join(' ', args[1..])}'");
+        (bool kill, int faultyRank) = args switch
+        {
+            ["check"] => (false, -1),
+            ["check", "--fail-rank" or "--kill-rank", var r] when int.TryParse(r, out int rank) && rank >= 0 => (args[1] == "--kill-rank", rank),
+            _ => throw new UsageException($"distributed check takes --in-process N, --fail-rank R or --kill-rank R; got '{string.Join(' ', args[1..])}'"),
+        };
         if (!MpiCommunicator.LaunchedByMpirun)
             throw new UsageException("distributed check runs under mpirun (mpirun -np 2 sharpnorm distributed check), or with --in-process N");
         using MpiCommunicator world = MpiCommunicator.World;
@@ -45,6 +52,12 @@ internal static class DistributedCommand
         try
         {
             result = Check(world, MpiCommunicator.LibraryVersion.Split('\n')[0]);
+            if (world.Rank == faultyRank)
+            {
+                // The other ranks are already waiting in the next collective: the job must end, not hang.
+                if (kill) System.Diagnostics.Process.GetCurrentProcess().Kill();
+                throw new InvalidOperationException($"rank {world.Rank} failed on purpose (--fail-rank)");
+            }
         }
         catch (Exception e)
         {
@@ -116,7 +129,7 @@ internal static class DistributedCommand
             Array.Sort(times);
             return times[runs / 2];
         }
-        double small = Median(4, 200), large = Median(400_000, 20);
+        double small = Median(4, 1000), large = Median(400_000, 20);
         return $"rank {rank} of {size}: collectives ok ({library}); all-reduce of 4 floats {small:F1} µs, of 1.6 MB {large / 1000:F2} ms ({1.6e6 / large / 1e3:F2} GB/s)";
     }
 

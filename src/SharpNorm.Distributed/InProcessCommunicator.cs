@@ -77,7 +77,7 @@ public sealed unsafe class InProcessCommunicator : ICommunicator
     public void AllReduce<T>(Span<T> values, ReduceOperation operation = ReduceOperation.Sum) where T : unmanaged
     {
         Collective.RequireType<T>(nameof(AllReduce));
-        if (!Enum.IsDefined(operation)) throw new ArgumentOutOfRangeException(nameof(operation), operation, "Unknown reduction.");
+        if ((uint)operation > (uint)ReduceOperation.Min) throw new ArgumentOutOfRangeException(nameof(operation), operation, "Unknown reduction.");
         fixed (T* mine = values)
         {
             Deposit(mine, values.Length);

@@ -59,4 +59,24 @@ public class MpirunTests
         Assert.True(code == 0, $"exit code {code}: {output}");
         Assert.Contains("rank 2 of 3: collectives ok", output);
     }
+
+    [MpirunFact]
+    public void ARankThatThrowsEndsTheJobNamingIt()
+    {
+        var clock = Stopwatch.StartNew();
+        var (code, output) = Mpirun.Cli(2, "distributed check --fail-rank 1", TimeSpan.FromSeconds(60));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"the job took {clock.Elapsed.TotalSeconds:F1} s to end");
+        Assert.NotEqual(0, code);
+        Assert.Contains("rank 1 of 2: aborting the MPI job (code 1): InvalidOperationException: rank 1 failed on purpose", output);
+    }
+
+    [MpirunFact]
+    public void ARankThatIsKilledEndsTheJobNamingIt()
+    {
+        var clock = Stopwatch.StartNew();
+        var (code, output) = Mpirun.Cli(2, "distributed check --kill-rank 0", TimeSpan.FromSeconds(60));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"the job took {clock.Elapsed.TotalSeconds:F1} s to end");
+        Assert.NotEqual(0, code);
+        Assert.Matches(@"process rank 0 with PID \d+ on node \S+ exited on signal 9", output.Replace("\n", " "));
+    }
 }
