@@ -105,6 +105,26 @@ internal sealed unsafe class BatchNormActivation<T> : IChunkJob where T : unmana
         }
     }
 
+    /// <summary>
+    /// The per-plane sums of <see cref="Reduce"/> added per channel over the images in order: Σ d, and Σ d·(y - μ) =
+    /// Σ d·(y - center) - (μ - center)·Σ d.
+    /// </summary>
+    public static void ChannelSums(ReadOnlySpan<double> planeSum1, ReadOnlySpan<double> planeSum2, int batch, int channels, ReadOnlySpan<double> mean,
+        ReadOnlySpan<T> center, Span<double> sumD, Span<double> sumDCentered)
+    {
+        for (int c = 0; c < channels; c++)
+        {
+            double sum1 = 0, sum2 = 0;
+            for (int n = 0; n < batch; n++)
+            {
+                sum1 += planeSum1[n * channels + c];
+                sum2 += planeSum2[n * channels + c];
+            }
+            sumD[c] = sum1;
+            sumDCentered[c] = sum2 - (mean[c] - double.CreateTruncating(center[c])) * sum1;
+        }
+    }
+
     private void Run(Pass pass, int length, int channels, int plane, T slope, int threads)
     {
         _bits = SimdWidth.Bits<T>(MaxVectorBits);

@@ -133,18 +133,7 @@ internal sealed class ConvBatchNormBlock<T> where T : unmanaged, IFloatingPointI
                 _planeSum2 = new double[planes];
             }
             _passes.Reduce(y, dOut, channels, plane, _center, _p, _q, _slope, _planeSum1, _planeSum2, Threads);
-            // Per channel, the images in order: Σ d and Σ d·(y - μ) = Σ d·(y - center) - (μ - center)·Σ d.
-            for (int c = 0; c < channels; c++)
-            {
-                double sum1 = 0, sum2 = 0;
-                for (int n = 0; n < batch; n++)
-                {
-                    sum1 += _planeSum1[n * channels + c];
-                    sum2 += _planeSum2[n * channels + c];
-                }
-                _sumD[c] = sum1;
-                _sumDCentered[c] = sum2 - (_mean[c] - double.CreateTruncating(_center[c])) * sum1;
-            }
+            BatchNormActivation<T>.ChannelSums(_planeSum1, _planeSum2, batch, channels, _mean, _center, _sumD, _sumDCentered);
         }
 
         ReadOnlySpan<T> gamma = affine ? TensorData.Flat(_norm.Weight!.Value) : default;
