@@ -25,8 +25,7 @@ public sealed class Trainer<T> where T : unmanaged, IFloatingPointIeee754<T>
     private readonly ILearningRateSchedule? _schedule;
     private readonly CrossEntropyLoss<T> _loss;
     private readonly int _classes;
-    private T[] _images = [], _logits = [], _gradient = [];
-    private int[] _labels = [];
+    private readonly BatchBuffers<T> _batch = new();
 
     public Trainer(ILayer<T> model, Optimizer<T> optimizer, ILearningRateSchedule? schedule, int classes, double labelSmoothing = 0)
     {
@@ -50,11 +49,11 @@ public sealed class Trainer<T> where T : unmanaged, IFloatingPointIeee754<T>
         int correct = 0, seen = 0;
         for (int batch = 0; batch < loader.BatchCount; batch++)
         {
-            int n = Prepare(loader, batch);
-            var x = new ReadOnlyTensorSpan<T>(_images.AsSpan(0, n * loader.ImageShape.Aggregate(1, (p, d) => p * (int)d)), [n, .. loader.ImageShape], []);
-            var logits = new TensorSpan<T>(_logits.AsSpan(0, n * _classes), [n, _classes], []);
-            var gradient = new TensorSpan<T>(_gradient.AsSpan(0, n * _classes), [n, _classes], []);
-            ReadOnlySpan<int> labels = _labels.AsSpan(0, n);
+            int n = _batch.Fill(loader, batch, _classes);
+            var x = _batch.Images(loader, 0, n);
+            var logits = _batch.Logits(n, _classes);
+            var gradient = _batch.Gradient(n, _classes);
+            ReadOnlySpan<int> labels = _batch.Labels.AsSpan(0, n);
 
             _model.Forward(x, logits);
             lossSum += _loss.Forward(logits, labels) * n;
@@ -114,16 +113,36 @@ public sealed class Trainer<T> where T : unmanaged, IFloatingPointIeee754<T>
         return new EpochResult(lossSum / loader.Count, (double)correct / loader.Count, clock.Elapsed, confusion);
     }
 
-    private int Prepare(BatchLoader<T> loader, int batch)
+}
+
+/// <summary>A batch's images, labels, logits and loss gradient, owned and reused from batch to batch (the trainers').</summary>
+internal sealed class BatchBuffers<T> where T : unmanaged, IFloatingPointIeee754<T>
+{
+    private T[] _images = [], _logits = [], _gradient = [];
+
+    public int[] Labels { get; private set; } = [];
+
+    /// <summary>Batch <paramref name="batch"/> of the loader's epoch into the buffers; returns its image count.</summary>
+    public int Fill(BatchLoader<T> loader, int batch, int classes)
     {
-        int imageSize = loader.ImageShape.Aggregate(1, (p, d) => p * (int)d);
+        int imageSize = ImageSize(loader);
         if (_images.Length < loader.BatchSize * imageSize)
         {
             _images = new T[loader.BatchSize * imageSize];
-            _logits = new T[loader.BatchSize * _classes];
-            _gradient = new T[loader.BatchSize * _classes];
-            _labels = new int[loader.BatchSize];
+            _logits = new T[loader.BatchSize * classes];
+            _gradient = new T[loader.BatchSize * classes];
+            Labels = new int[loader.BatchSize];
         }
-        return loader.Fill(batch, _images, _labels);
+        return loader.Fill(batch, _images, Labels);
     }
+
+    /// <summary>Images [first, first + count) of the batch, (count, 1, H, W).</summary>
+    public ReadOnlyTensorSpan<T> Images(BatchLoader<T> loader, int first, int count) =>
+        new(_images.AsSpan(first * ImageSize(loader), count * ImageSize(loader)), [count, .. loader.ImageShape], []);
+
+    public TensorSpan<T> Logits(int count, int classes) => new(_logits.AsSpan(0, count * classes), [count, classes], []);
+
+    public TensorSpan<T> Gradient(int count, int classes) => new(_gradient.AsSpan(0, count * classes), [count, classes], []);
+
+    private static int ImageSize(BatchLoader<T> loader) => loader.ImageShape.Aggregate(1, (p, d) => p * (int)d);
 }
