@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using System.Globalization;
 using SharpNorm.Data;
+using SharpNorm.Distributed;
+using SharpNorm.Distributed.Mpi;
 using SharpNorm.Layers;
 using SharpNorm.Models;
 using SharpNorm.Serialization;
@@ -41,12 +43,16 @@ internal static class TrainCommand
           --limit N              train on the first N training images only, for a quick try
                                  (the test set stays whole)
           --out DIR              output folder (default runs/<norm>-<yyyyMMdd-HHmmss>)
+          --distributed          data-parallel over the processes of mpirun -np N: each trains on its shard of
+                                 every global batch of --batch-size, BatchNorm becomes SyncBatchNorm, and rank 0
+                                 prints progress and writes the output (default threads: the cores / the ranks)
           -h, --help             this text
 
         Examples:
           sharpnorm train
           sharpnorm train --norm group --epochs 5 --out runs/group
           sharpnorm train --epochs 1 --limit 2000 --out /tmp/try
+          mpirun -np 2 sharpnorm train --distributed --epochs 1
         """;
 
     private static readonly string[] ValueOptions =
@@ -56,18 +62,34 @@ internal static class TrainCommand
 
     private sealed record Settings(
         string Data, NormChoice Norm, int Epochs, int BatchSize, string Optimizer, double LearningRate, double LabelSmoothing,
-        int CropPadding, int Seed, int Threads, int? Limit, string Out);
+        int CropPadding, int Seed, int Threads, int? Limit, string Out, bool Distributed = false);
 
     public static int Run(IReadOnlyList<string> args)
     {
-        ParsedOptions options = ParsedOptions.Parse("train", args, ValueOptions);
+        bool distributed = args.Contains("--distributed");
+        ParsedOptions options = ParsedOptions.Parse("train", args.Where(a => a != "--distributed").ToArray(), ValueOptions);
         if (options.Help)
         {
             Console.Out.WriteLine(Usage);
             return 0;
         }
-        Settings settings = Read(options);
-        return Train(settings);
+        Settings settings = Read(options) with { Distributed = distributed };
+        if (!distributed) return Train(settings, null);
+        if (!MpiCommunicator.LaunchedByMpirun)
+            throw new UsageException("--distributed runs under Open MPI's mpirun: mpirun -np N sharpnorm train --distributed [options]");
+        using MpiCommunicator world = MpiCommunicator.World;
+        try
+        {
+            int code = Train(settings, world);
+            world.Barrier();
+            return code;
+        }
+        catch (Exception e) when (world.Size > 1)
+        {
+            // The other ranks wait in a collective: end the whole job, naming this rank.
+            world.Abort(1, $"{e.GetType().Name}: {e.Message}");
+            throw;
+        }
     }
 
     private static Settings Read(ParsedOptions options)
@@ -91,9 +113,12 @@ internal static class TrainCommand
             Out: options.String("out", defaultOut));
     }
 
-    private static int Train(Settings s)
+    /// <param name="communicator">The ranks of a distributed run, or null for one process.</param>
+    private static int Train(Settings s, ICommunicator? communicator)
     {
-        IAnsiConsole console = Terminal.Out;
+        bool leader = communicator is null || communicator.Rank == 0;
+        // Only rank 0 prints: the others' console writes nowhere.
+        IAnsiConsole console = leader ? Terminal.Out : AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) });
         var wall = Stopwatch.StartNew();
 
         if (File.Exists(s.Out)) throw new IOException($"--out {s.Out} is a file, not a folder");
@@ -110,23 +135,43 @@ internal static class TrainCommand
             throw new UsageException($"{s.Epochs} epoch(s) of {trainLoader.BatchCount} batch(es) is {totalSteps} step; the one-cycle schedule needs at least 2 (more epochs, more images or a smaller --batch-size)");
 
         Sequential<float> model = DarkNetClassifier.Create<float>(s.Norm, Classes, s.Seed);
-        model.MaxDegreeOfParallelism = s.Threads;
+        int threads = s.Threads == -1 ? Environment.ProcessorCount : s.Threads;
+        if (communicator is not null)
+        {
+            model = SyncBatchNorm.Convert(model, communicator);
+            // The ranks on this machine share its cores.
+            if (s.Threads == -1) threads = Math.Max(1, Environment.ProcessorCount / LocalRanks(communicator));
+            RequireSameRun(communicator, s, DarkNetClassifier.ParameterCount(model), train.Count);
+        }
+        model.MaxDegreeOfParallelism = threads;
         Optimizer<float> optimizer = s.Optimizer == "sgd"
             ? new Sgd<float>(model.Parameters, s.LearningRate, momentum: 0.9, dampening: 0, weightDecay: 5e-4, nesterov: true)
             : new AdamW<float>(model.Parameters, s.LearningRate, weightDecay: 0.05);
         var schedule = new OneCycleSchedule(s.LearningRate, totalSteps, pctStart: 0.25);
-        var trainer = new Trainer<float>(model, optimizer, schedule, Classes, s.LabelSmoothing);
+        Func<int, Action<BatchProgress>, EpochResult> trainEpoch;
+        if (communicator is null)
+        {
+            var trainer = new Trainer<float>(model, optimizer, schedule, Classes, s.LabelSmoothing);
+            trainEpoch = (epoch, progress) => trainer.TrainEpoch(trainLoader, epoch, progress);
+        }
+        else
+        {
+            var trainer = new DistributedTrainer<float>(model, optimizer, schedule, Classes, communicator, s.LabelSmoothing);
+            trainer.BroadcastState();
+            trainEpoch = (epoch, progress) => trainer.TrainEpoch(trainLoader, epoch, progress);
+        }
         // Fail on an unusable output folder now, before any training time is spent.
-        Directory.CreateDirectory(s.Out);
+        if (leader) Directory.CreateDirectory(s.Out);
 
         string optimizerText = s.Optimizer == "sgd"
             ? $"SGD (momentum 0.9, Nesterov, weight decay 5e-4), one-cycle schedule to lr {FormatRate(s.LearningRate)}"
             : $"AdamW (weight decay 0.05), one-cycle schedule to lr {FormatRate(s.LearningRate)}";
-        int threads = s.Threads == -1 ? Environment.ProcessorCount : s.Threads;
         console.MarkupLine($"[bold]DarkNet-style classifier[/] with {Markup.Escape(Names.Describe(s.Norm))}, {DarkNetClassifier.ParameterCount(model):N0} parameters");
         console.MarkupLine(Markup.Escape($"Fashion-MNIST from {s.Data}: {train.Count:N0} training images{(s.Limit is null ? "" : " (--limit)")}, {test.Count:N0} test images"));
         console.MarkupLine(Markup.Escape($"{optimizerText}" + (s.LabelSmoothing > 0 ? $", label smoothing {Format(s.LabelSmoothing)}" : "")));
         console.MarkupLine(Markup.Escape($"{s.Epochs} epoch(s) of {trainLoader.BatchCount} batches of {s.BatchSize}; pixel mean {mean:F4}, std {std:F4}; seed {s.Seed}; {threads} thread(s)"));
+        if (communicator is not null)
+            console.MarkupLine(Markup.Escape($"Distributed: {communicator.Size} ranks ({MpiCommunicator.LibraryVersion.Split(',')[0]}), each global batch of {s.BatchSize} split into shards of {s.BatchSize / communicator.Size}-{(s.BatchSize + communicator.Size - 1) / communicator.Size}; SyncBatchNorm; {threads} thread(s) per rank"));
         console.MarkupLine(Markup.Escape($"Output: {s.Out}"));
 
         string metricsPath = Path.Combine(s.Out, "metrics.csv");
@@ -138,9 +183,9 @@ internal static class TrainCommand
         {
             Interrupt.ThrowIfRequested();
             var clock = Stopwatch.StartNew();
-            var (trainResult, testResult) = Terminal.Live
-                ? LiveEpoch(console, model, trainer, trainLoader, testLoader, epoch, s.Epochs)
-                : PlainEpoch(console, model, trainer, trainLoader, testLoader, epoch, s.Epochs);
+            var (trainResult, testResult) = Terminal.Live && leader
+                ? LiveEpoch(console, model, trainEpoch, trainLoader, testLoader, epoch, s.Epochs)
+                : PlainEpoch(console, model, trainEpoch, trainLoader, testLoader, epoch, s.Epochs);
             double seconds = clock.Elapsed.TotalSeconds;
             lastTest = testResult;
             history.Add(new EpochMetrics(epoch, trainResult.Loss, trainResult.Accuracy, testResult.Loss, testResult.Accuracy, seconds, optimizer.LearningRate));
@@ -152,7 +197,7 @@ internal static class TrainCommand
                 $"{seconds:F1}s (test {testResult.Time.TotalSeconds:F1}s)  {train.Count / trainResult.Time.TotalSeconds:N0} img/s  " +
                 $"lr {FormatRate(optimizer.LearningRate)}");
             // Written after every epoch: an interrupted run keeps the epochs it finished.
-            Results.WriteMetrics(metricsPath, history);
+            if (leader) Results.WriteMetrics(metricsPath, history);
         }
 
         var metadata = new Dictionary<string, string>
@@ -172,6 +217,8 @@ internal static class TrainCommand
             ["label_smoothing"] = Invariant(s.LabelSmoothing),
             ["train_images"] = Invariant(train.Count),
         };
+        if (communicator is not null) metadata["ranks"] = Invariant(communicator.Size);
+        if (!leader) return 0;
         Checkpoint.Save(checkpointPath, model, metadata);
         try
         {
@@ -196,7 +243,8 @@ internal static class TrainCommand
 
     /// <summary>An epoch under a live progress bar (loss, accuracy, images/s, time left), cleared when done.</summary>
     private static (EpochResult Train, EpochResult Test) LiveEpoch(
-        IAnsiConsole console, Sequential<float> model, Trainer<float> trainer, BatchLoader<float> trainLoader, BatchLoader<float> testLoader, int epoch, int epochs)
+        IAnsiConsole console, Sequential<float> model, Func<int, Action<BatchProgress>, EpochResult> trainEpoch, BatchLoader<float> trainLoader,
+        BatchLoader<float> testLoader, int epoch, int epochs)
     {
         return console.Progress()
             .AutoClear(true)
@@ -210,7 +258,7 @@ internal static class TrainCommand
             {
                 string prefix = $"epoch {epoch}/{epochs}";
                 ProgressTask task = context.AddTask(Markup.Escape($"{prefix}  starting"), maxValue: trainLoader.BatchCount);
-                EpochResult train = trainer.TrainEpoch(trainLoader, epoch, p =>
+                EpochResult train = trainEpoch(epoch, p =>
                 {
                     Interrupt.ThrowIfRequested();
                     task.Description = Markup.Escape($"{prefix}  loss {p.Loss:F4}  acc {Percent(p.Accuracy)}  {p.ImagesPerSecond:N0} img/s");
@@ -228,11 +276,12 @@ internal static class TrainCommand
 
     /// <summary>An epoch reported as plain lines every ~10% of its batches (redirected output, CI).</summary>
     private static (EpochResult Train, EpochResult Test) PlainEpoch(
-        IAnsiConsole console, Sequential<float> model, Trainer<float> trainer, BatchLoader<float> trainLoader, BatchLoader<float> testLoader, int epoch, int epochs)
+        IAnsiConsole console, Sequential<float> model, Func<int, Action<BatchProgress>, EpochResult> trainEpoch, BatchLoader<float> trainLoader,
+        BatchLoader<float> testLoader, int epoch, int epochs)
     {
         int batches = trainLoader.BatchCount, every = Math.Max(1, (batches + 9) / 10);
         int batchWidth = batches.ToString(CultureInfo.InvariantCulture).Length;
-        EpochResult train = trainer.TrainEpoch(trainLoader, epoch, p =>
+        EpochResult train = trainEpoch(epoch, p =>
         {
             Interrupt.ThrowIfRequested();
             if (p.Batch % every != 0 && p.Batch != p.Batches) return;
@@ -244,6 +293,25 @@ internal static class TrainCommand
         });
         EpochResult test = Test(model, testLoader);
         return (train, test);
+    }
+
+    /// <summary>Ranks of the job on this machine (Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE), else all of them.</summary>
+    private static int LocalRanks(ICommunicator communicator) =>
+        int.TryParse(Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_LOCAL_SIZE"), out int local) && local > 0 ? local : communicator.Size;
+
+    /// <summary>
+    /// Every rank must train the same model on the same data with the same options (the output folder aside, which
+    /// only rank 0 writes): their fingerprints are gathered and compared, and a rank that differs is named on all.
+    /// </summary>
+    private static void RequireSameRun(ICommunicator communicator, Settings s, long parameters, int trainImages)
+    {
+        string run = $"{s with { Out = "", Threads = 0 }}|parameters={parameters}|train={trainImages}";
+        long fingerprint = BitConverter.ToInt64(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(run)), 0);
+        var all = new long[communicator.Size];
+        communicator.AllGather<long>(new[] { fingerprint }, all);
+        for (int r = 1; r < all.Length; r++)
+            if (all[r] != all[0])
+                throw new UsageException($"rank {r} was started with other options, data or model than rank 0 (this is rank {communicator.Rank}: {run}); start every rank with the same arguments");
     }
 
     /// <summary>The test set's loss (plain cross-entropy, without label smoothing, as 'sharpnorm eval') and accuracy.</summary>
