@@ -195,26 +195,35 @@ internal sealed unsafe class GroupedConv<T> : IChunkJob where T : unmanaged, IFl
         {
             T* source = _x + ((nint)n * _channels + group * _groupChannels + c) * _height * _width, plane = planes + (nint)c * _paddedPlane;
             for (int ih = 0; ih < _height; ih++)
+                MoveRow(source + (nint)ih * _width, plane + (nint)(ih + _ph) * _phaseWidth, toImage: false);
+        }
+    }
+
+    /// <summary>
+    /// An input row between the image and its staged, padded row: into the staged row, or (<paramref name="toImage"/>)
+    /// back out. At strides above 1, phase r of the staged row holds padded columns r, r + stride, ...
+    /// </summary>
+    private void MoveRow(T* imageRow, T* stagedRow, bool toImage)
+    {
+        if (_sw == 1)
+        {
+            if (toImage) new ReadOnlySpan<T>(stagedRow + _pw, _width).CopyTo(new Span<T>(imageRow, _width));
+            else new ReadOnlySpan<T>(imageRow, _width).CopyTo(new Span<T>(stagedRow + _pw, _width));
+            return;
+        }
+        for (int r = 0; r < _sw; r++)
+        {
+            // Phase r's first inside column: input column r - pw, moved up by whole strides into the image.
+            T* phase = stagedRow + (nint)r * _phaseStride;
+            int first = r - _pw, index = 0;
+            if (first < 0)
             {
-                T* from = source + (nint)ih * _width, row = plane + (nint)(ih + _ph) * _phaseWidth;
-                if (_sw == 1)
-                {
-                    new ReadOnlySpan<T>(from, _width).CopyTo(new Span<T>(row + _pw, _width));
-                    continue;
-                }
-                // Phase r holds padded columns r, r + stride, ...: input columns r - pw, r - pw + stride, ...
-                for (int r = 0; r < _sw; r++)
-                {
-                    T* phase = row + (nint)r * _phaseStride;
-                    int first = r - _pw, index = 0;
-                    if (first < 0)
-                    {
-                        index = (-first + _sw - 1) / _sw;
-                        first += index * _sw;
-                    }
-                    for (int iw = first; iw < _width; iw += _sw, index++) phase[index] = from[iw];
-                }
+                index = (-first + _sw - 1) / _sw;
+                first += index * _sw;
             }
+            for (int iw = first; iw < _width; iw += _sw, index++)
+                if (toImage) imageRow[iw] = phase[index];
+                else phase[index] = imageRow[iw];
         }
     }
 
@@ -371,26 +380,7 @@ internal sealed unsafe class GroupedConv<T> : IChunkJob where T : unmanaged, IFl
         for (int c = 0; c < _groupChannels; c++)
         {
             T* dx = _out + ((nint)n * _channels + group * _groupChannels + c) * _height * _width, plane = planes + (nint)c * _paddedPlane;
-            for (int ih = 0; ih < _height; ih++)
-            {
-                T* row = plane + (nint)(ih + _ph) * _phaseWidth, to = dx + (nint)ih * _width;
-                if (_sw == 1)
-                {
-                    new ReadOnlySpan<T>(row + _pw, _width).CopyTo(new Span<T>(to, _width));
-                    continue;
-                }
-                for (int r = 0; r < _sw; r++)
-                {
-                    T* phase = row + (nint)r * _phaseStride;
-                    int first = r - _pw, index = 0;
-                    if (first < 0)
-                    {
-                        index = (-first + _sw - 1) / _sw;
-                        first += index * _sw;
-                    }
-                    for (int iw = first; iw < _width; iw += _sw, index++) to[iw] = phase[index];
-                }
-            }
+            for (int ih = 0; ih < _height; ih++) MoveRow(dx + (nint)ih * _width, plane + (nint)(ih + _ph) * _phaseWidth, toImage: true);
         }
     }
 
