@@ -7,7 +7,7 @@ namespace SharpNorm.Cli;
 /// <summary>
 /// <c>sharpnorm distributed check</c>: run under <c>mpirun -np N</c>, every rank checks MPI's collectives against the
 /// values they must give (all-reduce sum/max/min over float, double, int and long, broadcast from the first and last
-/// rank, all-gather, barrier) and times the all-reduce at the sizes training uses; rank 0 prints the result. With
+/// rank, all-gather, barrier, nonblocking all-reduces) and times the all-reduce at the sizes training uses; rank 0 prints the result. With
 /// <c>--in-process N</c> the same checks run over N threads (the in-process communicator), no MPI needed.
 /// </summary>
 internal static class DistributedCommand
@@ -18,8 +18,8 @@ internal static class DistributedCommand
                mpirun -np N sharpnorm distributed check --fail-rank R | --kill-rank R
                                                            rank R throws (or kills itself) halfway: every rank must end
 
-        Every rank checks all-reduce (sum, max, min; float, double, int, long), broadcast and all-gather against the
-        values they must give, then times the all-reduce of 4 floats and of 1.6 MB of floats (median of 1000 and 20).
+        Every rank checks all-reduce (sum, max, min; float, double, int, long), nonblocking all-reduces in flight
+        together, broadcast and all-gather against the values they must give, then times the all-reduce of 4 floats and of 1.6 MB of floats (median of 1000 and 20).
         Exit code 0 when every rank's checks pass.
         """;
 
@@ -112,6 +112,23 @@ internal static class DistributedCommand
             Expect(gathered[2 * r], r, $"all-gather [{2 * r}]");
             Expect(gathered[2 * r + 1], 10L * r, $"all-gather [{2 * r + 1}]");
         }
+        c.Barrier();
+
+        // Nonblocking all-reduces, three in flight at once, completed by tests, a wait and a wait after completion.
+        var first = new float[3000];
+        var second = new double[] { rank, 2.0 * rank };
+        var third = new long[] { rank + 1 };
+        first.AsSpan().Fill(rank + 1);
+        CollectiveRequest a = c.StartAllReduce<float>(first), b = c.StartAllReduce<double>(second, ReduceOperation.Max), d = c.StartAllReduce<long>(third, ReduceOperation.Min);
+        while (!c.Test(a)) { }
+        Expect(c.Test(a), true, "Test of a completed request");
+        c.Wait(b);
+        c.Wait(d);
+        c.Wait(d);
+        for (int i = 0; i < first.Length; i++) Expect(first[i], size * (size + 1) / 2f, $"nonblocking float sum [{i}]");
+        Expect(second[0], size - 1, "nonblocking double max [0]");
+        Expect(second[1], 2.0 * (size - 1), "nonblocking double max [1]");
+        Expect(third[0], 1L, "nonblocking long min");
         c.Barrier();
 
         // The all-reduce at the sizes training uses: per-channel statistics (4 floats) and a model's gradients (1.6 MB).

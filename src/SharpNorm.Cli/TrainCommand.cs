@@ -136,6 +136,8 @@ internal static class TrainCommand
 
         Sequential<float> model = DarkNetClassifier.Create<float>(s.Norm, Classes, s.Seed);
         int threads = s.Threads == -1 ? Environment.ProcessorCount : s.Threads;
+        TimedCommunicator? timed = communicator is null ? null : new TimedCommunicator(communicator);
+        communicator = timed;
         if (communicator is not null)
         {
             model = SyncBatchNorm.Convert(model, communicator);
@@ -149,6 +151,7 @@ internal static class TrainCommand
             : new AdamW<float>(model.Parameters, s.LearningRate, weightDecay: 0.05);
         var schedule = new OneCycleSchedule(s.LearningRate, totalSteps, pctStart: 0.25);
         Func<int, Action<BatchProgress>, EpochResult> trainEpoch;
+        int buckets = 0;
         if (communicator is null)
         {
             var trainer = new Trainer<float>(model, optimizer, schedule, Classes, s.LabelSmoothing);
@@ -158,6 +161,7 @@ internal static class TrainCommand
         {
             var trainer = new DistributedTrainer<float>(model, optimizer, schedule, Classes, communicator, s.LabelSmoothing);
             trainer.BroadcastState();
+            buckets = trainer.BucketCount;
             trainEpoch = (epoch, progress) => trainer.TrainEpoch(trainLoader, epoch, progress);
         }
         // Fail on an unusable output folder now, before any training time is spent.
@@ -179,6 +183,8 @@ internal static class TrainCommand
         string curvesPath = Path.Combine(s.Out, "curves.png");
         var history = new List<EpochMetrics>();
         EpochResult? lastTest = null;
+        TimeSpan trainTime = TimeSpan.Zero;
+        timed?.Reset();
         for (int epoch = 1; epoch <= s.Epochs; epoch++)
         {
             Interrupt.ThrowIfRequested();
@@ -188,6 +194,7 @@ internal static class TrainCommand
                 : PlainEpoch(console, model, trainEpoch, trainLoader, testLoader, epoch, s.Epochs);
             double seconds = clock.Elapsed.TotalSeconds;
             lastTest = testResult;
+            trainTime += trainResult.Time;
             history.Add(new EpochMetrics(epoch, trainResult.Loss, trainResult.Accuracy, testResult.Loss, testResult.Accuracy, seconds, optimizer.LearningRate));
             int width = s.Epochs.ToString(CultureInfo.InvariantCulture).Length;
             console.MarkupLine(
@@ -232,6 +239,7 @@ internal static class TrainCommand
         }
 
         console.WriteLine();
+        if (timed is not null) console.MarkupLine(Markup.Escape(CommunicationSummary(timed, trainTime, (long)s.Epochs * trainLoader.BatchCount, buckets)));
         console.MarkupLine($"[bold]Final test accuracy: {Percent(lastTest.Accuracy)}[/] (loss {lastTest.Loss:F4}) after {s.Epochs} epoch(s), {FormatDuration(wall.Elapsed)}");
         console.MarkupLine(Markup.Escape($"  checkpoint  {checkpointPath}"));
         console.MarkupLine(Markup.Escape($"  metrics     {metricsPath}"));
@@ -296,6 +304,17 @@ internal static class TrainCommand
     }
 
     /// <summary>Ranks of the job on this machine (Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE), else all of them.</summary>
+    /// <summary>Rank 0's time inside MPI during training (transfers and waiting for the other ranks), per step.</summary>
+    private static string CommunicationSummary(TimedCommunicator timed, TimeSpan trainTime, long steps, int buckets)
+    {
+        double Ms(CollectiveTime t) => t.Time.TotalMilliseconds / steps;
+        double PerStep(CollectiveTime t) => (double)t.Calls / steps;
+        return $"Communication (rank 0, during training): {timed.Total.TotalSeconds / trainTime.TotalSeconds:P1} of the training time, " +
+            $"{timed.Total.TotalMilliseconds / steps:F2} ms per step: SyncBatchNorm statistics {Ms(timed.AllGathers):F2} ms ({PerStep(timed.AllGathers):F0} all-gathers), " +
+            $"SyncBatchNorm backward and metrics {Ms(timed.AllReduces):F2} ms ({PerStep(timed.AllReduces):F0} all-reduces), " +
+            $"gradients {Ms(timed.NonblockingAllReduces):F2} ms not hidden by the backward ({buckets} buckets)";
+    }
+
     private static int LocalRanks(ICommunicator communicator) =>
         int.TryParse(Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_LOCAL_SIZE"), out int local) && local > 0 ? local : communicator.Size;
 

@@ -23,6 +23,20 @@ public interface ICommunicator : IDisposable
     /// <summary>values[i] = the reduction over the ranks of their values[i], on every rank (in place).</summary>
     void AllReduce<T>(Span<T> values, ReduceOperation operation = ReduceOperation.Sum) where T : unmanaged;
 
+    /// <summary>
+    /// Starts the all-reduce of <paramref name="values"/> (in place, as <see cref="AllReduce{T}"/>) and returns before
+    /// it completes (MPI_Iallreduce), so communication overlaps the caller's work; the values must stay untouched
+    /// until <see cref="Wait"/> returns or <see cref="Test"/> returns true. Blocking and nonblocking collectives are
+    /// started in the same order on every rank.
+    /// </summary>
+    CollectiveRequest StartAllReduce<T>(Memory<T> values, ReduceOperation operation = ReduceOperation.Sum) where T : unmanaged;
+
+    /// <summary>Advances the request (MPI_Test); true once it has completed. A completed request stays completed.</summary>
+    bool Test(CollectiveRequest request);
+
+    /// <summary>Returns once the request has completed (MPI_Wait); at once for a completed request.</summary>
+    void Wait(CollectiveRequest request);
+
     /// <summary>Every rank's values become <paramref name="root"/>'s.</summary>
     void Broadcast<T>(Span<T> values, int root) where T : unmanaged;
 
@@ -36,6 +50,13 @@ public interface ICommunicator : IDisposable
     void Abort(int errorCode, string reason);
 }
 
+/// <summary>
+/// A nonblocking collective in flight, from <see cref="ICommunicator.StartAllReduce{T}"/>: a slot of its communicator
+/// and the slot's generation, so a request that completed is recognised as such after the slot is reused.
+/// <c>default</c> is a completed request.
+/// </summary>
+public readonly record struct CollectiveRequest(int Slot, int Generation);
+
 /// <summary>A collective that could not complete because a rank aborted or failed.</summary>
 public sealed class CommunicatorAbortedException(string message, Exception? inner = null) : Exception(message, inner);
 
@@ -46,6 +67,11 @@ internal static class Collective
     {
         if (typeof(T) != typeof(float) && typeof(T) != typeof(double) && typeof(T) != typeof(int) && typeof(T) != typeof(long))
             throw new NotSupportedException($"{operation} takes float, double, int or long elements; got {typeof(T).Name}.");
+    }
+
+    public static void RequireOperation(ReduceOperation operation)
+    {
+        if ((uint)operation > (uint)ReduceOperation.Min) throw new ArgumentOutOfRangeException(nameof(operation), operation, "Unknown reduction (Sum, Max or Min).");
     }
 
     public static void RequireRoot(int root, int size)

@@ -77,7 +77,7 @@ public sealed unsafe class InProcessCommunicator : ICommunicator
     public void AllReduce<T>(Span<T> values, ReduceOperation operation = ReduceOperation.Sum) where T : unmanaged
     {
         Collective.RequireType<T>(nameof(AllReduce));
-        if ((uint)operation > (uint)ReduceOperation.Min) throw new ArgumentOutOfRangeException(nameof(operation), operation, "Unknown reduction.");
+        Collective.RequireOperation(operation);
         fixed (T* mine = values)
         {
             Deposit(mine, values.Length);
@@ -94,6 +94,17 @@ public sealed unsafe class InProcessCommunicator : ICommunicator
             result.CopyTo(values);
         }
     }
+
+    /// <summary>Completes the all-reduce before it returns: threads of one process have no transfer to overlap.</summary>
+    public CollectiveRequest StartAllReduce<T>(Memory<T> values, ReduceOperation operation = ReduceOperation.Sum) where T : unmanaged
+    {
+        AllReduce(values.Span, operation);
+        return default;
+    }
+
+    public bool Test(CollectiveRequest request) => true;
+
+    public void Wait(CollectiveRequest request) { }
 
     public void Broadcast<T>(Span<T> values, int root) where T : unmanaged
     {

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Runtime.CompilerServices;
 
 namespace SharpNorm.Distributed.Mpi;
@@ -16,6 +17,11 @@ public sealed unsafe class MpiCommunicator : ICommunicator
     private readonly MpiLibrary.Functions _mpi;
     private readonly int _thread;
     private bool _disposed;
+    // Nonblocking collectives in flight: MPI_Request handles, their pinned buffers, and each slot's generation.
+    private nint[] _requests = new nint[8];
+    private MemoryHandle[] _pins = new MemoryHandle[8];
+    private int[] _generations = Enumerable.Repeat(1, 8).ToArray();
+    private bool[] _active = new bool[8];
 
     private MpiCommunicator(MpiLibrary.Functions mpi)
     {
@@ -69,10 +75,74 @@ public sealed unsafe class MpiCommunicator : ICommunicator
     public void AllReduce<T>(Span<T> values, ReduceOperation operation = ReduceOperation.Sum) where T : unmanaged
     {
         Collective.RequireType<T>(nameof(AllReduce));
-        if ((uint)operation > (uint)ReduceOperation.Min) throw new ArgumentOutOfRangeException(nameof(operation), operation, "Unknown reduction.");
+        Collective.RequireOperation(operation);
         Enter();
         fixed (T* buffer = values)
             _mpi.Check(_mpi.Allreduce(InPlace, buffer, values.Length, _mpi.Type<T>(), _mpi.Operation(operation), _mpi.CommWorld), "MPI_Allreduce");
+    }
+
+    /// <summary>MPI_Iallreduce in place; the buffer is pinned until the request completes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public CollectiveRequest StartAllReduce<T>(Memory<T> values, ReduceOperation operation = ReduceOperation.Sum) where T : unmanaged
+    {
+        Collective.RequireType<T>(nameof(StartAllReduce));
+        Collective.RequireOperation(operation);
+        Enter();
+        int slot = Array.IndexOf(_active, false);
+        if (slot < 0) slot = Grow();
+        MemoryHandle pin = values.Pin();
+        int code;
+        fixed (nint* request = &_requests[slot])
+            code = _mpi.Iallreduce(InPlace, pin.Pointer, values.Length, _mpi.Type<T>(), _mpi.Operation(operation), _mpi.CommWorld, request);
+        if (code != 0) pin.Dispose();
+        _mpi.Check(code, "MPI_Iallreduce");
+        _pins[slot] = pin;
+        _active[slot] = true;
+        return new CollectiveRequest(slot, _generations[slot]);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public bool Test(CollectiveRequest request)
+    {
+        Enter();
+        if (!InFlight(request)) return true;
+        int done;
+        fixed (nint* handle = &_requests[request.Slot])
+            _mpi.Check(_mpi.Test(handle, &done, null), "MPI_Test");
+        if (done != 0) Release(request.Slot);
+        return done != 0;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public void Wait(CollectiveRequest request)
+    {
+        Enter();
+        if (!InFlight(request)) return;
+        fixed (nint* handle = &_requests[request.Slot])
+            _mpi.Check(_mpi.Wait(handle, null), "MPI_Wait");
+        Release(request.Slot);
+    }
+
+    private bool InFlight(CollectiveRequest request) =>
+        (uint)request.Slot < (uint)_active.Length && _active[request.Slot] && _generations[request.Slot] == request.Generation;
+
+    private void Release(int slot)
+    {
+        _pins[slot].Dispose();
+        _pins[slot] = default;
+        _active[slot] = false;
+        _generations[slot]++;
+    }
+
+    private int Grow()
+    {
+        int slot = _active.Length;
+        Array.Resize(ref _requests, 2 * slot);
+        Array.Resize(ref _pins, 2 * slot);
+        Array.Resize(ref _active, 2 * slot);
+        Array.Resize(ref _generations, 2 * slot);
+        _generations.AsSpan(slot).Fill(1);
+        return slot;
     }
 
     // Fully optimized from the first call: a collective of a few values costs about as much as the call itself.

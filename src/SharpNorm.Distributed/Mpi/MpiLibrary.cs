@@ -29,6 +29,9 @@ internal static unsafe class MpiLibrary
         public delegate* unmanaged<nint, int*, int> CommRank;
         public delegate* unmanaged<nint, int*, int> CommSize;
         public delegate* unmanaged<void*, void*, int, nint, nint, nint, int> Allreduce;
+        public delegate* unmanaged<void*, void*, int, nint, nint, nint, nint*, int> Iallreduce;
+        public delegate* unmanaged<nint*, int*, void*, int> Test;     // MPI_STATUS_IGNORE is null in Open MPI
+        public delegate* unmanaged<nint*, void*, int> Wait;
         public delegate* unmanaged<void*, int, nint, int, nint, int> Bcast;
         public delegate* unmanaged<void*, int, nint, void*, int, nint, nint, int> Allgather;
         public delegate* unmanaged<nint, int> Barrier;
@@ -92,6 +95,9 @@ internal static unsafe class MpiLibrary
         f.CommRank = (delegate* unmanaged<nint, int*, int>)Required("MPI_Comm_rank");
         f.CommSize = (delegate* unmanaged<nint, int*, int>)Required("MPI_Comm_size");
         f.Allreduce = (delegate* unmanaged<void*, void*, int, nint, nint, nint, int>)Required("MPI_Allreduce");
+        f.Iallreduce = (delegate* unmanaged<void*, void*, int, nint, nint, nint, nint*, int>)Required("MPI_Iallreduce");
+        f.Test = (delegate* unmanaged<nint*, int*, void*, int>)Required("MPI_Test");
+        f.Wait = (delegate* unmanaged<nint*, void*, int>)Required("MPI_Wait");
         f.Bcast = (delegate* unmanaged<void*, int, nint, int, nint, int>)Required("MPI_Bcast");
         f.Allgather = (delegate* unmanaged<void*, int, nint, void*, int, nint, nint, int>)Required("MPI_Allgather");
         f.Barrier = (delegate* unmanaged<nint, int>)Required("MPI_Barrier");

@@ -54,6 +54,12 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
     /// </summary>
     public bool FuseConvBatchNorm { get; set; } = true;
 
+    /// <summary>
+    /// Called during <c>Gradient</c> with a layer's index as soon as that layer's parameter gradients are complete (the
+    /// last layer first, each layer once): data-parallel training starts their all-reduce while the sweep goes on.
+    /// </summary>
+    public Action<int>? GradientReady { get; set; }
+
     public IReadOnlyList<ILayer<T>> Layers => _layers;
 
     public int Count => _layers.Length;
@@ -203,6 +209,8 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
                     blockGradIn = start == 0 ? dx : (useFirst ? _gradient1 : _gradient2).AsSpan(0, Length(_shapes[start]));
                 block.Backward(blockInput, _shapes[start], _outputs[start].AsSpan(0, Length(_shapes[start + 1])), _shapes[start + 1], gradOut,
                     blockGradIn, parameterGradients);
+                if (parameterGradients && GradientReady is { } blockReady)
+                    for (int layer = i; layer >= start; layer--) blockReady(layer);
                 gradOut = blockGradIn;
                 useFirst = !useFirst;
                 i = start;
@@ -217,7 +225,11 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
                 gradIn = i == 0 ? dx : (useFirst ? _gradient1 : _gradient2).AsSpan(0, Length(_shapes[i]));
                 _layers[i].Backward(inputTensor, gradOutTensor, new TensorSpan<T>(gradIn, _shapes[i], []));
             }
-            if (parameterGradients) _layers[i].Gradient(inputTensor, gradOutTensor);
+            if (parameterGradients)
+            {
+                _layers[i].Gradient(inputTensor, gradOutTensor);
+                GradientReady?.Invoke(i);
+            }
             gradOut = gradIn;
             useFirst = !useFirst;
         }

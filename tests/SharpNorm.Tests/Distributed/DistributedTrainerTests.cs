@@ -40,7 +40,8 @@ public class DistributedTrainerTests
         return new ImageDataset(pixels, labels, Size, Size, Classes);
     }
 
-    private static (List<double> Losses, double[] Parameters) Train<T>(ICommunicator? communicator) where T : unmanaged, IFloatingPointIeee754<T>
+    private static (List<double> Losses, double[] Parameters) Train<T>(ICommunicator? communicator, int bucketBytes = DistributedTrainer<T>.DefaultBucketBytes,
+        Action<Sequential<T>, DistributedTrainer<T>>? inspect = null) where T : unmanaged, IFloatingPointIeee754<T>
     {
         ImageDataset data = Data();
         var (mean, std) = data.PixelStatistics();
@@ -57,7 +58,8 @@ public class DistributedTrainerTests
         }
         else
         {
-            var trainer = new DistributedTrainer<T>(model, sgd, null, Classes, communicator);
+            var trainer = new DistributedTrainer<T>(model, sgd, null, Classes, communicator, bucketBytes: bucketBytes);
+            inspect?.Invoke(model, trainer);
             trainer.BroadcastState();
             for (int epoch = 0; epoch < Epochs; epoch++) losses.Add(trainer.TrainEpoch(loader, epoch).Loss);
         }
@@ -94,6 +96,66 @@ public class DistributedTrainerTests
         InProcessCommunicator.Run(2, communicator => results[communicator.Rank] = Train<float>(communicator).Losses);
         for (int e = 0; e < Epochs; e++) Assert.True(Math.Abs(results[0][e] - losses[e]) <= 1e-4 * losses[e], $"epoch {e}: {results[0][e]} against {losses[e]}");
         Assert.Equal(results[0], results[1]);
+    }
+
+    [Fact]
+    public void AnyBucketSizeGivesTheSameBits()
+    {
+        int parameters = Model<double>().Parameters.Count();
+        var results = new Dictionary<int, double[]>();
+        foreach (int bucketBytes in new[] { 1, 700, DistributedTrainer<double>.DefaultBucketBytes, int.MaxValue })
+        {
+            var ranks = new double[2][];
+            var buckets = new int[2];
+            InProcessCommunicator.Run(2, communicator => ranks[communicator.Rank] =
+                Train<double>(communicator, bucketBytes, (_, trainer) => buckets[communicator.Rank] = trainer.BucketCount).Parameters);
+            Assert.Equal(ranks[0], ranks[1]);
+            results[bucketBytes] = ranks[0];
+            if (bucketBytes == 1) Assert.Equal(parameters, buckets[0]);           // a bucket per parameter
+            if (bucketBytes == 700) Assert.InRange(buckets[0], 2, parameters - 1);
+            if (bucketBytes == int.MaxValue) Assert.Equal(1, buckets[0]);
+        }
+        foreach (var (bucketBytes, values) in results) Assert.True(values.SequenceEqual(results[1]), $"bucketBytes {bucketBytes} differs from a bucket per parameter");
+    }
+
+    /// <summary>Records, at each nonblocking start, whether the first layer's gradient was still untouched (the sweep not yet there).</summary>
+    private sealed class StartRecorder(ICommunicator inner, Func<bool> sweepBeforeFirstLayer) : ICommunicator
+    {
+        public readonly List<bool> Starts = [];
+        public int Rank => inner.Rank;
+        public int Size => inner.Size;
+        public void AllReduce<T>(Span<T> values, ReduceOperation operation = ReduceOperation.Sum) where T : unmanaged => inner.AllReduce(values, operation);
+        public CollectiveRequest StartAllReduce<T>(Memory<T> values, ReduceOperation operation = ReduceOperation.Sum) where T : unmanaged
+        {
+            Starts.Add(sweepBeforeFirstLayer());
+            return inner.StartAllReduce(values, operation);
+        }
+        public bool Test(CollectiveRequest request) => inner.Test(request);
+        public void Wait(CollectiveRequest request) => inner.Wait(request);
+        public void Broadcast<T>(Span<T> values, int root) where T : unmanaged => inner.Broadcast(values, root);
+        public void AllGather<T>(ReadOnlySpan<T> mine, Span<T> all) where T : unmanaged => inner.AllGather(mine, all);
+        public void Barrier() => inner.Barrier();
+        public void Abort(int errorCode, string reason) => inner.Abort(errorCode, reason);
+        public void Dispose() { }
+    }
+
+    [Fact]
+    public void BucketsStartWhileTheBackwardSweepIsStillRunning()
+    {
+        var recorders = new StartRecorder[2];
+        InProcessCommunicator.Run(2, communicator =>
+        {
+            Conv2d<double>? first = null;
+            var recorder = new StartRecorder(communicator, () => first!.Parameters.All(p => p.Gradient.ToArray().All(v => v == 0)));
+            recorders[communicator.Rank] = recorder;
+            Train<double>(recorder, bucketBytes: 1, (model, _) => first = (Conv2d<double>)model[0]);
+        });
+        int parameters = Model<double>().Parameters.Count(), starts = recorders[0].Starts.Count;
+        Assert.Equal(0, starts % parameters);
+        Assert.Equal(recorders[0].Starts, recorders[1].Starts);
+        // Per step: every bucket but the first layer's own starts before the sweep reaches the first layer.
+        for (int s = 0; s < starts; s += parameters)
+            Assert.Equal(Enumerable.Repeat(true, parameters - 1).Append(false), recorders[0].Starts.Skip(s).Take(parameters));
     }
 
     [Theory]

@@ -47,6 +47,12 @@ public class InProcessCommunicatorTests
                 var all = new float[3 * size];
                 c.AllGather<float>(new float[] { rank, rank + 0.5f, -rank }, all);
                 for (int r = 0; r < size; r++) Assert.Equal(new float[] { r, r + 0.5f, -r }, all[(3 * r)..(3 * r + 3)]);
+                var pending = new double[] { rank + 0.25, -rank };
+                CollectiveRequest request = c.StartAllReduce<double>(pending, ReduceOperation.Min);
+                Assert.True(c.Test(request));
+                c.Wait(request);
+                c.Wait(request);
+                Assert.Equal(new double[] { 0.25, -(size - 1) }, pending);
                 var empty = Array.Empty<float>();
                 c.AllReduce<float>(empty);
                 c.Barrier();
@@ -96,6 +102,9 @@ public class InProcessCommunicatorTests
         var gather = Assert.Throws<ArgumentException>(() => group[0].AllGather<float>(new float[3], new float[5]));
         Assert.Contains("2 x 3 = 6; got 5", gather.Message);
         var type = Assert.Throws<NotSupportedException>(() => group[0].AllReduce<byte>(new byte[2]));
+        Assert.Throws<NotSupportedException>(() => group[0].StartAllReduce<byte>(new byte[2]));
+        var operation = Assert.Throws<ArgumentOutOfRangeException>(() => group[0].StartAllReduce<float>(new float[2], (ReduceOperation)7));
+        Assert.Contains("Sum, Max or Min", operation.Message);
         Assert.Contains("float, double, int or long elements; got Byte", type.Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => InProcessCommunicator.CreateGroup(0));
     }

@@ -209,6 +209,38 @@ public class ConvBatchNormBlockTests
         }
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void GradientReadyReportsEachLayerOnceLastFirstWithItsGradientsComplete(bool fused)
+    {
+        Sequential<double> model = Build<double>(Net.Im2ColAndPointwise, 6);
+        model.FuseConvBatchNorm = fused;
+        nint[] shape = InputShape(Net.Im2ColAndPointwise);
+        var random = new Gaussian(8);
+        Tensor<double> x = random.Tensor<double>(shape), dOut = random.Tensor<double>(model.OutputShape(shape));
+        model.Forward(x);
+        var reported = new List<int>();
+        var atReport = new Dictionary<Parameter<double>, double[]>();
+        model.GradientReady = layer =>
+        {
+            reported.Add(layer);
+            foreach (Parameter<double> p in model[layer].Parameters) atReport[p] = p.Gradient.ToArray();
+        };
+        model.Gradient(x, dOut);
+        model.GradientReady = null;
+        Assert.Equal(Enumerable.Range(0, model.Count).Reverse(), reported);
+        // Nothing is added to a parameter's gradient after its layer was reported.
+        foreach (Parameter<double> p in model.Parameters)
+        {
+            Assert.Equal(p.Gradient.ToArray(), atReport[p]);
+            Assert.Contains(p.Gradient.ToArray(), v => v != 0);
+        }
+        // Backward alone computes no parameter gradient and reports nothing.
+        model.GradientReady = layer => throw new InvalidOperationException($"layer {layer} reported by Backward");
+        model.Backward(x, dOut);
+    }
+
     [Fact]
     public void FusionKeepsTheLayersNamesAndIsTurnedOffByItsOption()
     {
