@@ -31,6 +31,9 @@ internal static class App
 
     public static int Run(string[] args)
     {
+        // Under mpirun a rank's output is a pseudo-terminal of mpirun's: set up as a terminal, .NET's console would
+        // write keypad and color escapes into the job's log. A dumb terminal has none.
+        if (Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_SIZE") is not null) Environment.SetEnvironmentVariable("TERM", "dumb");
         Interrupt.Install();
         try
         {

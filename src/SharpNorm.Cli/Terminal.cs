@@ -13,11 +13,14 @@ internal static class Terminal
     public static IAnsiConsole Out => Console_.Value;
 
     /// <summary>Whether progress is drawn as live bars (an interactive terminal) rather than as plain lines.</summary>
-    public static bool Live => !Console.IsOutputRedirected && Out.Profile.Capabilities.Interactive && Out.Profile.Capabilities.Ansi;
+    public static bool Live => !Plain && Out.Profile.Capabilities.Interactive && Out.Profile.Capabilities.Ansi;
+
+    // Under mpirun a rank writes to a pseudo-terminal of mpirun's whatever mpirun's own output is, and it has no width.
+    private static bool Plain => Console.IsOutputRedirected || Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_SIZE") is not null;
 
     private static IAnsiConsole Create()
     {
-        if (!Console.IsOutputRedirected) return AnsiConsole.Console;
+        if (!Plain) return AnsiConsole.Console;
         IAnsiConsole plain = AnsiConsole.Create(new AnsiConsoleSettings
         {
             Ansi = AnsiSupport.No,

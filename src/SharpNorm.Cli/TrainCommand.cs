@@ -46,6 +46,8 @@ internal static class TrainCommand
           --distributed          data-parallel over the processes of mpirun -np N: each trains on its shard of
                                  every global batch of --batch-size, BatchNorm becomes SyncBatchNorm, and rank 0
                                  prints progress and writes the output (default threads: the cores / the ranks)
+          --profile-communication  with --distributed: a barrier before each collective, so the summary
+                                 separates the ranks waiting for each other from the transfers (measurement)
           -h, --help             this text
 
         Examples:
@@ -62,18 +64,19 @@ internal static class TrainCommand
 
     private sealed record Settings(
         string Data, NormChoice Norm, int Epochs, int BatchSize, string Optimizer, double LearningRate, double LabelSmoothing,
-        int CropPadding, int Seed, int Threads, int? Limit, string Out, bool Distributed = false);
+        int CropPadding, int Seed, int Threads, int? Limit, string Out, bool Distributed = false, bool ProfileCommunication = false);
 
     public static int Run(IReadOnlyList<string> args)
     {
-        bool distributed = args.Contains("--distributed");
-        ParsedOptions options = ParsedOptions.Parse("train", args.Where(a => a != "--distributed").ToArray(), ValueOptions);
+        bool distributed = args.Contains("--distributed"), profile = args.Contains("--profile-communication");
+        ParsedOptions options = ParsedOptions.Parse("train", args.Where(a => a is not "--distributed" and not "--profile-communication").ToArray(), ValueOptions);
         if (options.Help)
         {
             Console.Out.WriteLine(Usage);
             return 0;
         }
-        Settings settings = Read(options) with { Distributed = distributed };
+        Settings settings = Read(options) with { Distributed = distributed, ProfileCommunication = profile };
+        if (profile && !distributed) throw new UsageException("--profile-communication measures a --distributed run");
         if (!distributed) return Train(settings, null);
         if (!MpiCommunicator.LaunchedByMpirun)
             throw new UsageException("--distributed runs under Open MPI's mpirun: mpirun -np N sharpnorm train --distributed [options]");
@@ -136,7 +139,7 @@ internal static class TrainCommand
 
         Sequential<float> model = DarkNetClassifier.Create<float>(s.Norm, Classes, s.Seed);
         int threads = s.Threads == -1 ? Environment.ProcessorCount : s.Threads;
-        TimedCommunicator? timed = communicator is null ? null : new TimedCommunicator(communicator);
+        TimedCommunicator? timed = communicator is null ? null : new TimedCommunicator(communicator, s.ProfileCommunication);
         communicator = timed;
         if (communicator is not null)
         {
@@ -225,6 +228,8 @@ internal static class TrainCommand
             ["train_images"] = Invariant(train.Count),
         };
         if (communicator is not null) metadata["ranks"] = Invariant(communicator.Size);
+        // A collective: every rank, before the others stop.
+        string? communication = timed is null ? null : CommunicationSummary(timed, trainTime, (long)s.Epochs * trainLoader.BatchCount, buckets);
         if (!leader) return 0;
         Checkpoint.Save(checkpointPath, model, metadata);
         try
@@ -239,7 +244,7 @@ internal static class TrainCommand
         }
 
         console.WriteLine();
-        if (timed is not null) console.MarkupLine(Markup.Escape(CommunicationSummary(timed, trainTime, (long)s.Epochs * trainLoader.BatchCount, buckets)));
+        if (communication is not null) console.MarkupLine(Markup.Escape(communication));
         console.MarkupLine($"[bold]Final test accuracy: {Percent(lastTest.Accuracy)}[/] (loss {lastTest.Loss:F4}) after {s.Epochs} epoch(s), {FormatDuration(wall.Elapsed)}");
         console.MarkupLine(Markup.Escape($"  checkpoint  {checkpointPath}"));
         console.MarkupLine(Markup.Escape($"  metrics     {metricsPath}"));
@@ -304,15 +309,28 @@ internal static class TrainCommand
     }
 
     /// <summary>Ranks of the job on this machine (Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE), else all of them.</summary>
-    /// <summary>Rank 0's time inside MPI during training (transfers and waiting for the other ranks), per step.</summary>
+    /// <summary>
+    /// The time inside MPI during training per step, least and most over the ranks: transfers, and a rank waiting for
+    /// the others to reach the collective (separated with --profile-communication; otherwise in each collective's time).
+    /// </summary>
     private static string CommunicationSummary(TimedCommunicator timed, TimeSpan trainTime, long steps, int buckets)
     {
-        double Ms(CollectiveTime t) => t.Time.TotalMilliseconds / steps;
-        double PerStep(CollectiveTime t) => (double)t.Calls / steps;
-        return $"Communication (rank 0, during training): {timed.Total.TotalSeconds / trainTime.TotalSeconds:P1} of the training time, " +
-            $"{timed.Total.TotalMilliseconds / steps:F2} ms per step: SyncBatchNorm statistics {Ms(timed.AllGathers):F2} ms ({PerStep(timed.AllGathers):F0} all-gathers), " +
-            $"SyncBatchNorm backward and metrics {Ms(timed.AllReduces):F2} ms ({PerStep(timed.AllReduces):F0} all-reduces), " +
-            $"gradients {Ms(timed.NonblockingAllReduces):F2} ms not hidden by the backward ({buckets} buckets)";
+        double[] mine = [timed.Total.TotalMilliseconds, timed.Waiting.Time.TotalMilliseconds, timed.AllGathers.Time.TotalMilliseconds,
+            timed.AllReduces.Time.TotalMilliseconds, timed.NonblockingAllReduces.Time.TotalMilliseconds, trainTime.TotalMilliseconds];
+        var all = new double[mine.Length * timed.Size];
+        timed.AllGather<double>(mine, all);
+        string Range(int k)
+        {
+            var values = Enumerable.Range(0, timed.Size).Select(r => all[r * mine.Length + k] / steps).ToArray();
+            string F(double v) => v.ToString("F2", CultureInfo.InvariantCulture);
+            return timed.Size == 1 ? F(values[0]) : $"{F(values.Min())}-{F(values.Max())}";
+        }
+        var shares = Enumerable.Range(0, timed.Size).Select(r => all[r * mine.Length] / all[r * mine.Length + 5]).ToArray();
+        double Calls(CollectiveTime t) => (double)t.Calls / steps;
+        return $"Communication per training step (least-most over the ranks): {Range(0)} ms inside MPI, {shares.Min():P1}-{shares.Max():P1} of the step" +
+            (timed.SeparatesWaiting ? $"; waiting for the other ranks {Range(1)} ms" : "") +
+            $"; SyncBatchNorm statistics {Range(2)} ms ({Calls(timed.AllGathers):F0} all-gathers), SyncBatchNorm backward and metrics {Range(3)} ms " +
+            $"({Calls(timed.AllReduces):F0} all-reduces), gradients {Range(4)} ms not hidden by the backward ({buckets} buckets)";
     }
 
     private static int LocalRanks(ICommunicator communicator) =>

@@ -10,9 +10,15 @@ public readonly record struct CollectiveTime(long Calls, TimeSpan Time);
 /// rank waits for the others and for the transfer, which is what communication costs a training step. Nonblocking
 /// all-reduces count their start, tests and wait together; the time they overlapped other work is not in it.
 /// </summary>
-public sealed class TimedCommunicator(ICommunicator inner) : ICommunicator
+/// <remarks>
+/// With <c>separateWaiting</c> a barrier runs before each blocking collective and each wait (a measurement mode: every
+/// rank must then wait on the same requests in the same order): its time, <see cref="Waiting"/>, is the ranks reaching
+/// the collective at different times, and the collectives' times are their transfers alone.
+/// </remarks>
+public sealed class TimedCommunicator(ICommunicator inner, bool separateWaiting = false) : ICommunicator
 {
     private readonly ICommunicator _inner = inner ?? throw new ArgumentNullException(nameof(inner));
+    private long _waitingCalls, _waitingTicks;
     private long _allReduceCalls, _allReduceTicks, _nonblockingCalls, _nonblockingTicks, _broadcastCalls, _broadcastTicks;
     private long _allGatherCalls, _allGatherTicks, _barrierCalls, _barrierTicks;
 
@@ -35,16 +41,22 @@ public sealed class TimedCommunicator(ICommunicator inner) : ICommunicator
 
     public CollectiveTime Barriers => new(_barrierCalls, Stopwatch.GetElapsedTime(0, _barrierTicks));
 
-    /// <summary>All the time spent inside the communicator.</summary>
-    public TimeSpan Total => Stopwatch.GetElapsedTime(0, _allReduceTicks + _nonblockingTicks + _broadcastTicks + _allGatherTicks + _barrierTicks);
+    /// <summary>With separateWaiting: the barriers before the collectives, the time ranks waited for each other.</summary>
+    public CollectiveTime Waiting => new(_waitingCalls, Stopwatch.GetElapsedTime(0, _waitingTicks));
+
+    public bool SeparatesWaiting => separateWaiting;
+
+    /// <summary>All the time spent inside the communicator, waiting included.</summary>
+    public TimeSpan Total => Stopwatch.GetElapsedTime(0, _allReduceTicks + _nonblockingTicks + _broadcastTicks + _allGatherTicks + _barrierTicks + _waitingTicks);
 
     /// <summary>Starts the counts from zero.</summary>
     public void Reset() =>
-        _allReduceCalls = _allReduceTicks = _nonblockingCalls = _nonblockingTicks = _broadcastCalls = _broadcastTicks =
+        _waitingCalls = _waitingTicks = _allReduceCalls = _allReduceTicks = _nonblockingCalls = _nonblockingTicks = _broadcastCalls = _broadcastTicks =
             _allGatherCalls = _allGatherTicks = _barrierCalls = _barrierTicks = 0;
 
     public void AllReduce<T>(Span<T> values, ReduceOperation operation = ReduceOperation.Sum) where T : unmanaged
     {
+        WaitForTheOthers();
         long start = Stopwatch.GetTimestamp();
         try
         {
@@ -84,6 +96,7 @@ public sealed class TimedCommunicator(ICommunicator inner) : ICommunicator
 
     public void Wait(CollectiveRequest request)
     {
+        WaitForTheOthers();
         long start = Stopwatch.GetTimestamp();
         try
         {
@@ -97,6 +110,7 @@ public sealed class TimedCommunicator(ICommunicator inner) : ICommunicator
 
     public void Broadcast<T>(Span<T> values, int root) where T : unmanaged
     {
+        WaitForTheOthers();
         long start = Stopwatch.GetTimestamp();
         try
         {
@@ -110,6 +124,7 @@ public sealed class TimedCommunicator(ICommunicator inner) : ICommunicator
 
     public void AllGather<T>(ReadOnlySpan<T> mine, Span<T> all) where T : unmanaged
     {
+        WaitForTheOthers();
         long start = Stopwatch.GetTimestamp();
         try
         {
@@ -138,6 +153,14 @@ public sealed class TimedCommunicator(ICommunicator inner) : ICommunicator
 
     /// <summary>Does nothing: the wrapped communicator is its creator's to dispose.</summary>
     public void Dispose() { }
+
+    private void WaitForTheOthers()
+    {
+        if (!separateWaiting) return;
+        long start = Stopwatch.GetTimestamp();
+        _inner.Barrier();
+        Add(ref _waitingCalls, ref _waitingTicks, start);
+    }
 
     private static void Add(ref long calls, ref long ticks, long start)
     {

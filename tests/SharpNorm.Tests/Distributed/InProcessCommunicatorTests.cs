@@ -108,4 +108,39 @@ public class InProcessCommunicatorTests
         Assert.Contains("float, double, int or long elements; got Byte", type.Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => InProcessCommunicator.CreateGroup(0));
     }
+
+    [Fact]
+    public void TimedCommunicatorPassesEveryCallOnAndCountsIt()
+    {
+        foreach (bool separate in new[] { false, true })
+        {
+            var counts = new (long AllReduce, long Nonblocking, long Gather, long Broadcast, long Barrier, long Waiting)[2];
+            InProcessCommunicator.Run(2, inner =>
+            {
+                var c = new TimedCommunicator(inner, separate);
+                var values = new float[] { inner.Rank + 1, 10 };
+                c.AllReduce<float>(values);
+                Assert.Equal(new float[] { 3, 20 }, values);
+                var pending = new double[] { inner.Rank };
+                CollectiveRequest request = c.StartAllReduce<double>(pending, ReduceOperation.Max);
+                c.Test(request);
+                c.Wait(request);
+                Assert.Equal(1.0, pending[0]);
+                var all = new int[2];
+                c.AllGather<int>(new[] { inner.Rank * 7 }, all);
+                Assert.Equal(new[] { 0, 7 }, all);
+                var message = new long[] { inner.Rank == 1 ? 99 : 0 };
+                c.Broadcast<long>(message, 1);
+                Assert.Equal(99, message[0]);
+                c.Barrier();
+                counts[inner.Rank] = (c.AllReduces.Calls, c.NonblockingAllReduces.Calls, c.AllGathers.Calls, c.Broadcasts.Calls, c.Barriers.Calls, c.Waiting.Calls);
+                Assert.True(c.Total >= c.AllReduces.Time + c.Waiting.Time);
+                c.Reset();
+                Assert.Equal(TimeSpan.Zero, c.Total);
+                Assert.Equal(0, c.AllReduces.Calls);
+            });
+            // With separateWaiting a barrier before the all-reduce, the wait, the all-gather and the broadcast.
+            Assert.All(counts, k => Assert.Equal((1L, 1L, 1L, 1L, 1L, separate ? 4L : 0L), k));
+        }
+    }
 }

@@ -134,6 +134,8 @@ public class MpirunTests
         var (code, log) = Mpirun.Cli(2, $"{arguments} --distributed --out {distributed}", TimeSpan.FromSeconds(180));
         Assert.True(code == 0, $"exit code {code}: {log}");
         Assert.Contains("Distributed: 2 ranks", log);
+        Assert.Contains("Communication per training step (least-most over the ranks):", log);
+        Assert.False(log.Contains((char)27), "terminal escapes in the job's log: " + log);
         double[][] one = Metrics(single), two = Metrics(distributed);
         Assert.Equal(2, two.Length);
         for (int e = 0; e < 2; e++)

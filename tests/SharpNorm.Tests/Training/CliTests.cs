@@ -22,6 +22,8 @@ public class CliTests
     [InlineData(2, "unknown option '--bogus'", "train", "--bogus")]
     [InlineData(2, "option --epochs", "train", "--epochs", "abc")]
     [InlineData(2, "unknown command 'fly'", "fly")]
+    [InlineData(2, "--profile-communication measures a --distributed run", "train", "--profile-communication")]
+    [InlineData(2, "--distributed runs under Open MPI's mpirun", "train", "--distributed")]
     [InlineData(1, "not found in /nonexistent", "train", "--data", "/nonexistent")]
     [InlineData(1, "too short for a safetensors file", "eval", "--checkpoint", "/etc/hostname")]
     [InlineData(1, "Checkpoint not found", "eval", "--checkpoint", "/nonexistent/model.safetensors")]
