@@ -8,7 +8,8 @@ public readonly record struct CollectiveTime(long Calls, TimeSpan Time);
 /// <summary>
 /// A communicator that passes every call to another and adds up the time spent inside each kind of call: the time a
 /// rank waits for the others and for the transfer, which is what communication costs a training step. Nonblocking
-/// all-reduces count their start, tests and wait together; the time they overlapped other work is not in it.
+/// all-reduces count their start, tests and wait together; the time they overlapped other work is not in it. A call
+/// that throws is not counted: a failed collective ends the job.
 /// </summary>
 /// <remarks>
 /// With <c>separateWaiting</c> a barrier runs before each blocking collective and each wait (a measurement mode: every
@@ -58,95 +59,55 @@ public sealed class TimedCommunicator(ICommunicator inner, bool separateWaiting 
     {
         WaitForTheOthers();
         long start = Stopwatch.GetTimestamp();
-        try
-        {
-            _inner.AllReduce(values, operation);
-        }
-        finally
-        {
-            Add(ref _allReduceCalls, ref _allReduceTicks, start);
-        }
+        _inner.AllReduce(values, operation);
+        Add(ref _allReduceCalls, ref _allReduceTicks, start);
     }
 
     public CollectiveRequest StartAllReduce<T>(Memory<T> values, ReduceOperation operation = ReduceOperation.Sum) where T : unmanaged
     {
         long start = Stopwatch.GetTimestamp();
-        try
-        {
-            return _inner.StartAllReduce(values, operation);
-        }
-        finally
-        {
-            Add(ref _nonblockingCalls, ref _nonblockingTicks, start);
-        }
+        var result = _inner.StartAllReduce(values, operation);
+        Add(ref _nonblockingCalls, ref _nonblockingTicks, start);
+        return result;
     }
 
     public bool Test(CollectiveRequest request)
     {
         long start = Stopwatch.GetTimestamp();
-        try
-        {
-            return _inner.Test(request);
-        }
-        finally
-        {
-            _nonblockingTicks += Stopwatch.GetTimestamp() - start;
-        }
+        var result = _inner.Test(request);
+        _nonblockingTicks += Stopwatch.GetTimestamp() - start;
+        return result;
     }
 
     public void Wait(CollectiveRequest request)
     {
         WaitForTheOthers();
         long start = Stopwatch.GetTimestamp();
-        try
-        {
-            _inner.Wait(request);
-        }
-        finally
-        {
-            _nonblockingTicks += Stopwatch.GetTimestamp() - start;
-        }
+        _inner.Wait(request);
+        _nonblockingTicks += Stopwatch.GetTimestamp() - start;
     }
 
     public void Broadcast<T>(Span<T> values, int root) where T : unmanaged
     {
         WaitForTheOthers();
         long start = Stopwatch.GetTimestamp();
-        try
-        {
-            _inner.Broadcast(values, root);
-        }
-        finally
-        {
-            Add(ref _broadcastCalls, ref _broadcastTicks, start);
-        }
+        _inner.Broadcast(values, root);
+        Add(ref _broadcastCalls, ref _broadcastTicks, start);
     }
 
     public void AllGather<T>(ReadOnlySpan<T> mine, Span<T> all) where T : unmanaged
     {
         WaitForTheOthers();
         long start = Stopwatch.GetTimestamp();
-        try
-        {
-            _inner.AllGather(mine, all);
-        }
-        finally
-        {
-            Add(ref _allGatherCalls, ref _allGatherTicks, start);
-        }
+        _inner.AllGather(mine, all);
+        Add(ref _allGatherCalls, ref _allGatherTicks, start);
     }
 
     public void Barrier()
     {
         long start = Stopwatch.GetTimestamp();
-        try
-        {
-            _inner.Barrier();
-        }
-        finally
-        {
-            Add(ref _barrierCalls, ref _barrierTicks, start);
-        }
+        _inner.Barrier();
+        Add(ref _barrierCalls, ref _barrierTicks, start);
     }
 
     public void Abort(int errorCode, string reason) => _inner.Abort(errorCode, reason);
