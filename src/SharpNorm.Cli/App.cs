@@ -15,9 +15,11 @@ internal static class App
         Usage:
           sharpnorm train [options]                   train a model; writes model.safetensors, metrics.csv, curves.png
           sharpnorm eval --checkpoint FILE [options]  test accuracy and confusion matrix of a checkpoint
+          sharpnorm export CHECKPOINT OUT.onnx [options]   a checkpoint as an ONNX model (ONNX Runtime, ...)
           sharpnorm darknet summary MODEL.cfg         layers, output shapes, parameters and BFLOPs of a darknet network
           sharpnorm darknet run MODEL.cfg MODEL.weights IMAGE     top-5 classes, or YOLO boxes, for one image
           sharpnorm darknet export MODEL.cfg MODEL.weights OUT.safetensors   the weights as a PyTorch-style state dict
+          sharpnorm darknet export MODEL.cfg MODEL.weights OUT.onnx        a classifier as an ONNX model
           sharpnorm darknet random-weights MODEL.cfg OUT.weights   a random .weights file that fits the cfg
           mpirun -np N sharpnorm distributed check    check Open MPI's collectives across N processes
           sharpnorm help [COMMAND]                    this text, or a command's options
@@ -59,6 +61,8 @@ internal static class App
                 return TrainCommand.Run(rest);
             case "eval" or "evaluate":
                 return EvalCommand.Run(rest);
+            case "export":
+                return ExportCommand.Run(rest);
             case "darknet":
                 return DarknetCommand.Run(rest);
             case "distributed":
@@ -67,17 +71,18 @@ internal static class App
                 if (rest.Length == 0) Console.Out.WriteLine(Usage);
                 else if (rest.Length == 1 && rest[0] == "train") Console.Out.WriteLine(TrainCommand.Usage);
                 else if (rest.Length == 1 && rest[0] is "eval" or "evaluate") Console.Out.WriteLine(EvalCommand.Usage);
+                else if (rest.Length == 1 && rest[0] == "export") Console.Out.WriteLine(ExportCommand.Usage);
                 else if (rest.Length == 1 && rest[0] == "darknet") Console.Out.WriteLine(DarknetCommand.Usage);
                 else if (rest.Length == 1 && rest[0] == "distributed") Console.Out.WriteLine(DistributedCommand.Usage);
-                else throw new UsageException($"no help for '{string.Join(' ', rest)}' (commands: train, eval)");
+                else throw new UsageException($"no help for '{string.Join(' ', rest)}' (commands: train, eval, export, darknet, distributed)");
                 return 0;
             case "--version":
                 Console.Out.WriteLine($"sharpnorm {Version}");
                 return 0;
             default:
                 throw args[0].StartsWith('-')
-                    ? new UsageException($"unknown option '{args[0]}'; expected a command: train, eval or help")
-                    : new UsageException($"unknown command '{args[0]}' (commands: train, eval, darknet, distributed, help)");
+                    ? new UsageException($"unknown option '{args[0]}'; expected a command: train, eval, export, darknet, distributed or help")
+                    : new UsageException($"unknown command '{args[0]}' (commands: train, eval, export, darknet, distributed, help)");
         }
     }
 
@@ -96,7 +101,7 @@ internal static class App
         string message = e switch
         {
             UsageException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException or IOException or UnauthorizedAccessException
-                or SharpNorm.Darknet.DarknetConfigException => e.Message,
+                or SharpNorm.Darknet.DarknetConfigException or NotSupportedException => e.Message,
             ArgumentException argument => argument.Message, // the library's checks: "...; got shape (...)" (Parameter 'x')
             OutOfMemoryException => "out of memory (try a smaller --batch-size)",
             _ => $"{e.GetType().Name}: {e.Message}",

@@ -1,5 +1,6 @@
 using System.Globalization;
 using SharpNorm.Darknet;
+using SharpNorm.Onnx;
 using Spectre.Console;
 
 namespace SharpNorm.Cli;
@@ -11,6 +12,7 @@ internal static class DarknetCommand
         Usage: sharpnorm darknet summary MODEL.cfg
                sharpnorm darknet run MODEL.cfg MODEL.weights IMAGE [options]
                sharpnorm darknet export MODEL.cfg MODEL.weights OUT.safetensors [--fold] [--bn MODE]
+               sharpnorm darknet export MODEL.cfg MODEL.weights OUT.onnx [--fold] [--opset N]
                sharpnorm darknet random-weights MODEL.cfg OUT.weights [--seed N]
 
         summary: the network's layers as darknet sizes them: output shapes, learnable parameters and BFLOPs
@@ -28,6 +30,8 @@ internal static class DarknetCommand
           --threads N      threads (default: all cores)
         export: the weights as a safetensors state dict named like PyTorch ports ({i}.conv.weight, {i}.bn.running_var,
           {i}.fc.weight, ...) with the cfg in its metadata; --fold merges each batch norm into its layer.
+          To OUT.onnx: an ONNX model (opset 17 to 23, default 17) taking the letterboxed image (N, 3, H, W) in [0, 1]
+          and giving the network's output (a classifier's probabilities). Chain networks (classifiers) today.
         random-weights: a .weights file (version 0.2) of random values that fits the cfg exactly, for testing.
         """;
 
@@ -87,15 +91,29 @@ internal static class DarknetCommand
 
     private static int Export(List<string> args)
     {
-        (List<string> positional, ParsedOptions options) = DarknetRun.Split("darknet export", args, ["bn"], ["fold"]);
+        (List<string> positional, ParsedOptions options) = DarknetRun.Split("darknet export", args, ["bn", "opset"], ["fold"]);
         if (options.Help)
         {
             Console.Out.WriteLine(Usage);
             return 0;
         }
-        if (positional.Count != 3) throw new UsageException("darknet export takes MODEL.cfg, MODEL.weights and OUT.safetensors (see 'sharpnorm darknet --help')");
+        if (positional.Count != 3) throw new UsageException("darknet export takes MODEL.cfg, MODEL.weights and OUT.safetensors or OUT.onnx (see 'sharpnorm darknet --help')");
         DarknetBatchNormMode mode = DarknetRun.BatchNormMode(options);
         bool fold = options.Has("fold");
+        if (positional[2].EndsWith(".onnx", StringComparison.OrdinalIgnoreCase))
+        {
+            if (mode != DarknetBatchNormMode.PyTorch)
+                throw new UsageException("--bn darknet-cpu has no ONNX BatchNormalization twin ((x - mean) / (sqrt(var) + 1e-6)); ONNX export writes --bn pytorch");
+            int opset = options.Int("opset", OnnxExport.DefaultOpset, min: OnnxExport.MinOpset, max: OnnxExport.MaxOpset,
+                expected: $"an opset from {OnnxExport.MinOpset} to {OnnxExport.MaxOpset}");
+            DarknetOnnxExport.Save(positional[0], positional[1], positional[2], fold, opset);
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"wrote {positional[2]}: {new FileInfo(positional[2]).Length:N0} bytes, ONNX opset {opset}{(fold ? ", batch norms folded" : "")}"));
+            return 0;
+        }
+        if (options.Has("opset")) throw new UsageException("--opset is for ONNX export (OUT.onnx)");
+        if (!positional[2].EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            throw new UsageException($"darknet export writes OUT.safetensors or OUT.onnx (the format from the extension); got '{positional[2]}'");
         DarknetExport.Save(positional[0], positional[1], positional[2], fold, mode);
         Console.Out.WriteLine($"wrote {positional[2]}: {new FileInfo(positional[2]).Length:N0} bytes{(fold ? $", batch norms folded ({DarknetRun.Name(mode)})" : "")}");
         return 0;

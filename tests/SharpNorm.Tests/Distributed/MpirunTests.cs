@@ -81,7 +81,7 @@ public class MpirunTests
     }
 
     /// <summary>IDX files of class-striped random 28x28 images, Fashion-MNIST's four names, into a fresh folder.</summary>
-    private static string SyntheticData(int train, int test)
+    internal static string SyntheticData(int train, int test)
     {
         string folder = Directory.CreateTempSubdirectory("sharpnorm-mpirun-").FullName;
         var random = new Random(5);

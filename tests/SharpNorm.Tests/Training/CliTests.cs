@@ -45,6 +45,7 @@ public class CliTests
         Assert.Equal(0, code);
         Assert.Contains("sharpnorm train", output);
         Assert.Contains("sharpnorm eval", output);
+        Assert.Contains("sharpnorm export", output);
         var (trainCode, trainHelp, _) = Run("train", "--help");
         Assert.Equal(0, trainCode);
         Assert.Contains("--norm", trainHelp);

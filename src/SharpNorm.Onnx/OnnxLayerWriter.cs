@@ -1,0 +1,267 @@
+using System.Numerics;
+using SharpNorm.Layers;
+using SharpNorm.Tensors;
+using static SharpNorm.Onnx.OnnxGraphWriter;
+
+namespace SharpNorm.Onnx;
+
+/// <summary>
+/// Emits the ONNX nodes of each layer, in eval-mode semantics: one method per layer kind, each taking the name and
+/// shape of its input tensor and returning the name of its output tensor. Names follow the state_dict ("3.weight");
+/// a layer's nodes are named by its path ("3", "3/ReduceMean").
+/// </summary>
+internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNorm) where T : unmanaged, IFloatingPointIeee754<T>
+{
+    public string Write(ILayer<T> layer, string path, string input, nint[] shape) => layer switch
+    {
+        Sequential<T> sequential => Sequential(sequential, path, input, shape),
+        Conv2d<T> conv => Conv(conv, path, input, conv.Weight.Value, conv.Bias?.Value is { } b ? Floats(b) : null),
+        BatchNorm<T> bn => RunningStatistics(bn, path, input, shape),
+        InstanceNorm<T> instance => instance.TrackRunningStats ? RunningStatistics(instance, path, input, shape) : InstanceNorm(instance, path, input, shape),
+        GroupNorm<T> group => GroupNorm(group, path, input, shape),
+        LayerNorm<T> layerNorm => LayerNorm(layerNorm, path, input, shape),
+        RMSNorm<T> rms => RmsNorm(rms, path, input, shape),
+        LeakyReLU<T> leaky => graph.Node("LeakyRelu", NodeName(path, "LeakyRelu"), OutputName(path), [input], Float("alpha", (float)leaky.NegativeSlope)),
+        ReLU<T> => graph.Node("Relu", NodeName(path, "Relu"), OutputName(path), [input]),
+        MaxPool2d<T> pool => graph.Node("MaxPool", NodeName(path, "MaxPool"), OutputName(path), [input], PoolAttributes(pool, countIncludePad: null)),
+        AvgPool2d<T> pool => graph.Node("AveragePool", NodeName(path, "AveragePool"), OutputName(path), [input], PoolAttributes(pool, pool.CountIncludePad)),
+        GlobalAvgPool2d<T> => graph.Node("GlobalAveragePool", NodeName(path, "GlobalAveragePool"), OutputName(path), [input]),
+        Flatten<T> => shape.Length == 1 ? input : graph.Node("Flatten", NodeName(path, "Flatten"), OutputName(path), [input], Int("axis", 1)),
+        Linear<T> linear => Linear(linear, path, input, shape),
+        Dropout<T> => input,   // the identity at inference, as torch.onnx.export writes it in eval mode
+        _ => throw new NotSupportedException(
+            $"ONNX export: layer '{(path.Length == 0 ? "(the model)" : path)}' is a {TypeName(layer)}, which the exporter cannot express " +
+            "(it writes Sequential, Conv2d, BatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm, LeakyReLU, ReLU, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear and Dropout)."),
+    };
+
+    private string Sequential(Sequential<T> sequential, string path, string input, nint[] shape)
+    {
+        string current = input;
+        for (int i = 0; i < sequential.Count; i++)
+        {
+            string childPath = Join(path, i.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            ILayer<T> layer = sequential[i];
+            nint[] outputShape = layer.OutputShape(shape);
+            if (foldBatchNorm && layer is Conv2d<T> conv && i + 1 < sequential.Count && sequential[i + 1] is BatchNorm<T> bn)
+            {
+                current = FoldedConv(conv, bn, childPath, Join(path, (i + 1).ToString(System.Globalization.CultureInfo.InvariantCulture)), current);
+                i++;
+            }
+            else current = Write(layer, childPath, current, shape);
+            shape = outputShape;
+        }
+        return current;
+    }
+
+    private string Conv(Conv2d<T> conv, string path, string input, System.Numerics.Tensors.Tensor<T> weight, float[]? bias) =>
+        Conv(conv, path, input, Floats(weight), bias);
+
+    private string Conv(Conv2d<T> conv, string path, string input, float[] weight, float[]? bias)
+    {
+        List<string> inputs = [input, graph.Floats(Join(path, "weight"), Dims(conv.Weight.Value.Lengths), weight)];
+        if (bias is not null) inputs.Add(graph.Floats(Join(path, "bias"), [bias.Length], bias));
+        return graph.Node("Conv", NodeName(path, "Conv"), OutputName(path), inputs,
+            Ints("kernel_shape", conv.KernelHeight, conv.KernelWidth),
+            Ints("strides", conv.StrideHeight, conv.StrideWidth),
+            Ints("pads", conv.PadHeight, conv.PadWidth, conv.PadHeight, conv.PadWidth),
+            Ints("dilations", conv.DilationHeight, conv.DilationWidth),
+            Int("group", conv.Groups));
+    }
+
+    /// <summary>Conv2d then BatchNorm as one Conv: w' = w·γ/√(var+ε) per output channel, b' = (b − μ)·γ/√(var+ε) + β, in double.</summary>
+    private string FoldedConv(Conv2d<T> conv, BatchNorm<T> bn, string convPath, string bnPath, string input)
+    {
+        RequireChannelsFirst(bn.Layout, bn, bnPath);
+        RequireEvalStatistics(bn, bnPath);
+        if (bn.NumFeatures != conv.OutChannels)
+            throw new NotSupportedException($"ONNX export: BatchNorm '{bnPath}' has {bn.NumFeatures} channels but the Conv2d '{convPath}' before it writes {conv.OutChannels}.");
+        ReadOnlySpan<T> w = TensorData.Flat(conv.Weight.Value);
+        ReadOnlySpan<T> mean = TensorData.Flat(bn.RunningMean!), variance = TensorData.Flat(bn.RunningVar!);
+        int channels = conv.OutChannels, perChannel = w.Length / channels;
+        var weight = new float[w.Length];
+        var bias = new float[channels];
+        for (int o = 0; o < channels; o++)
+        {
+            double gamma = bn.Weight is null ? 1 : double.CreateTruncating(TensorData.Flat(bn.Weight.Value)[o]);
+            double beta = bn.Bias is null ? 0 : double.CreateTruncating(TensorData.Flat(bn.Bias.Value)[o]);
+            double b = conv.Bias is null ? 0 : double.CreateTruncating(TensorData.Flat(conv.Bias.Value)[o]);
+            double scale = gamma / Math.Sqrt(double.CreateTruncating(variance[o]) + bn.Eps);
+            for (int k = 0; k < perChannel; k++) weight[o * perChannel + k] = (float)(double.CreateTruncating(w[o * perChannel + k]) * scale);
+            bias[o] = (float)((b - double.CreateTruncating(mean[o])) * scale + beta);
+        }
+        return Conv(conv, convPath, input, weight, bias);
+    }
+
+    /// <summary>BatchNorm, or InstanceNorm with running statistics, in eval mode: BatchNormalization with the running statistics.</summary>
+    private string RunningStatistics(RunningStatsNorm<T> norm, string path, string input, nint[] shape)
+    {
+        RequireChannelsFirst(norm.Layout, norm, path);
+        RequireEvalStatistics(norm, path);
+        int c = norm.NumFeatures;
+        return graph.Node("BatchNormalization", NodeName(path, "BatchNormalization"), OutputName(path),
+            [input, Scale(norm, path, c), Shift(norm, path, c),
+             graph.Floats(Join(path, "running_mean"), [c], Floats(norm.RunningMean!)),
+             graph.Floats(Join(path, "running_var"), [c], Floats(norm.RunningVar!))],
+            Float("epsilon", (float)norm.Eps));
+    }
+
+    private string InstanceNorm(InstanceNorm<T> norm, string path, string input, nint[] shape)
+    {
+        RequireChannelsFirst(norm.Layout, norm, path);
+        int c = norm.NumFeatures;
+        return graph.Node("InstanceNormalization", NodeName(path, "InstanceNormalization"), OutputName(path),
+            [input, Scale(norm, path, c), Shift(norm, path, c)], Float("epsilon", (float)norm.Eps));
+    }
+
+    /// <summary>
+    /// GroupNormalization (opset 21, per-channel scale); before it, the standard decomposition: (N, C, ...) reshaped to
+    /// (N, G, C/G·...), InstanceNormalization over each group, reshaped back, then γ and β per channel.
+    /// </summary>
+    private string GroupNorm(GroupNorm<T> norm, string path, string input, nint[] shape)
+    {
+        RequireChannelsFirst(norm.Layout, norm, path);
+        int c = norm.NumChannels, g = norm.NumGroups;
+        if (graph.Opset >= 21)
+            return graph.Node("GroupNormalization", NodeName(path, "GroupNormalization"), OutputName(path),
+                [input, Scale(norm, path, c), Shift(norm, path, c)], Float("epsilon", (float)norm.Eps), Int("num_groups", g));
+
+        string grouped = graph.Node("Reshape", NodeName(path, "Reshape"), OutputName(path) + "_grouped", [input, graph.Int64s(Join(path, "grouped_shape"), [0, g, -1])]);
+        string normalized = graph.Node("InstanceNormalization", NodeName(path, "InstanceNormalization"), OutputName(path) + "_normalized",
+            [grouped, graph.Floats(Join(path, "group_ones"), [g], Filled(g, 1)), graph.Floats(Join(path, "group_zeros"), [g], Filled(g, 0))],
+            Float("epsilon", (float)norm.Eps));
+        long[] back = new long[shape.Length];
+        for (int d = 1; d < shape.Length; d++) back[d] = shape[d];      // back[0] = 0: the batch copied from the input
+        string restored = graph.Node("Reshape", NodeName(path, "Reshape"), norm.Affine ? OutputName(path) + "_restored" : OutputName(path),
+            [normalized, graph.Int64s(Join(path, "shape"), back)]);
+        if (!norm.Affine) return restored;
+        long[] perChannel = PerChannelDims(c, shape.Length);
+        string scaled = graph.Node("Mul", NodeName(path, "Mul"), OutputName(path) + "_scaled",
+            [restored, graph.Floats(Join(path, "weight"), perChannel, Floats(norm.Weight!.Value))]);
+        return graph.Node("Add", NodeName(path, "Add"), OutputName(path), [scaled, graph.Floats(Join(path, "bias"), perChannel, Floats(norm.Bias!.Value))]);
+    }
+
+    /// <summary>LayerNormalization over the last dimensions (opset 17); no bias input when the layer has none.</summary>
+    private string LayerNorm(LayerNorm<T> norm, string path, string input, nint[] shape)
+    {
+        int[] normalized = [.. norm.NormalizedShape];
+        long[] dims = [.. normalized.Select(d => (long)d)];
+        List<string> inputs = [input, norm.Weight is { } weight
+            ? graph.Floats(Join(path, "weight"), dims, Floats(weight.Value))
+            : graph.Floats(Join(path, "ones"), dims, Filled(norm.NormalizedSize, 1))];
+        if (norm.Bias is { } bias) inputs.Add(graph.Floats(Join(path, "bias"), dims, Floats(bias.Value)));
+        return graph.Node("LayerNormalization", NodeName(path, "LayerNormalization"), OutputName(path), inputs,
+            Int("axis", shape.Length - normalized.Length), Float("epsilon", (float)norm.Eps));
+    }
+
+    /// <summary>RMSNormalization (opset 23); before it y = x / √(mean(x²) + ε) · γ over the last dimensions.</summary>
+    private string RmsNorm(RMSNorm<T> norm, string path, string input, nint[] shape)
+    {
+        int[] normalized = [.. norm.NormalizedShape];
+        long[] dims = [.. normalized.Select(d => (long)d)];
+        int axis = shape.Length - normalized.Length;
+        if (graph.Opset >= 23)
+            return graph.Node("RMSNormalization", NodeName(path, "RMSNormalization"), OutputName(path),
+                [input, norm.Weight is { } weight ? graph.Floats(Join(path, "weight"), dims, Floats(weight.Value)) : graph.Floats(Join(path, "ones"), dims, Filled(norm.NormalizedSize, 1))],
+                Int("axis", axis), Float("epsilon", (float)norm.Eps));
+
+        long[] axes = [.. Enumerable.Range(axis, normalized.Length).Select(a => (long)a)];
+        string squared = graph.Node("Mul", NodeName(path, "Mul"), OutputName(path) + "_squared", [input, input]);
+        string mean = graph.Opset >= 18
+            ? graph.Node("ReduceMean", NodeName(path, "ReduceMean"), OutputName(path) + "_mean", [squared, graph.Int64s(Join(path, "axes"), axes)], Int("keepdims", 1))
+            : graph.Node("ReduceMean", NodeName(path, "ReduceMean"), OutputName(path) + "_mean", [squared], Ints("axes", axes), Int("keepdims", 1));
+        string shifted = graph.Node("Add", NodeName(path, "Add"), OutputName(path) + "_shifted", [mean, graph.Floats(Join(path, "eps"), [], [(float)norm.Eps])]);
+        string rms = graph.Node("Sqrt", NodeName(path, "Sqrt"), OutputName(path) + "_rms", [shifted]);
+        string divided = graph.Node("Div", NodeName(path, "Div"), norm.Weight is null ? OutputName(path) : OutputName(path) + "_normalized", [input, rms]);
+        if (norm.Weight is not { } gamma) return divided;
+        return graph.Node("Mul", NodeName(path, "Mul"), OutputName(path), [divided, graph.Floats(Join(path, "weight"), dims, Floats(gamma.Value))]);
+    }
+
+    /// <summary>Gemm on (N, in); MatMul then Add on higher ranks (Linear acts on the last dimension).</summary>
+    private string Linear(Linear<T> linear, string path, string input, nint[] shape)
+    {
+        float[] weight = Floats(linear.Weight.Value);
+        if (shape.Length == 2)
+        {
+            List<string> inputs = [input, graph.Floats(Join(path, "weight"), [linear.OutFeatures, linear.InFeatures], weight)];
+            if (linear.Bias is { } b) inputs.Add(graph.Floats(Join(path, "bias"), [linear.OutFeatures], Floats(b.Value)));
+            return graph.Node("Gemm", NodeName(path, "Gemm"), OutputName(path), inputs, Int("transB", 1));
+        }
+        var transposed = new float[weight.Length];
+        for (int o = 0; o < linear.OutFeatures; o++)
+            for (int i = 0; i < linear.InFeatures; i++) transposed[i * linear.OutFeatures + o] = weight[o * linear.InFeatures + i];
+        string product = graph.Node("MatMul", NodeName(path, "MatMul"), linear.Bias is null ? OutputName(path) : OutputName(path) + "_product",
+            [input, graph.Floats(Join(path, "weight_transposed"), [linear.InFeatures, linear.OutFeatures], transposed)]);
+        if (linear.Bias is not { } bias) return product;
+        return graph.Node("Add", NodeName(path, "Add"), OutputName(path), [product, graph.Floats(Join(path, "bias"), [linear.OutFeatures], Floats(bias.Value))]);
+    }
+
+    private static global::Onnx.AttributeProto[] PoolAttributes(Pool2d<T> pool, bool? countIncludePad)
+    {
+        List<global::Onnx.AttributeProto> attributes =
+        [
+            Ints("kernel_shape", pool.KernelHeight, pool.KernelWidth),
+            Ints("strides", pool.StrideHeight, pool.StrideWidth),
+            Ints("pads", pool.PadHeight, pool.PadWidth, pool.PadHeight, pool.PadWidth),
+            Int("ceil_mode", pool.CeilMode ? 1 : 0),
+        ];
+        if (countIncludePad is bool include) attributes.Add(Int("count_include_pad", include ? 1 : 0));
+        return [.. attributes];
+    }
+
+    private string Scale(NormLayer<T> norm, string path, int c) =>
+        norm.Weight is { } w ? graph.Floats(Join(path, "weight"), [c], Floats(w.Value)) : graph.Floats(Join(path, "ones"), [c], Filled(c, 1));
+
+    private string Shift(NormLayer<T> norm, string path, int c) =>
+        norm.Bias is { } b ? graph.Floats(Join(path, "bias"), [c], Floats(b.Value)) : graph.Floats(Join(path, "zeros"), [c], Filled(c, 0));
+
+    private static void RequireEvalStatistics(RunningStatsNorm<T> norm, string path)
+    {
+        if (norm.RunningMean is null || norm.RunningVar is null)
+            throw new NotSupportedException(
+                $"ONNX export: {TypeName(norm)} '{path}' keeps no running statistics (trackRunningStats: false), so in eval mode it normalizes by each batch's statistics; the exporter writes inference graphs with running statistics only.");
+    }
+
+    private static void RequireChannelsFirst(ChannelLayout layout, ILayer<T> layer, string path)
+    {
+        if (layout != ChannelLayout.First)
+            throw new NotSupportedException($"ONNX export: {TypeName(layer)} '{path}' is channels last; ONNX's normalizations take channels first (N, C, ...).");
+    }
+
+    private static long[] PerChannelDims(int channels, int rank)
+    {
+        long[] dims = new long[Math.Max(1, rank - 1)];
+        Array.Fill(dims, 1L);
+        dims[0] = channels;
+        return dims;
+    }
+
+    private static float[] Floats(System.Numerics.Tensors.Tensor<T> tensor)
+    {
+        ReadOnlySpan<T> values = TensorData.Flat(tensor);
+        var result = new float[values.Length];
+        for (int i = 0; i < values.Length; i++) result[i] = float.CreateTruncating(values[i]);
+        return result;
+    }
+
+    private static float[] Filled(int count, float value)
+    {
+        var result = new float[count];
+        Array.Fill(result, value);
+        return result;
+    }
+
+    private static long[] Dims(ReadOnlySpan<nint> lengths)
+    {
+        var dims = new long[lengths.Length];
+        for (int i = 0; i < lengths.Length; i++) dims[i] = lengths[i];
+        return dims;
+    }
+
+    private static string Join(string path, string name) => path.Length == 0 ? name : path + "." + name;
+
+    private static string NodeName(string path, string op) => path.Length == 0 ? op : path;
+
+    private static string OutputName(string path) => path.Length == 0 ? "y" : path;
+
+    private static string TypeName(object layer) => layer.GetType().Name.Split('`')[0];
+}
