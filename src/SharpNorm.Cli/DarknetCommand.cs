@@ -31,7 +31,7 @@ internal static class DarknetCommand
         export: the weights as a safetensors state dict named like PyTorch ports ({i}.conv.weight, {i}.bn.running_var,
           {i}.fc.weight, ...) with the cfg in its metadata; --fold merges each batch norm into its layer.
           To OUT.onnx: an ONNX model (opset 17 to 23, default 17) taking the letterboxed image (N, 3, H, W) in [0, 1]
-          and giving the network's output (a classifier's probabilities). Chain networks (classifiers) today.
+          and giving the [yolo] layers' outputs (named by layer), or a classifier's probabilities.
         random-weights: a .weights file (version 0.2) of random values that fits the cfg exactly, for testing.
         """;
 
@@ -102,11 +102,11 @@ internal static class DarknetCommand
         bool fold = options.Has("fold");
         if (positional[2].EndsWith(".onnx", StringComparison.OrdinalIgnoreCase))
         {
-            if (mode != DarknetBatchNormMode.PyTorch)
-                throw new UsageException("--bn darknet-cpu has no ONNX BatchNormalization twin ((x - mean) / (sqrt(var) + 1e-6)); ONNX export writes --bn pytorch");
+            if (mode != DarknetBatchNormMode.PyTorch && !fold)
+                throw new UsageException("--bn darknet-cpu has no ONNX BatchNormalization twin ((x - mean) / (sqrt(var) + 1e-6)); add --fold to fold it into the convolutions");
             int opset = options.Int("opset", OnnxExport.DefaultOpset, min: OnnxExport.MinOpset, max: OnnxExport.MaxOpset,
                 expected: $"an opset from {OnnxExport.MinOpset} to {OnnxExport.MaxOpset}");
-            DarknetOnnxExport.Save(positional[0], positional[1], positional[2], fold, opset);
+            DarknetOnnxExport.Save(positional[0], positional[1], positional[2], fold, opset, mode);
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"wrote {positional[2]}: {new FileInfo(positional[2]).Length:N0} bytes, ONNX opset {opset}{(fold ? ", batch norms folded" : "")}"));
             return 0;

@@ -31,9 +31,6 @@ public sealed record OnnxExportOptions
     /// </summary>
     public (double Mean, double Std)? InputNormalization { get; init; }
 
-    /// <summary>End the graph with a softmax over the last dimension: probabilities out instead of logits.</summary>
-    public bool Softmax { get; init; }
-
     /// <summary>Key-value pairs written as the model's metadata_props (what the model was trained with, its labels).</summary>
     public IReadOnlyDictionary<string, string>? Metadata { get; init; }
 }
@@ -86,11 +83,13 @@ public static class OnnxExport
             throw new ArgumentException($"The input and the output need different names; both are '{options.InputName}'.", nameof(options));
         if (inputShape.Length < 1 || inputShape.Contains(0) || inputShape.ToArray().Any(d => d < 0))
             throw new ArgumentException($"The input shape must be (N, ...) with every length positive; got {TensorData.Format(inputShape)}.", nameof(inputShape));
-        nint[] outputShape = model.OutputShape(inputShape);   // the model's own check of the input, with its message
+        // The model's own check of the input, with its message.
+        nint[]? outputShape = model is Graph<T> { OutputNames.Count: > 1 } multiple ? multiple.OutputShapes(inputShape)[0] : model.OutputShape(inputShape);
 
         var writer = new OnnxGraphWriter(options.Opset);
         string input = writer.Unique(options.InputName);
-        writer.Unique(options.OutputName);                    // reserved: the last node's output is renamed to it
+        bool several = model is Graph<T> { OutputNames.Count: > 1 };
+        if (!several) writer.Unique(options.OutputName);      // reserved: the output tensor is renamed to it
         string first = input;
         if (options.InputNormalization is var (mean, std))
         {
@@ -100,17 +99,25 @@ public static class OnnxExport
             first = writer.Node("Div", "input_normalization/Div", "input_normalized", [centered, writer.Floats("input_std", [], [(float)std])]);
         }
         var layers = new OnnxLayerWriter<T>(writer, options.FoldBatchNorm);
-        string output = layers.Write(model, "", first, inputShape.ToArray());
-        if (options.Softmax) output = writer.Node("Softmax", "softmax", "probabilities", [output], OnnxGraphWriter.Int("axis", -1));
-
-        if (output == input) writer.Graph.Node.Add(new OnnxProto.NodeProto { OpType = "Identity", Name = writer.Unique("output_identity"), Input = { input }, Output = { options.OutputName } });
-        else
-            foreach (var node in writer.Graph.Node)
-                for (int i = 0; i < node.Output.Count; i++)
-                    if (node.Output[i] == output) node.Output[i] = options.OutputName;
-
         writer.Graph.Input.Add(OnnxGraphWriter.Value(input, inputShape));
-        writer.Graph.Output.Add(OnnxGraphWriter.Value(options.OutputName, outputShape));
+        if (several)
+        {
+            // One output per graph output, named by its node (darknet: by layer, "16" and "23" for YOLOv3-tiny's heads).
+            var graph = (Graph<T>)model;
+            string[] outputs = layers.Graph(graph, "", first, inputShape.ToArray());
+            nint[][] shapes = graph.OutputShapes(inputShape);
+            for (int k = 0; k < outputs.Length; k++)
+            {
+                writer.Graph.Output.Add(OnnxGraphWriter.Value(outputs[k], shapes[k]));
+            }
+        }
+        else
+        {
+            string output = layers.Write(model, "", first, inputShape.ToArray());
+            if (output == input) writer.Graph.Node.Add(new OnnxProto.NodeProto { OpType = "Identity", Name = writer.UniqueNode("output_identity"), Input = { input }, Output = { options.OutputName } });
+            else writer.Rename(output, options.OutputName);
+            writer.Graph.Output.Add(OnnxGraphWriter.Value(options.OutputName, outputShape!));
+        }
         var result = new OnnxProto.ModelProto
         {
             IrVersion = IrVersion(options.Opset),

@@ -10,7 +10,7 @@ namespace SharpNorm.Onnx;
 /// </summary>
 internal sealed class OnnxGraphWriter
 {
-    private readonly HashSet<string> _names = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _names = new(StringComparer.Ordinal), _nodeNames = new(StringComparer.Ordinal);
 
     public OnnxGraphWriter(int opset) => Opset = opset;
 
@@ -18,12 +18,17 @@ internal sealed class OnnxGraphWriter
 
     public OnnxProto.GraphProto Graph { get; } = new() { Name = "sharpnorm" };
 
-    /// <summary>A name not yet used in the graph: <paramref name="name"/> itself, else with a numeric suffix.</summary>
-    public string Unique(string name)
+    /// <summary>A tensor name not yet used in the graph: <paramref name="name"/> itself, else with a numeric suffix.</summary>
+    public string Unique(string name) => Unique(_names, name);
+
+    /// <summary>A node name not yet used (nodes and tensors are named apart in ONNX).</summary>
+    public string UniqueNode(string name) => Unique(_nodeNames, name);
+
+    private static string Unique(HashSet<string> names, string name)
     {
-        if (_names.Add(name)) return name;
+        if (names.Add(name)) return name;
         for (int i = 1; ; i++)
-            if (_names.Add($"{name}_{i}")) return $"{name}_{i}";
+            if (names.Add($"{name}_{i}")) return $"{name}_{i}";
     }
 
     /// <summary>Adds a float32 initializer of the given dimensions and returns its (unique) name.</summary>
@@ -54,7 +59,7 @@ internal sealed class OnnxGraphWriter
     /// <summary>Adds a node and returns the name of its (first) output, <paramref name="output"/> made unique.</summary>
     public string Node(string opType, string name, string output, IEnumerable<string> inputs, params OnnxProto.AttributeProto[] attributes)
     {
-        var node = new OnnxProto.NodeProto { OpType = opType, Name = Unique(name) };
+        var node = new OnnxProto.NodeProto { OpType = opType, Name = UniqueNode(name) };
         node.Input.AddRange(inputs);
         string outputName = Unique(output);
         node.Output.Add(outputName);
@@ -62,6 +67,31 @@ internal sealed class OnnxGraphWriter
         Graph.Node.Add(node);
         return outputName;
     }
+
+    /// <summary>Adds a node of several outputs and returns their names (each <paramref name="outputs"/> made unique).</summary>
+    public string[] Node(string opType, string name, string[] outputs, IEnumerable<string> inputs, params OnnxProto.AttributeProto[] attributes)
+    {
+        var node = new OnnxProto.NodeProto { OpType = opType, Name = UniqueNode(name) };
+        node.Input.AddRange(inputs);
+        string[] names = outputs.Select(Unique).ToArray();
+        node.Output.AddRange(names);
+        node.Attribute.AddRange(attributes);
+        Graph.Node.Add(node);
+        return names;
+    }
+
+    /// <summary>Renames a tensor wherever a node reads or writes it.</summary>
+    public void Rename(string from, string to)
+    {
+        foreach (var node in Graph.Node)
+        {
+            for (int i = 0; i < node.Input.Count; i++) if (node.Input[i] == from) node.Input[i] = to;
+            for (int i = 0; i < node.Output.Count; i++) if (node.Output[i] == from) node.Output[i] = to;
+        }
+    }
+
+    public static OnnxProto.AttributeProto String(string name, string value) =>
+        new() { Name = name, Type = OnnxProto.AttributeProto.Types.AttributeType.String, S = ByteString.CopyFromUtf8(value) };
 
     public static OnnxProto.AttributeProto Int(string name, long value) =>
         new() { Name = name, Type = OnnxProto.AttributeProto.Types.AttributeType.Int, I = value };

@@ -15,6 +15,20 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
     public string Write(ILayer<T> layer, string path, string input, nint[] shape) => layer switch
     {
         Sequential<T> sequential => Sequential(sequential, path, input, shape),
+        Graph<T> g => g.OutputNames.Count == 1 ? Graph(g, path, input, shape)[0]
+            : throw new NotSupportedException($"ONNX export: graph '{path}' inside the model has {g.OutputNames.Count} outputs; a nested graph must have one."),
+        Sigmoid<T> => graph.Node("Sigmoid", NodeName(path, "Sigmoid"), OutputName(path), [input]),
+        Tanh<T> => graph.Node("Tanh", NodeName(path, "Tanh"), OutputName(path), [input]),
+        ELU<T> => graph.Node("Elu", NodeName(path, "Elu"), OutputName(path), [input], Float("alpha", 1f)),
+        SiLU<T> => graph.Node("Mul", NodeName(path, "Mul"), OutputName(path), [input, graph.Node("Sigmoid", Join(path, "Sigmoid"), OutputName(path) + "_sigmoid", [input])]),
+        Mish<T> => Mish(path, input),
+        Softmax<T> softmax => graph.Node("Softmax", NodeName(path, "Softmax"), OutputName(path), [input], Int("axis", softmax.Dimension)),
+        Identity<T> => graph.Node("Identity", NodeName(path, "Identity"), OutputName(path), [input]),
+        ChannelChunk<T> chunk => ChannelChunk(chunk, path, input, shape),
+        Upsample<T> upsample => graph.Node("Resize", NodeName(path, "Resize"), OutputName(path),
+            [input, "", graph.Floats(Join(path, "scales"), [4], [1f, 1f, upsample.ScaleFactor, upsample.ScaleFactor])],
+            String("mode", "nearest"), String("coordinate_transformation_mode", "asymmetric"), String("nearest_mode", "floor")),
+        SharpNorm.Darknet.YoloLayer<T> yolo => Yolo(yolo, path, input, shape),
         Conv2d<T> conv => Conv(conv, path, input, conv.Weight.Value, conv.Bias?.Value is { } b ? Floats(b) : null),
         BatchNorm<T> bn => RunningStatistics(bn, path, input, shape),
         InstanceNorm<T> instance => instance.TrackRunningStats ? RunningStatistics(instance, path, input, shape) : InstanceNorm(instance, path, input, shape),
@@ -31,8 +45,76 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         Dropout<T> => input,   // the identity at inference, as torch.onnx.export writes it in eval mode
         _ => throw new NotSupportedException(
             $"ONNX export: layer '{(path.Length == 0 ? "(the model)" : path)}' is a {TypeName(layer)}, which the exporter cannot express " +
-            "(it writes Sequential, Conv2d, BatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm, LeakyReLU, ReLU, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear and Dropout)."),
+            "(it writes Sequential, Graph, Conv2d, BatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm, LeakyReLU, ReLU, Sigmoid, Tanh, ELU, SiLU, Mish, " +
+            "Softmax, Identity, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear, Dropout, ChannelChunk, Upsample and YoloLayer; Concat and Add joins)."),
     };
+
+    /// <summary>A graph's nodes in order (joins as Concat, Add or Sum); returns the names of its output tensors.</summary>
+    public string[] Graph(Graph<T> g, string path, string input, nint[] shape)
+    {
+        var names = new Dictionary<string, string>(StringComparer.Ordinal) { [g.InputName] = input };
+        var shapes = new Dictionary<string, nint[]>(StringComparer.Ordinal) { [g.InputName] = shape };
+        foreach (GraphNode<T> node in g.Nodes)
+        {
+            string nodePath = Join(path, node.Name);
+            string[] inputs = node.Inputs.Select(i => names[i]).ToArray();
+            if (node.Layer is { } layer)
+            {
+                nint[] inputShape = shapes[node.Inputs[0]];
+                names[node.Name] = Write(layer, nodePath, inputs[0], inputShape);
+                shapes[node.Name] = layer.OutputShape(inputShape);
+                continue;
+            }
+            nint[][] inputShapes = node.Inputs.Select(i => shapes[i]).ToArray();
+            shapes[node.Name] = node.Join!.OutputShape(inputShapes);
+            names[node.Name] = node.Join switch
+            {
+                Concat<T> concat => graph.Node("Concat", NodeName(nodePath, "Concat"), OutputName(nodePath), inputs, Int("axis", concat.Dimension)),
+                Add<T> when inputs.Length == 2 => graph.Node("Add", NodeName(nodePath, "Add"), OutputName(nodePath), inputs),
+                Add<T> => graph.Node("Sum", NodeName(nodePath, "Sum"), OutputName(nodePath), inputs),
+                _ => throw new NotSupportedException($"ONNX export: node '{nodePath}' is a {TypeName(node.Join!)} join, which the exporter cannot express (it writes Concat and Add)."),
+            };
+        }
+        return g.OutputNames.Select(o => names[o]).ToArray();
+    }
+
+    /// <summary>x·tanh(softplus(x)): Mish as its decomposition (ONNX Runtime has Softplus everywhere, Mish only from opset 18).</summary>
+    private string Mish(string path, string input)
+    {
+        string softplus = graph.Node("Softplus", Join(path, "Softplus"), OutputName(path) + "_softplus", [input]);
+        string tanh = graph.Node("Tanh", Join(path, "Tanh"), OutputName(path) + "_tanh", [softplus]);
+        return graph.Node("Mul", NodeName(path, "Mul"), OutputName(path), [input, tanh]);
+    }
+
+    /// <summary>One of several equal parts of the channels: Slice along axis 1.</summary>
+    private string ChannelChunk(ChannelChunk<T> chunk, string path, string input, nint[] shape)
+    {
+        long part = shape[1] / chunk.Chunks;
+        return graph.Node("Slice", NodeName(path, "Slice"), OutputName(path),
+            [input, graph.Int64s(Join(path, "starts"), [chunk.Index * part]), graph.Int64s(Join(path, "ends"), [(chunk.Index + 1) * part]), graph.Int64s(Join(path, "axes"), [1])]);
+    }
+
+    /// <summary>
+    /// darknet's [yolo]: (N, A·(5+C), H, W) as (N, A, 5+C, H, W), split into x y | w h | objectness and classes, the
+    /// logistic on the first part (scaled about the centre by scale_x_y) and the last, joined and shaped back.
+    /// </summary>
+    private string Yolo(SharpNorm.Darknet.YoloLayer<T> yolo, string path, string input, nint[] shape)
+    {
+        long anchors = yolo.Head.Mask.Length, entries = yolo.Head.Classes + 5;
+        string out0 = OutputName(path);
+        string split5 = graph.Node("Reshape", Join(path, "Reshape"), out0 + "_anchors", [input, graph.Int64s(Join(path, "anchor_shape"), [0, anchors, entries, shape[2], shape[3]])]);
+        string[] parts = graph.Node("Split", Join(path, "Split"), [out0 + "_xy", out0 + "_wh", out0 + "_scores"],
+            [split5, graph.Int64s(Join(path, "split"), [2, 2, entries - 4])], Int("axis", 2));
+        string xy = graph.Node("Sigmoid", Join(path, "Sigmoid_xy"), out0 + "_xy_logistic", [parts[0]]);
+        if (yolo.Head.ScaleXY != 1)
+        {
+            string scaled = graph.Node("Mul", Join(path, "Mul"), out0 + "_xy_scaled", [xy, graph.Floats(Join(path, "scale_x_y"), [], [(float)yolo.Head.ScaleXY])]);
+            xy = graph.Node("Add", Join(path, "Add"), out0 + "_xy_shifted", [scaled, graph.Floats(Join(path, "shift_x_y"), [], [(float)(-0.5 * (yolo.Head.ScaleXY - 1))])]);
+        }
+        string scores = graph.Node("Sigmoid", Join(path, "Sigmoid_scores"), out0 + "_scores_logistic", [parts[2]]);
+        string joined = graph.Node("Concat", Join(path, "Concat"), out0 + "_joined", [xy, parts[1], scores], Int("axis", 2));
+        return graph.Node("Reshape", NodeName(path, "Reshape_back"), out0, [joined, graph.Int64s(Join(path, "shape"), [0, shape[1], shape[2], shape[3]])]);
+    }
 
     private string Sequential(Sequential<T> sequential, string path, string input, nint[] shape)
     {
@@ -201,7 +283,7 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         [
             Ints("kernel_shape", pool.KernelHeight, pool.KernelWidth),
             Ints("strides", pool.StrideHeight, pool.StrideWidth),
-            Ints("pads", pool.PadHeight, pool.PadWidth, pool.PadHeight, pool.PadWidth),
+            Ints("pads", pool.PadHeight, pool.PadWidth, pool.PadBottom, pool.PadRight),
             Int("ceil_mode", pool.CeilMode ? 1 : 0),
         ];
         if (countIncludePad is bool include) attributes.Add(Int("count_include_pad", include ? 1 : 0));

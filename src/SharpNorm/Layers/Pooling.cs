@@ -9,14 +9,26 @@ namespace SharpNorm.Layers;
 /// <summary>What max and average pooling share: the window, PyTorch's output size rule (ceil mode included) and the input checks.</summary>
 public abstract class Pool2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloatingPointIeee754<T>
 {
-    private protected Pool2d(int[] kernelSize, int[]? stride, int[] padding, bool ceilMode)
+    private protected Pool2d(int[] kernelSize, int[]? stride, int[] padding, bool ceilMode, bool asymmetricPadding = false)
     {
         (KernelHeight, KernelWidth) = Pair(kernelSize, nameof(kernelSize), 1);
         (StrideHeight, StrideWidth) = stride is null ? (KernelHeight, KernelWidth) : Pair(stride, nameof(stride), 1);
-        (PadHeight, PadWidth) = Pair(padding, nameof(padding), 0);
-        if (PadHeight * 2 > KernelHeight || PadWidth * 2 > KernelWidth)
+        ArgumentNullException.ThrowIfNull(padding);
+        if (asymmetricPadding && padding.Length == 4)
+        {
+            if (padding.Any(p => p < 0))
+                throw new ArgumentException($"padding must be four integers >= 0 (top, left, bottom, right); got ({string.Join(", ", padding)}).", nameof(padding));
+            if (ceilMode) throw new ArgumentException("Ceil mode takes symmetric padding (one or two values); got four.", nameof(ceilMode));
+            (PadHeight, PadWidth, PadBottom, PadRight) = (padding[0], padding[1], padding[2], padding[3]);
+        }
+        else
+        {
+            (PadHeight, PadWidth) = Pair(padding, nameof(padding), 0);
+            (PadBottom, PadRight) = (PadHeight, PadWidth);
+        }
+        if (Math.Max(PadHeight, PadBottom) * 2 > KernelHeight || Math.Max(PadWidth, PadRight) * 2 > KernelWidth)
             throw new ArgumentException(
-                $"padding should be at most half of the kernel size; got padding ({PadHeight}, {PadWidth}) for kernel ({KernelHeight}, {KernelWidth}).", nameof(padding));
+                $"padding should be at most half of the kernel size; got padding ({PadHeight}, {PadWidth}{(IsSymmetric ? "" : $", {PadBottom}, {PadRight}")}) for kernel ({KernelHeight}, {KernelWidth}).", nameof(padding));
         CeilMode = ceilMode;
     }
 
@@ -26,7 +38,17 @@ public abstract class Pool2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloa
     public int StrideWidth { get; }
     public int PadHeight { get; }
     public int PadWidth { get; }
+
+    /// <summary>Padding after the last row (PadHeight unless the four-value padding of MaxPool2d set it).</summary>
+    public int PadBottom { get; }
+
+    /// <summary>Padding after the last column (PadWidth unless the four-value padding of MaxPool2d set it).</summary>
+    public int PadRight { get; }
+
     public bool CeilMode { get; }
+
+    /// <summary>Whether the padding is the same on both sides of each dimension (PyTorch's padding).</summary>
+    public bool IsSymmetric => PadBottom == PadHeight && PadRight == PadWidth;
 
     public override nint[] OutputShape(ReadOnlySpan<nint> inputShape)
     {
@@ -37,15 +59,21 @@ public abstract class Pool2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloa
     private protected WindowGeometry Window(ReadOnlySpan<nint> shape)
     {
         var (_, c, h, w) = Require4d(shape);
-        int outHeight = WindowGeometry.OutputSize(h, KernelHeight, StrideHeight, PadHeight, 1, CeilMode);
-        int outWidth = WindowGeometry.OutputSize(w, KernelWidth, StrideWidth, PadWidth, 1, CeilMode);
+        int outHeight = IsSymmetric ? WindowGeometry.OutputSize(h, KernelHeight, StrideHeight, PadHeight, 1, CeilMode) : Floor(h, KernelHeight, StrideHeight, PadHeight + PadBottom);
+        int outWidth = IsSymmetric ? WindowGeometry.OutputSize(w, KernelWidth, StrideWidth, PadWidth, 1, CeilMode) : Floor(w, KernelWidth, StrideWidth, PadWidth + PadRight);
         if (outHeight <= 0 || outWidth <= 0)
             throw new ArgumentException($"{Description}: input {TensorData.Format(shape)} is too small for the window; the output would be empty.", "x");
         return new WindowGeometry(c, h, w, KernelHeight, KernelWidth, StrideHeight, StrideWidth, PadHeight, PadWidth, 1, 1, outHeight, outWidth);
     }
 
+    private static int Floor(int input, int kernel, int stride, int padding)
+    {
+        long span = (long)input + padding - kernel;
+        return span < 0 ? 0 : (int)(span / stride + 1);
+    }
+
     private protected string WindowDescription =>
-        $"kernel ({KernelHeight}, {KernelWidth}), stride ({StrideHeight}, {StrideWidth}), padding ({PadHeight}, {PadWidth}){(CeilMode ? ", ceil mode" : "")}";
+        $"kernel ({KernelHeight}, {KernelWidth}), stride ({StrideHeight}, {StrideWidth}), padding ({PadHeight}, {PadWidth}{(IsSymmetric ? "" : $", {PadBottom}, {PadRight}")}){(CeilMode ? ", ceil mode" : "")}";
 
     // The running job: planes of x and dy, and where results go.
     private WindowGeometry _window;
@@ -98,12 +126,13 @@ public abstract class Pool2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloa
 /// <summary>
 /// Max pooling, the twin of torch.nn.MaxPool2d (no dilation): stride defaults to the kernel size; padding is -inf;
 /// ceil mode keeps a last partial window that starts inside the input. The first maximum of a window takes the
-/// gradient, a NaN counts as the maximum, as in PyTorch.
+/// gradient, a NaN counts as the maximum, as in PyTorch. Beyond PyTorch, padding may be four values (top, left,
+/// bottom, right), ONNX MaxPool's pads: darknet's pools pad padding/2 before and the rest after.
 /// </summary>
 public sealed class MaxPool2d<T> : Pool2d<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
     public MaxPool2d(int[] kernelSize, int[]? stride = null, int[]? padding = null, bool ceilMode = false)
-        : base(kernelSize, stride, padding ?? [0], ceilMode)
+        : base(kernelSize, stride, padding ?? [0], ceilMode, asymmetricPadding: true)
     {
     }
 

@@ -182,6 +182,15 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
     protected override void BackwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx) =>
         Sweep(x, dy, dx, parameterGradients: false);
 
+    /// <summary>Backward and Gradient in one sweep (a graph's node needs both): dx and the parameter gradients.</summary>
+    internal void BackwardAndGradient(ReadOnlyTensorSpan<T> x, ReadOnlyTensorSpan<T> dy, TensorSpan<T> dx)
+    {
+        ValidateBackward(x.Lengths);
+        RequireShape(dy.Lengths, _shapes[_layers.Length], "dy");
+        RequireShape(dx.Lengths, x.Lengths, "dx");
+        Sweep(TensorData.Flat(x, "x"), TensorData.Flat(dy, "dy"), TensorData.Flat(dx, "dx"), parameterGradients: true, inputGradient: true);
+    }
+
     protected override void GradientCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy)
     {
         ValidateBackward(shape);
@@ -193,7 +202,7 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
     /// (alternating between two buffers). With <paramref name="parameterGradients"/> every layer's Gradient runs too,
     /// after its Backward (norm layers then reuse Backward's reductions), and the first layer's dx is skipped.
     /// </summary>
-    private void Sweep(ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx, bool parameterGradients)
+    private void Sweep(ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx, bool parameterGradients, bool inputGradient = false)
     {
         ReadOnlySpan<T> gradOut = dy;
         bool useFirst = true;
@@ -205,7 +214,7 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
                 ConvBatchNormBlock<T> block = _blocks[start]!;
                 ReadOnlySpan<T> blockInput = start == 0 ? x : _outputs[start - 1].AsSpan(0, Length(_shapes[start]));
                 Span<T> blockGradIn = default;
-                if (start > 0 || !parameterGradients)
+                if (start > 0 || !parameterGradients || inputGradient)
                     blockGradIn = start == 0 ? dx : (useFirst ? _gradient1 : _gradient2).AsSpan(0, Length(_shapes[start]));
                 block.Backward(blockInput, _shapes[start], _outputs[start].AsSpan(0, Length(_shapes[start + 1])), _shapes[start + 1], gradOut,
                     blockGradIn, parameterGradients);
@@ -220,7 +229,7 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
             var inputTensor = new ReadOnlyTensorSpan<T>(input, _shapes[i], []);
             var gradOutTensor = new ReadOnlyTensorSpan<T>(gradOut, _shapes[i + 1], []);
             Span<T> gradIn = default;
-            if (i > 0 || !parameterGradients)
+            if (i > 0 || !parameterGradients || inputGradient)
             {
                 gradIn = i == 0 ? dx : (useFirst ? _gradient1 : _gradient2).AsSpan(0, Length(_shapes[i]));
                 _layers[i].Backward(inputTensor, gradOutTensor, new TensorSpan<T>(gradIn, _shapes[i], []));

@@ -14,65 +14,51 @@ namespace SharpNorm.Tests.Onnx;
 public class DarknetOnnxTests
 {
     [Theory]
-    [InlineData("darknet19.cfg", false, 17)]
-    [InlineData("darknet19.cfg", true, 21)]
-    [InlineData("darknet.cfg", false, 17)]
-    [InlineData("tiny.cfg", true, 17)]
-    public void ADarknetClassifierGivesTheNetworksProbabilities(string cfg, bool fold, int opset)
+    [InlineData("darknet19.cfg", 64, false, 17, "PyTorch")]
+    [InlineData("darknet19.cfg", 64, true, 21, "PyTorch")]
+    [InlineData("darknet.cfg", 64, false, 17, "PyTorch")]
+    [InlineData("tiny.cfg", 64, true, 17, "PyTorch")]
+    [InlineData("yolov3-tiny.cfg", 128, false, 17, "PyTorch")]
+    [InlineData("yolov3-tiny.cfg", 128, true, 18, "DarknetCpu")]
+    [InlineData("small-detector.cfg", 0, false, 17, "PyTorch")]
+    [InlineData("small-detector.cfg", 0, true, 23, "DarknetCpu")]
+    [InlineData("small-classifier.cfg", 0, true, 17, "PyTorch")]
+    public void ADarknetNetworkGivesTheInferenceNetworksOutputs(string cfg, int size, bool fold, int opset, string mode)
     {
         string folder = Directory.CreateTempSubdirectory("sharpnorm-darknet-onnx-").FullName;
         try
         {
-            var (cfgPath, weightsPath, sections, weights) = Files(folder, cfg, 64);
+            var (cfgPath, weightsPath, sections, weights) = Files(folder, cfg, size);
             string onnx = Path.Combine(folder, "model.onnx");
-            DarknetOnnxExport.Save(cfgPath, weightsPath, onnx, fold, opset);
-            var network = DarknetNetwork.Build(sections, weights, new DarknetNetworkOptions { FoldBatchNorm = false });
+            var batchNorm = Enum.Parse<DarknetBatchNormMode>(mode);
+            DarknetOnnxExport.Save(cfgPath, weightsPath, onnx, fold, opset, batchNorm);
+            var network = DarknetNetwork.Build(sections, weights, new DarknetNetworkOptions { FoldBatchNorm = false, BatchNorm = batchNorm });
+            string[] names = network.OutputLayers.Select(l => network.Layers[l].Type == "yolo" ? l.ToString(System.Globalization.CultureInfo.InvariantCulture)
+                : network.Layers[l].Type == "softmax" ? "probabilities" : "output").ToArray();
 
             using var session = new InferenceSession(onnx);
-            Assert.Equal("probabilities", session.OutputNames.Single());
+            Assert.Equal(names, session.OutputNames);
             var random = new Random(4);
+            int c = network.InputChannels, h = network.InputHeight, w = network.InputWidth;
             foreach (int batch in new[] { 1, 4 })
             {
-                float[] input = Enumerable.Range(0, batch * 3 * 64 * 64).Select(_ => (float)random.NextDouble()).ToArray();
+                float[] input = Enumerable.Range(0, batch * c * h * w).Select(_ => (float)random.NextDouble()).ToArray();
                 network.Forward(input, batch);
-                float[] expected = network.Output(network.OutputLayers[0]).ToArray();
-                using var value = OrtValue.CreateTensorValueFromMemory(input, [batch, 3, 64, 64]);
-                using var outputs = session.Run(new RunOptions(), ["image"], [value], ["probabilities"]);
-                float[] actual = outputs[0].GetTensorDataAsSpan<float>().ToArray();
-                Assert.Equal(expected.Length, actual.Length);
-                double difference = 0, size = 0;
-                for (int i = 0; i < expected.Length; i++)
+                using var value = OrtValue.CreateTensorValueFromMemory(input, [batch, c, h, w]);
+                using var outputs = session.Run(new RunOptions(), ["image"], [value], names);
+                for (int k = 0; k < names.Length; k++)
                 {
-                    difference += Math.Pow((double)actual[i] - expected[i], 2);
-                    size += Math.Pow(expected[i], 2);
+                    float[] expected = network.Output(network.OutputLayers[k]).ToArray(), actual = outputs[k].GetTensorDataAsSpan<float>().ToArray();
+                    Assert.Equal(expected.Length, actual.Length);
+                    double difference = 0, sum = 0;
+                    for (int i = 0; i < expected.Length; i++)
+                    {
+                        difference += Math.Pow((double)actual[i] - expected[i], 2);
+                        sum += Math.Pow(expected[i], 2);
+                    }
+                    Assert.True(Math.Sqrt(difference / sum) <= 1e-5, $"{cfg} batch {batch} output {names[k]}: {Math.Sqrt(difference / sum):E2} normwise");
                 }
-                Assert.True(Math.Sqrt(difference / size) <= 1e-5, $"batch {batch}: {Math.Sqrt(difference / size):E2} normwise");
             }
-        }
-        finally
-        {
-            Directory.Delete(folder, recursive: true);
-        }
-    }
-
-    [Fact]
-    public void AGraphNetworkIsRefusedNamingItsFirstGraphLayer()
-    {
-        string folder = Directory.CreateTempSubdirectory("sharpnorm-darknet-onnx-").FullName;
-        try
-        {
-            var (cfgPath, weightsPath, _, _) = Files(folder, "yolov3-tiny.cfg", 64);
-            string onnx = Path.Combine(folder, "model.onnx");
-            var e = Assert.Throws<NotSupportedException>(() => DarknetOnnxExport.Save(cfgPath, weightsPath, onnx));
-            Assert.Contains("layer 16 ([yolo], line ", e.Message);   // yolov3-tiny's first layer that is not a chain
-            Assert.Contains("makes the network a graph", e.Message);
-            Assert.False(File.Exists(onnx));
-
-            var (code, output, error) = CliTests.Run("darknet", "export", cfgPath, weightsPath, onnx);
-            Assert.Equal(1, code);
-            Assert.StartsWith("sharpnorm: error: ONNX export: ", error);
-            Assert.Equal("", output);
-            Assert.False(File.Exists(onnx));
         }
         finally
         {
@@ -96,7 +82,7 @@ public class DarknetOnnxTests
 
             foreach (var (message, args) in new (string, string[])[]
             {
-                ("--bn darknet-cpu has no ONNX BatchNormalization twin", [cfgPath, weightsPath, onnx, "--bn", "darknet-cpu"]),
+                ("add --fold to fold it into the convolutions", [cfgPath, weightsPath, onnx, "--bn", "darknet-cpu"]),
                 ("--opset is for ONNX export", [cfgPath, weightsPath, Path.Combine(folder, "x.safetensors"), "--opset", "17"]),
                 ("OUT.safetensors or OUT.onnx", [cfgPath, weightsPath, Path.Combine(folder, "x.bin")]),
                 ("option --opset: expected an opset from 17 to 23", [cfgPath, weightsPath, onnx, "--opset", "30"]),
@@ -114,12 +100,13 @@ public class DarknetOnnxTests
         }
     }
 
-    /// <summary>The test cfg at <paramref name="size"/> x <paramref name="size"/> and random weights for it, as files.</summary>
+    /// <summary>The test cfg at <paramref name="size"/> x <paramref name="size"/> (0: as it is) and random weights for it, as files.</summary>
     private static (string Cfg, string Weights, IReadOnlyList<DarknetSection> Sections, DarknetWeights Values) Files(string folder, string cfg, int size)
     {
         string cfgPath = Path.Combine(folder, cfg), weightsPath = Path.Combine(folder, Path.ChangeExtension(cfg, ".weights"));
-        IReadOnlyList<DarknetSection> sections = DarknetNetworkTests.Scaled(cfg, size);
-        File.WriteAllLines(cfgPath, File.ReadAllLines(Path.Combine(AppContext.BaseDirectory, "Darknet", "cfg", cfg)).Select(line =>
+        string original = Path.Combine(AppContext.BaseDirectory, "Darknet", "cfg", cfg);
+        IReadOnlyList<DarknetSection> sections = size == 0 ? DarknetConfig.ReadFile(original) : DarknetNetworkTests.Scaled(cfg, size);
+        File.WriteAllLines(cfgPath, File.ReadAllLines(original).Select(line => size == 0 ? line :
             line.Replace(" ", "").StartsWith("width=") ? $"width={size}" : line.Replace(" ", "").StartsWith("height=") ? $"height={size}" : line));
         DarknetWeights weights = DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 9);
         DarknetWeightsFile.Write(weightsPath, weights);

@@ -129,6 +129,76 @@ public class OnnxExportTests
             }
     }
 
+    /// <summary>A graph of two outputs with a route (Concat), a shortcut (Add) and a sum of three (Sum), a channel chunk (Slice), upsampling (Resize), Mish and SiLU.</summary>
+    private static Graph<float> Residual()
+    {
+        var random = new Random(3);
+        return new Graph<float>("x",
+        [
+            new GraphNode<float>("a", new Sequential<float>(new Conv2d<float>(3, 4, 3, padding: 1, bias: false, random: random), new BatchNorm<float>(4), new LeakyReLU<float>(0.1)), "x"),
+            new GraphNode<float>("b", new Sequential<float>(new Conv2d<float>(4, 4, 3, padding: 1, random: random), new SiLU<float>()), "a"),
+            new GraphNode<float>("route", new Concat<float>(), "a", "b"),
+            new GraphNode<float>("c", new Conv2d<float>(8, 4, 1, random: random), "route"),
+            new GraphNode<float>("shortcut", new Add<float>(), "c", "a"),
+            new GraphNode<float>("sum", new Add<float>(), "shortcut", "a", "b"),
+            new GraphNode<float>("up", new Upsample<float>(2), "sum"),
+            new GraphNode<float>("half", new ChannelChunk<float>(2, 1), "a"),
+            new GraphNode<float>("mish", new Mish<float>(), "half"),
+            new GraphNode<float>("pool", new MaxPool2d<float>([2], [1], [0, 0, 1, 1]), "mish"),
+            new GraphNode<float>("softmax", new Softmax<float>(1), "pool"),
+        ], "up", "softmax");
+    }
+
+    [Theory]
+    [InlineData(17, false)]
+    [InlineData(18, true)]
+    [InlineData(23, false)]
+    public void AGraphOfTwoOutputsRunsInOnnxRuntime(int opset, bool fold)
+    {
+        Graph<float> graph = Residual();
+        graph.Training = true;
+        var gaussian = new Gaussian(4);
+        for (int step = 0; step < 2; step++) graph.Run(gaussian.Tensor<float>([4, 3, 7, 6]).AsReadOnlyTensorSpan());
+        graph.Training = false;
+        byte[] onnx = OnnxExport.ToBytes(graph, [1, 3, 7, 6], new OnnxExportOptions { Opset = opset, FoldBatchNorm = fold });
+        using var session = new InferenceSession(onnx);
+        Assert.Equal(["up", "softmax"], session.OutputNames);
+        foreach (int batch in new[] { 1, 4 })
+        {
+            Tensor<float> x = gaussian.Tensor<float>([batch, 3, 7, 6]);
+            graph.Run(x.AsReadOnlyTensorSpan());
+            float[] input = x.ToArray();
+            using var value = OrtValue.CreateTensorValueFromMemory(input, [batch, 3, 7, 6]);
+            using var outputs = session.Run(new RunOptions(), ["x" == session.InputNames[0] ? "x" : session.InputNames[0]], [value], session.OutputNames);
+            for (int k = 0; k < 2; k++)
+            {
+                float[] expected = graph.Output(k).ToArray(), actual = outputs[k].GetTensorDataAsSpan<float>().ToArray();
+                Assert.Equal(graph.OutputShapes([batch, 3, 7, 6])[k].Select(d => (long)d), outputs[k].GetTensorTypeAndShape().Shape);
+                double difference = 0, size = 0;
+                for (int i = 0; i < expected.Length; i++)
+                {
+                    difference += Math.Pow((double)actual[i] - expected[i], 2);
+                    size += Math.Pow(expected[i], 2);
+                }
+                Assert.True(Math.Sqrt(difference / size) <= Bound, $"opset {opset} batch {batch} output {k}: {Math.Sqrt(difference / size):E2} normwise");
+            }
+        }
+    }
+
+    [Fact]
+    public void AOneOutputGraphWhoseOutputFeedsAnotherNodeKeepsItsConsumer()
+    {
+        var graph = new Graph<float>("x",
+        [
+            new GraphNode<float>("a", new Conv2d<float>(2, 3, 3, random: new Random(1)), "x"),
+            new GraphNode<float>("b", new Sigmoid<float>(), "a"),
+            new GraphNode<float>("c", new Add<float>(), "a", "b"),
+        ], "a");
+        graph.Training = false;
+        AgreesWithOnnxRuntime(graph, OnnxExport.ToBytes(graph, [1, 2, 6, 6]), [2, 6, 6], seed: 2);
+        Assert.Contains(OnnxExport.ToModel(graph, [1, 2, 6, 6]).Graph.Node, n => n.OpType == "Sigmoid" && n.Input.Single() == "output");
+    }
+
     [Fact]
     public void ADoubleModelIsWrittenInFloat()
     {
