@@ -92,7 +92,8 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     /// <summary>
     /// The caller promises that the weights no longer change (an inference network that owns the layer): each worker
     /// packs them for the product once and reuses the packed copy from call to call. Packing is a pass over all the
-    /// weights, as costly as the product itself for a large layer on a small map (1024 filters on 8x8).
+    /// weights, as costly as the product itself for a large layer on a small map (1024 filters on 8x8). A Gradient
+    /// call (training: an update follows) ends the promise.
     /// </summary>
     internal bool WeightsFrozen { get; set; }
 
@@ -262,6 +263,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
 
     protected override void GradientCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy)
     {
+        WeightsFrozen = false;
         WindowGeometry g = Window(shape);
         if (UsesGrouped)
         {

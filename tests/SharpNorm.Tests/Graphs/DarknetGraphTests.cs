@@ -127,3 +127,35 @@ public class DarknetGraphTests
         Assert.Contains("no BatchNorm twin", e.Message);
     }
 }
+
+/// <summary>A folded graph's convolutions pack their weights once; a Gradient call ends that, so a trained step is seen.</summary>
+public class DarknetGraphFrozenWeightsTests
+{
+    [Fact]
+    public void AfterAGradientCallChangedWeightsAreUsed()
+    {
+        IReadOnlyList<DarknetSection> sections = DarknetNetworkTests.Scaled("yolov3-tiny.cfg", 64);
+        DarknetWeights weights = DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 3);
+        Graph<float> graph = DarknetGraph.Create(sections, weights);
+        Tensor<float> x = new Gaussian(4).Tensor<float>([1, 3, 64, 64], scale: 0.3, offset: 0.5);
+        graph.Run(x.AsReadOnlyTensorSpan());
+        ReadOnlyMemory<float>[] dOutputs = Enumerable.Range(0, 2).Select(k => (ReadOnlyMemory<float>)graph.Output(k).ToArray()).ToArray();
+        float[] before = [.. graph.Output(0), .. graph.Output(1)];
+        graph.Gradient(TensorData.Flat(x), dOutputs);
+        foreach (Parameter<float> p in graph.Parameters)
+        {
+            Span<float> values = TensorData.Flat(p.Value);
+            for (int i = 0; i < values.Length; i++) values[i] *= 0.9f;
+        }
+        graph.Run(x.AsReadOnlyTensorSpan());
+        float[] actual = [.. graph.Output(0), .. graph.Output(1)];
+
+        Graph<float> fresh = DarknetGraph.Create(sections, weights);
+        foreach (var ((_, p), (_, q)) in graph.NamedParameters.Zip(fresh.NamedParameters)) TensorData.Flat(p.Value).CopyTo(TensorData.Flat(q.Value));
+        fresh.Run(x.AsReadOnlyTensorSpan());
+        float[] expected = [.. fresh.Output(0), .. fresh.Output(1)];
+        // The frozen graph may take Winograd where the thawed one takes the product: rounding apart, not weights apart.
+        Assert.True(TorchDarknet.Normwise(actual, expected) <= 1e-5, $"{TorchDarknet.Normwise(actual, expected):E2}");
+        Assert.True(TorchDarknet.Normwise(before, expected) > 1e-2, "the changed weights should change the outputs");
+    }
+}
