@@ -3,7 +3,6 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using Microsoft.ML.OnnxRuntime;
 using SharpNorm.Darknet;
-using SharpNorm.Layers;
 using SharpNorm.Onnx;
 using SharpNorm.Tools;
 using TorchSharp;
@@ -17,7 +16,7 @@ internal sealed record DarknetTimingRow(
 
 internal sealed record DarknetCheckRow(
     string Network, int Layer, string Type, string Shape, double FoldedVsLibTorch, double UnfusedVsLibTorch, double? FoldedVsFloat64,
-    double? LibTorchVsFloat64, string Verdict, double? GraphVsLibTorch = null, double? OnnxRuntimeVsLibTorch = null);
+    double? LibTorchVsFloat64, string Verdict, double? OnnxRuntimeVsLibTorch = null);
 
 internal sealed record DarknetReport(
     string TimestampUtc, MachineInfo Machine, bool Quick, int Threads, int Warmup, int Runs, int WeightsSeed, int InputSeed,
@@ -31,8 +30,7 @@ internal sealed record DarknetReport(
 /// random weights on the same input, run in turn (folded, unfused, libtorch, ...) so that other load meets them alike.
 /// Each output layer is checked: normwise ||SharpNorm - libtorch|| / ||libtorch|| must stay below 1e-4; both are also
 /// compared with libtorch in float64 (mkldnn plays no part there), which tells which side is off if they disagree.
-/// Two more sides: the network as a DarknetGraph (folded), and ONNX Runtime on the folded graph exported by
-/// SharpNorm.Onnx (opset 17, all graph optimizations, the same intra-op threads, no spinning between runs).
+/// One more side: ONNX Runtime on the folded network's graph exported by SharpNorm.Onnx (opset 17, all graph optimizations, the same intra-op threads, no spinning between runs).
 /// </summary>
 internal static class DarknetBench
 {
@@ -84,7 +82,7 @@ internal static class DarknetBench
         Console.WriteLine(mallocNote ?? "glibc malloc: defaults (libtorch's large activations come as fresh mmap-ed pages on every run; --malloc-reuse keeps freed memory in the heap)");
         Console.WriteLine($"Networks: {string.Join(", ", networks.Select(n => $"{n.Name} ({n.Path})"))}; batch 1 at each cfg's own size; " +
                           $"random weights (DarknetWeightsFile.Random, seed {WeightsSeed}) and input (uniform [0, 1), seed {InputSeed}) shared by all sides.");
-        Console.WriteLine($"Timing: {runs} timed runs per side after {warmup} warm-up runs, sides in turn (graph, ONNX Runtime, folded, unfused, libtorch) with a short untimed pause " +
+        Console.WriteLine($"Timing: {runs} timed runs per side after {warmup} warm-up runs, sides in turn (ONNX Runtime, folded, unfused, libtorch) with a short untimed pause " +
                           $"between them; median, p10, p90 of the per-run Stopwatch ms; {threads} thread(s) (SharpNorm MaxDegreeOfParallelism, torch.set_num_threads)" +
                           (options.Quick ? " [--quick]" : ""));
         string loadStart = CpuContention.LoadAverage();
@@ -106,12 +104,11 @@ internal static class DarknetBench
             DarknetWeights weights = DarknetWeightsFile.Random(layers, WeightsSeed);
             var folded = DarknetNetwork.Build(sections, weights, new DarknetNetworkOptions { FoldBatchNorm = true, MaxDegreeOfParallelism = threads });
             var unfused = DarknetNetwork.Build(sections, weights, new DarknetNetworkOptions { FoldBatchNorm = false, MaxDegreeOfParallelism = threads });
-            Graph<float> graph = DarknetGraph.Create(sections, weights, new DarknetNetworkOptions { FoldBatchNorm = true, MaxDegreeOfParallelism = threads });
             nint[] inputShape = [1, folded.InputChannels, folded.InputHeight, folded.InputWidth];
             using var sessionOptions = new SessionOptions { IntraOpNumThreads = threads, InterOpNumThreads = 1, ExecutionMode = ExecutionMode.ORT_SEQUENTIAL };
             // ONNX Runtime's pool spins between runs by default, taking a core from whichever side runs next.
             sessionOptions.AddSessionConfigEntry("session.intra_op.allow_spinning", "0");
-            using var session = new InferenceSession(OnnxExport.ToBytes(graph, inputShape, new OnnxExportOptions { InputName = "image" }), sessionOptions);
+            using var session = new InferenceSession(OnnxExport.ToBytes(folded.Graph, inputShape, new OnnxExportOptions { InputName = "image" }), sessionOptions);
             string[] ortOutputs = [.. session.OutputNames];
             using TorchDarknet? reference = withTorch ? new TorchDarknet(sections, layers, weights) : null;
             var random = new Random(InputSeed);
@@ -120,20 +117,13 @@ internal static class DarknetBench
             string shape = $"{folded.InputChannels}x{folded.InputHeight}x{folded.InputWidth}";
             using var ortInput = OrtValue.CreateTensorValueFromMemory(input, inputShape.Select(d => (long)d).ToArray());
             using var runOptions = new RunOptions();
-            var graphInput = new System.Numerics.Tensors.ReadOnlyTensorSpan<float>(input, inputShape, []);
             double bflops = layers.Sum(l => l.Bflops);
 
             Console.Error.WriteLine($"{name}: timing ...");
-            double[] foldedMs = new double[runs], unfusedMs = new double[runs], torchMs = new double[runs], graphMs = new double[runs], ortMs = new double[runs];
+            double[] foldedMs = new double[runs], unfusedMs = new double[runs], torchMs = new double[runs], ortMs = new double[runs];
             for (int i = -warmup; i < runs; i++)
             {
                 long begin = Stopwatch.GetTimestamp();
-                graph.Run(graphInput);
-                double graphTime = Stopwatch.GetElapsedTime(begin).TotalMilliseconds;
-                if (i >= 0) graphMs[i] = graphTime;
-                CnnBench.Pause(afterTorch: false);
-
-                begin = Stopwatch.GetTimestamp();
                 using (IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, ["image"], [ortInput], ortOutputs))
                 {
                     double ortTime = Stopwatch.GetElapsedTime(begin).TotalMilliseconds;
@@ -171,7 +161,6 @@ internal static class DarknetBench
             double? torchMedian = reference is null ? null : new Sample(torchMs).Median;
             timings.Add(Row(name, shape, bflops, "SharpNorm, folded batch norm", threads, foldedMs, torchMedian));
             timings.Add(Row(name, shape, bflops, "SharpNorm, unfused batch norm", threads, unfusedMs, torchMedian));
-            timings.Add(Row(name, shape, bflops, "SharpNorm Graph (DarknetGraph), folded", threads, graphMs, torchMedian));
             timings.Add(Row(name, shape, bflops, "ONNX Runtime 1.32 on SharpNorm's export (folded)", threads, ortMs, torchMedian));
             if (reference is not null) timings.Add(Row(name, shape, bflops, $"libtorch (no_grad{(mkldnn ? ", oneDNN" : "")})", threads, torchMs, torchMedian));
 
@@ -183,19 +172,17 @@ internal static class DarknetBench
             float[][]? exact = null;
             using (var reference64 = new TorchDarknet(sections, layers, weights, dtype: torch.ScalarType.Float64))
                 exact = reference64.Forward(input, 1);
-            graph.Run(graphInput);
             using IDisposableReadOnlyCollection<OrtValue> ortResults = session.Run(runOptions, ["image"], [ortInput], ortOutputs);
             for (int k = 0; k < folded.OutputLayers.Count; k++)
             {
                 int layer = folded.OutputLayers[k];
                 DarknetLayerInfo info = layers[layer];
                 double foldedError = TorchDarknet.Normwise(folded.Output(layer), torchOutputs[layer]), unfusedError = TorchDarknet.Normwise(unfused.Output(layer), torchOutputs[layer]);
-                double graphError = TorchDarknet.Normwise(graph.Output(k), torchOutputs[layer]);
                 double ortError = TorchDarknet.Normwise(ortResults[k].GetTensorDataAsSpan<float>(), torchOutputs[layer]);
                 double? folded64 = exact is null ? null : TorchDarknet.Normwise(folded.Output(layer), exact[layer]);
                 double? torch64 = exact is null ? null : TorchDarknet.Normwise(torchOutputs[layer], exact[layer]);
-                string verdict = foldedError < Tolerance && unfusedError < Tolerance && graphError < Tolerance && ortError < Tolerance ? "ok" : "FAIL";
-                checks.Add(new DarknetCheckRow(name, layer, info.Type, $"{info.Channels}x{info.Height}x{info.Width}", foldedError, unfusedError, folded64, torch64, verdict, graphError, ortError));
+                string verdict = foldedError < Tolerance && unfusedError < Tolerance && ortError < Tolerance ? "ok" : "FAIL";
+                checks.Add(new DarknetCheckRow(name, layer, info.Type, $"{info.Channels}x{info.Height}x{info.Width}", foldedError, unfusedError, folded64, torch64, verdict, ortError));
             }
             // Every layer as well (a softmax over 1000 near-equal scores would hide errors before it): the worst of each.
             (double Error, int Layer) worstFolded = (0, -1), worstUnfused = (0, -1);
@@ -223,10 +210,10 @@ internal static class DarknetBench
         {
             Console.WriteLine($"### Output checks (normwise ||a - b|| / ||b||; SharpNorm against libtorch must be below {Tolerance:0e0})");
             Console.WriteLine();
-            Console.WriteLine("| network | layer | output | folded vs libtorch | unfused vs libtorch | graph vs libtorch | ONNX Runtime vs libtorch | folded vs libtorch float64 | libtorch vs libtorch float64 | verdict |");
-            Console.WriteLine("|---|---:|---|---:|---:|---:|---:|---:|---:|---|");
+            Console.WriteLine("| network | layer | output | folded vs libtorch | unfused vs libtorch | ONNX Runtime vs libtorch | folded vs libtorch float64 | libtorch vs libtorch float64 | verdict |");
+            Console.WriteLine("|---|---:|---|---:|---:|---:|---:|---:|---|");
             foreach (DarknetCheckRow c in checks)
-                Console.WriteLine($"| {c.Network} | {(c.Layer >= 0 ? $"{c.Layer} ({c.Type})" : c.Type)} | {c.Shape} | {c.FoldedVsLibTorch:E2} | {c.UnfusedVsLibTorch:E2} | {Format(c.GraphVsLibTorch)} | {Format(c.OnnxRuntimeVsLibTorch)} | {Format(c.FoldedVsFloat64)} | {Format(c.LibTorchVsFloat64)} | {c.Verdict} |");
+                Console.WriteLine($"| {c.Network} | {(c.Layer >= 0 ? $"{c.Layer} ({c.Type})" : c.Type)} | {c.Shape} | {c.FoldedVsLibTorch:E2} | {c.UnfusedVsLibTorch:E2} | {Format(c.OnnxRuntimeVsLibTorch)} | {Format(c.FoldedVsFloat64)} | {Format(c.LibTorchVsFloat64)} | {c.Verdict} |");
             Console.WriteLine();
         }
         foreach (var (network, profile) in profiles)

@@ -24,7 +24,7 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         Mish<T> => Mish(path, input),
         Softmax<T> softmax => graph.Node("Softmax", NodeName(path, "Softmax"), OutputName(path), [input], Int("axis", softmax.Dimension)),
         Identity<T> => graph.Node("Identity", NodeName(path, "Identity"), OutputName(path), [input]),
-        ChannelChunk<T> chunk => ChannelChunk(chunk, path, input, shape),
+        ChannelSlice<T> slice => ChannelSlice(slice, path, input),
         Upsample<T> upsample => graph.Node("Resize", NodeName(path, "Resize"), OutputName(path),
             [input, "", graph.Floats(Join(path, "scales"), [4], [1f, 1f, upsample.ScaleFactor, upsample.ScaleFactor])],
             String("mode", "nearest"), String("coordinate_transformation_mode", "asymmetric"), String("nearest_mode", "floor")),
@@ -46,7 +46,7 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         _ => throw new NotSupportedException(
             $"ONNX export: layer '{(path.Length == 0 ? "(the model)" : path)}' is a {TypeName(layer)}, which the exporter cannot express " +
             "(it writes Sequential, Graph, Conv2d, BatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm, LeakyReLU, ReLU, Sigmoid, Tanh, ELU, SiLU, Mish, " +
-            "Softmax, Identity, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear, Dropout, ChannelChunk, Upsample and YoloLayer; Concat and Add joins)."),
+            "Softmax, Identity, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear, Dropout, ChannelSlice, Upsample and YoloLayer; Concat and Add joins)."),
     };
 
     /// <summary>A graph's nodes in order (joins as Concat, Add or Sum); returns the names of its output tensors.</summary>
@@ -86,13 +86,10 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         return graph.Node("Mul", NodeName(path, "Mul"), OutputName(path), [input, tanh]);
     }
 
-    /// <summary>One of several equal parts of the channels: Slice along axis 1.</summary>
-    private string ChannelChunk(ChannelChunk<T> chunk, string path, string input, nint[] shape)
-    {
-        long part = shape[1] / chunk.Chunks;
-        return graph.Node("Slice", NodeName(path, "Slice"), OutputName(path),
-            [input, graph.Int64s(Join(path, "starts"), [chunk.Index * part]), graph.Int64s(Join(path, "ends"), [(chunk.Index + 1) * part]), graph.Int64s(Join(path, "axes"), [1])]);
-    }
+    /// <summary>A range of the channels: Slice along axis 1.</summary>
+    private string ChannelSlice(ChannelSlice<T> slice, string path, string input) =>
+        graph.Node("Slice", NodeName(path, "Slice"), OutputName(path),
+            [input, graph.Int64s(Join(path, "starts"), [slice.Start]), graph.Int64s(Join(path, "ends"), [(long)slice.Start + slice.Length]), graph.Int64s(Join(path, "axes"), [1])]);
 
     /// <summary>
     /// darknet's [yolo]: (N, A·(5+C), H, W) as (N, A, 5+C, H, W), split into x y | w h | objectness and classes, the

@@ -36,9 +36,9 @@ public static class DarknetExport
             }
             else if (fold)
             {
-                (double[] scales, double[] shifts) = ConvolutionalNode.FoldedNorm(arrays, mode);
+                (double[] scales, double[] shifts) = DarknetBatchNorms.Folded(arrays, mode);
                 float[] folded = new float[arrays.Weights.Length], bias = new float[layer.Channels];
-                ConvolutionalNode.Fold(arrays, scales, shifts, folded, bias);
+                DarknetBatchNorms.Fold(arrays, scales, shifts, folded, bias);
                 entries.Add(($"{module}.weight", Floats(folded, weightShape)));
                 entries.Add(($"{module}.bias", Floats(bias, [layer.Channels])));
             }

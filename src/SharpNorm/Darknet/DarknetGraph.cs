@@ -8,9 +8,10 @@ namespace SharpNorm.Darknet;
 /// darknet's layer i. [convolutional] and [connected] are Sequentials (Conv2d or Flatten + Linear, then BatchNorm
 /// unless folded, then the activation: LeakyReLU(0.1), ReLU, Sigmoid, Tanh, ELU, Mish, SiLU); [maxpool] MaxPool2d with
 /// darknet's padding (padding/2 before, the rest after); [avgpool] GlobalAvgPool2d; [route] Concat, with groups a
-/// ChannelChunk of each input; [shortcut] Add (then its activation); [upsample] Upsample; [softmax] Softmax over each
+/// ChannelSlice of each input; [shortcut] Add (then its activation); [upsample] Upsample; [softmax] Softmax over each
 /// sample's values; [dropout] Dropout; [cost] Identity; [yolo] <see cref="YoloLayer{T}"/>. The outputs are the [yolo]
-/// layers, else the last layer.
+/// layers, else the last layer. A [shortcut] of inputs with different channel counts adds the first min(C) channels
+/// and passes the rest of the previous output through, as darknet does.
 /// </summary>
 public static class DarknetGraph
 {
@@ -18,10 +19,19 @@ public static class DarknetGraph
     /// <param name="sections">The cfg.</param>
     /// <param name="weights">The arrays (from a .weights file or random).</param>
     /// <param name="options">
-    /// FoldBatchNorm (inference: each batch norm folded into its layer, the formula of BatchNorm) or not (the batch
-    /// norms as BatchNorm layers, trainable; darknet-cpu's formula has no BatchNorm twin, so it needs folding).
+    /// FoldBatchNorm (inference: each batch norm folded into its layer, in double, with the BatchNorm option's formula)
+    /// or not (the batch norms as BatchNorm layers, trainable; darknet-cpu's formula as BatchNorm with eps 0).
     /// </param>
-    public static Graph<float> Create(IReadOnlyList<DarknetSection> sections, DarknetWeights weights, DarknetNetworkOptions? options = null)
+    /// <param name="logits">
+    /// Leave out a classifier's trailing [softmax] (and [cost]): the graph's output, node "logits", is the last layer
+    /// before them flattened to (N, classes), as CrossEntropyLoss takes it for fine-tuning.
+    /// </param>
+    /// <param name="darknetTraining">
+    /// Train the batch norms as darknet does: normalized by the unbiased batch variance, running statistics updated
+    /// with momentum 0.01 (darknet's .99/.01). False (default): torch.nn.BatchNorm2d's (biased, momentum 0.1).
+    /// </param>
+    public static Graph<float> Create(IReadOnlyList<DarknetSection> sections, DarknetWeights weights, DarknetNetworkOptions? options = null,
+        bool logits = false, bool darknetTraining = false)
     {
         ArgumentNullException.ThrowIfNull(sections);
         ArgumentNullException.ThrowIfNull(weights);
@@ -30,14 +40,17 @@ public static class DarknetGraph
         if (layers.Count == 0) throw sections[0].Error("the network has no layers after [net].");
         if (weights.Layers.Count != layers.Count)
             throw new ArgumentException($"The weights are for {weights.Layers.Count} layers; the network has {layers.Count}.", nameof(weights));
-        if (!options.FoldBatchNorm && options.BatchNorm != DarknetBatchNormMode.PyTorch)
-            throw new ArgumentException("darknet-cpu's batch norm, (x - mean) / (sqrt(var) + 1e-6), has no BatchNorm twin: fold it (FoldBatchNorm) or use the PyTorch formula.", nameof(options));
+        if (!Enum.IsDefined(options.BatchNorm))
+            throw new ArgumentOutOfRangeException(nameof(options), options.BatchNorm, "BatchNorm must be a DarknetBatchNormMode.");
+        if (options.MaxDegreeOfParallelism is 0 or < -1)
+            throw new ArgumentOutOfRangeException(nameof(options), options.MaxDegreeOfParallelism, "MaxDegreeOfParallelism must be -1 (all cores) or positive.");
 
         DarknetSection net = sections[0];
         (int c, int h, int w) = (net.Int("channels", 0), net.Int("height", 0), net.Int("width", 0));
         var nodes = new List<GraphNode<float>>();
         string Name(int layer) => layer < 0 ? "input" : layer.ToString(System.Globalization.CultureInfo.InvariantCulture);
         var outputs = new List<string>();
+        string last = "input";
         foreach (DarknetLayerInfo info in layers)
         {
             DarknetSection section = sections[info.Index + 1];
@@ -53,14 +66,14 @@ public static class DarknetGraph
                     bool fold = info.BatchNormalize && options.FoldBatchNorm;
                     // Folded is the inference build: its convolutions pack their weights once, until a Gradient call.
                     var conv = new Conv2d<float>(c, info.Channels, size, stride, padding, groups: groups, bias: !info.BatchNormalize || fold) { WeightsFrozen = options.FoldBatchNorm };
-                    nodes.Add(new GraphNode<float>(name, Weighted(conv, conv.Weight, conv.Bias, DarknetNetwork.Arrays(weights, info), section, info, options, []), previous));
+                    nodes.Add(new GraphNode<float>(name, Weighted(conv, conv.Weight, conv.Bias, DarknetNetwork.Arrays(weights, info), section, info, options, darknetTraining, []), previous));
                     break;
                 }
                 case "connected":
                 {
                     bool fold = info.BatchNormalize && options.FoldBatchNorm;
                     var linear = new Linear<float>(c * h * w, info.Channels, bias: !info.BatchNormalize || fold);
-                    nodes.Add(new GraphNode<float>(name, Weighted(linear, linear.Weight, linear.Bias, DarknetNetwork.Arrays(weights, info), section, info, options, [new Flatten<float>()]), previous));
+                    nodes.Add(new GraphNode<float>(name, Weighted(linear, linear.Weight, linear.Bias, DarknetNetwork.Arrays(weights, info), section, info, options, darknetTraining, [new Flatten<float>()]), previous));
                     break;
                 }
                 case "maxpool":
@@ -89,9 +102,10 @@ public static class DarknetGraph
                         if (groups == 1) sources.Add(Name(input));
                         else
                         {
-                            string chunk = sources.Count == 0 && info.Inputs.Length == 1 ? name : $"{name}.{sources.Count}";
-                            nodes.Add(new GraphNode<float>(chunk, new ChannelChunk<float>(groups, groupId), Name(input)));
-                            sources.Add(chunk);
+                            int part = layers[input].Channels / groups;
+                            string slice = info.Inputs.Length == 1 ? name : $"{name}.{sources.Count}";
+                            nodes.Add(new GraphNode<float>(slice, new ChannelSlice<float>(groupId * part, part), Name(input)));
+                            sources.Add(slice);
                         }
                     }
                     if (!(groups > 1 && info.Inputs.Length == 1)) nodes.Add(new GraphNode<float>(name, new Concat<float>(), [.. sources]));
@@ -100,13 +114,28 @@ public static class DarknetGraph
                 case "shortcut":
                 {
                     DarknetLayerInfo from = layers[info.Inputs[1]];
-                    if (from.Channels != c || from.Height != h || from.Width != w)
-                        throw section.Error($"adds layer {from.Index} ({from.Channels} x {from.Height} x {from.Width}) to the previous output ({c} x {h} x {w}); the graph adds tensors of one shape.", "from");
+                    if (from.Height != h || from.Width != w)
+                        throw section.Error($"adds layer {from.Index} ({from.Channels} x {from.Height} x {from.Width}) to the previous output ({c} x {h} x {w}); their sizes must match.", "from");
                     if (section.Float("alpha", 1) != 1 || section.Float("beta", 1) != 1) throw section.Error("alpha and beta other than 1 are not supported.");
                     Refuse(section, "weights_type", "weights_normalization");
                     ILayer<float>? activation = Activation(section, "linear");
-                    nodes.Add(new GraphNode<float>(activation is null ? name : name + ".add", new Add<float>(), previous, Name(from.Index)));
-                    if (activation is not null) nodes.Add(new GraphNode<float>(name, activation, name + ".add"));
+                    string sum = activation is null ? name : name + ".add", other = Name(from.Index);
+                    // As darknet: where the channel counts differ, the first min(C) channels are added and the rest of
+                    // the previous output passes through.
+                    if (from.Channels > c)
+                    {
+                        nodes.Add(new GraphNode<float>(name + ".from", new ChannelSlice<float>(0, c), other));
+                        nodes.Add(new GraphNode<float>(sum, new Add<float>(), previous, name + ".from"));
+                    }
+                    else if (from.Channels < c)
+                    {
+                        nodes.Add(new GraphNode<float>(name + ".head", new ChannelSlice<float>(0, from.Channels), previous));
+                        nodes.Add(new GraphNode<float>(name + ".rest", new ChannelSlice<float>(from.Channels, c - from.Channels), previous));
+                        nodes.Add(new GraphNode<float>(name + ".sum", new Add<float>(), name + ".head", other));
+                        nodes.Add(new GraphNode<float>(sum, new Concat<float>(), name + ".sum", name + ".rest"));
+                    }
+                    else nodes.Add(new GraphNode<float>(sum, new Add<float>(), previous, other));
+                    if (activation is not null) nodes.Add(new GraphNode<float>(name, activation, sum));
                     break;
                 }
                 case "upsample":
@@ -117,6 +146,9 @@ public static class DarknetGraph
                     nodes.Add(new GraphNode<float>(name, new Upsample<float>(stride), previous));
                     break;
                 }
+                case "softmax" when logits && IsTail(layers, info.Index):
+                case "cost" when logits && IsTail(layers, info.Index):
+                    continue;   // the classifier's logits are the output, for CrossEntropyLoss
                 case "softmax":
                 {
                     Refuse(section, "tree");
@@ -146,8 +178,14 @@ public static class DarknetGraph
                     throw section.Error("is not supported.");
             }
             (c, h, w) = (info.Channels, info.Height, info.Width);
+            last = name;
         }
-        if (outputs.Count == 0) outputs.Add(Name(layers.Count - 1));
+        if (logits)
+        {
+            nodes.Add(new GraphNode<float>("logits", new Flatten<float>(), last));   // (N, C, 1, 1) as (N, C), as the loss takes them
+            last = "logits";
+        }
+        if (outputs.Count == 0) outputs.Add(last);
         var graph = new Graph<float>("input", nodes, [.. outputs]);
         graph.Training = false;
         graph.MaxDegreeOfParallelism = options.MaxDegreeOfParallelism;
@@ -156,20 +194,29 @@ public static class DarknetGraph
 
     /// <summary>The layer with darknet's arrays (its norm folded in, or a BatchNorm after it), then its activation, as one Sequential.</summary>
     private static Sequential<float> Weighted(ILayer<float> layer, Parameter<float> weight, Parameter<float>? bias, DarknetLayerWeights arrays,
-        DarknetSection section, DarknetLayerInfo info, DarknetNetworkOptions options, ILayer<float>[] before)
+        DarknetSection section, DarknetLayerInfo info, DarknetNetworkOptions options, bool darknetTraining, ILayer<float>[] before)
     {
         var layers = new List<ILayer<float>>(before) { layer };
         arrays.Weights.CopyTo(TensorData.Flat(weight.Value));
         if (!info.BatchNormalize) arrays.Biases.CopyTo(TensorData.Flat(bias!.Value));
         else if (options.FoldBatchNorm)
         {
-            (double[] scales, double[] shifts) = ConvolutionalNode.FoldedNorm(arrays, options.BatchNorm);
-            ConvolutionalNode.Fold(arrays, scales, shifts, TensorData.Flat(weight.Value), TensorData.Flat(bias!.Value));
+            (double[] scales, double[] shifts) = DarknetBatchNorms.Folded(arrays, options.BatchNorm);
+            DarknetBatchNorms.Fold(arrays, scales, shifts, TensorData.Flat(weight.Value), TensorData.Flat(bias!.Value));
+        }
+        else if (options.BatchNorm == DarknetBatchNormMode.DarknetCpu)
+        {
+            // (x - mean) / (sqrt(var) + 1e-6) is BatchNorm with eps 0 and variance (sqrt(var) + 1e-6)^2.
+            var norm = new BatchNorm<float>(arrays.Biases.Length, eps: 0);
+            DarknetBatchNorms.Load(norm, arrays);
+            Span<float> variance = TensorData.Flat(norm.RunningVar!);
+            for (int o = 0; o < variance.Length; o++) variance[o] = (float)Math.Pow(Math.Sqrt(arrays.RollingVariance![o]) + 1e-6, 2);
+            layers.Add(norm);
         }
         else
         {
-            var norm = new BatchNorm<float>(arrays.Biases.Length, eps: 1e-5);
-            ConvolutionalNode.LoadNorm(norm, arrays);
+            var norm = darknetTraining ? new BatchNorm<float>(arrays.Biases.Length, eps: 1e-5, momentum: 0.01, unbiasedNormalization: true) : new BatchNorm<float>(arrays.Biases.Length, eps: 1e-5);
+            DarknetBatchNorms.Load(norm, arrays);
             layers.Add(norm);
         }
         if (Activation(section, "logistic") is { } activation) layers.Add(activation);
@@ -188,6 +235,10 @@ public static class DarknetGraph
         DarknetActivation.Elu => new ELU<float>(),
         _ => throw section.Error($"activation={section.String("activation", fallback)} has no layer yet (supported: linear, leaky, relu, logistic, tanh, elu, mish, swish).", "activation"),
     };
+
+    /// <summary>Whether only [softmax] and [cost] layers follow layer <paramref name="index"/> (itself one of them).</summary>
+    private static bool IsTail(IReadOnlyList<DarknetLayerInfo> layers, int index) =>
+        layers.Skip(index).All(l => l.Type is "softmax" or "cost");
 
     private static void Refuse(DarknetSection section, params string[] keys)
     {

@@ -8,11 +8,12 @@ namespace SharpNorm.Kernels;
 /// <summary>
 /// PyTorch's 2x2 stride-2 max pool over two rows, a vector of outputs at a time: the window (upper[2i], upper[2i+1],
 /// lower[2i], lower[2i+1]) gives its first maximum, a NaN counting as larger than any number (the first NaN wins), and
-/// the backward hands dy to that element alone. The same choice, element for element, as the scalar search; unlike
-/// <see cref="PairMaxima"/> (darknet's: a NaN never wins).
+/// the backward hands dy to that element alone. The same choice, element for element, as the scalar search.
 /// </summary>
 internal static class FirstMaxPairs
 {
+    private static readonly Vector512<int> Evens512 = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    private static readonly Vector512<int> Odds512 = Vector512.Create(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     private static readonly Vector512<int> LowHalves = Vector512.Create(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     private static readonly Vector512<int> HighHalves = Vector512.Create(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
 
@@ -117,8 +118,8 @@ internal static class FirstMaxPairs
     {
         Vector512<float> u0 = Vector512.LoadUnsafe(ref u, (nuint)at), u1 = Vector512.LoadUnsafe(ref u, (nuint)(at + 16));
         Vector512<float> l0 = Vector512.LoadUnsafe(ref l, (nuint)at), l1 = Vector512.LoadUnsafe(ref l, (nuint)(at + 16));
-        Vector512<float> upperLeft = Avx512F.PermuteVar16x32x2(u0, PairMaxima.Evens512, u1), upperRight = Avx512F.PermuteVar16x32x2(u0, PairMaxima.Odds512, u1);
-        Vector512<float> lowerLeft = Avx512F.PermuteVar16x32x2(l0, PairMaxima.Evens512, l1), lowerRightValue = Avx512F.PermuteVar16x32x2(l0, PairMaxima.Odds512, l1);
+        Vector512<float> upperLeft = Avx512F.PermuteVar16x32x2(u0, Evens512, u1), upperRight = Avx512F.PermuteVar16x32x2(u0, Odds512, u1);
+        Vector512<float> lowerLeft = Avx512F.PermuteVar16x32x2(l0, Evens512, l1), lowerRightValue = Avx512F.PermuteVar16x32x2(l0, Odds512, l1);
         right = Beats(upperRight, upperLeft);
         Vector512<float> top = Vector512.ConditionalSelect(right, upperRight, upperLeft);
         lowerRight = Beats(lowerRightValue, lowerLeft);

@@ -220,6 +220,12 @@ public sealed class Graph<T> : Layer<T> where T : unmanaged, IFloatingPointIeee7
         return _values[i + 1].AsSpan(0, Length(_shapes[i + 1]));
     }
 
+    /// <summary>Node <paramref name="index"/>'s output of the last run (no checks: the darknet network's view of its layers).</summary>
+    internal ReadOnlySpan<T> NodeOutput(int index) => _values[index + 1].AsSpan(0, Length(_shapes[index + 1]));
+
+    /// <summary>When set (one slot per node), each run adds each node's time in Stopwatch ticks: the bench's per-layer profile.</summary>
+    internal long[]? NodeTicks { get; set; }
+
     /// <summary>dx from one gradient per output (each as long as its output), after a <see cref="Run"/> on the same x.</summary>
     public void Backward(ReadOnlySpan<T> x, ReadOnlySpan<ReadOnlyMemory<T>> dOutputs, Span<T> dx)
     {
@@ -270,8 +276,10 @@ public sealed class Graph<T> : Layer<T> where T : unmanaged, IFloatingPointIeee7
     private void Compute(ReadOnlySpan<T> x, Span<T> y)
     {
         if (_inputCopied) x.CopyTo(_values[0]);
+        long[]? ticks = NodeTicks;
         for (int i = 0; i < _nodes.Length; i++)
         {
+            long start = ticks is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
             GraphNode<T> node = _nodes[i];
             Span<T> output = _values[i + 1].AsSpan(0, Length(_shapes[i + 1]));
             if (node.Layer is { } layer)
@@ -285,6 +293,7 @@ public sealed class Graph<T> : Layer<T> where T : unmanaged, IFloatingPointIeee7
                 for (int k = 0; k < inputs.Length; k++) inputs[k] = _values[_sources[i][k]].AsMemory(0, Length(_shapes[_sources[i][k]]));
                 node.Join!.Forward(inputs, _joinShapes[i], output);
             }
+            if (ticks is not null) ticks[i] += System.Diagnostics.Stopwatch.GetTimestamp() - start;
         }
         if (!y.IsEmpty) Value(_outputs[0], x).CopyTo(y);
     }

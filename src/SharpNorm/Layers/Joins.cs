@@ -120,50 +120,54 @@ public sealed class Add<T> : IJoinLayer<T> where T : unmanaged, IFloatingPointIe
 }
 
 /// <summary>
-/// One of <see cref="Chunks"/> equal parts of the channels, the twin of torch.chunk(x, chunks, 1)[index]: darknet's
-/// [route] with groups and group_id. The gradient is dy in that part and zero elsewhere.
+/// Channels [Start, Start + Length) of the input, the twin of torch.narrow(x, 1, start, length): darknet's [route] with
+/// groups and group_id, and the part of a [shortcut] input that meets the other's channels. The gradient is dy there
+/// and zero elsewhere.
 /// </summary>
-public sealed class ChannelChunk<T> : Layer<T> where T : unmanaged, IFloatingPointIeee754<T>
+public sealed class ChannelSlice<T> : Layer<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
-    public ChannelChunk(int chunks, int index)
+    public ChannelSlice(int start, int length)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunks);
-        if ((uint)index >= (uint)chunks) throw new ArgumentOutOfRangeException(nameof(index), index, $"The index must be in [0, {chunks}).");
-        (Chunks, Index) = (chunks, index);
+        ArgumentOutOfRangeException.ThrowIfNegative(start);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
+        (Start, Length) = (start, length);
     }
 
-    public int Chunks { get; }
-    public int Index { get; }
+    public int Start { get; }
+    public int Length { get; }
 
-    protected override string Description => $"ChannelChunk({Chunks}, {Index})";
+    protected override string Description => $"ChannelSlice({Start}, {Length})";
 
     public override nint[] OutputShape(ReadOnlySpan<nint> inputShape)
     {
-        if (inputShape.Length < 2 || inputShape[1] % Chunks != 0)
-            throw new ArgumentException($"{Description} needs (N, C, ...) with C divisible by {Chunks}; got shape {TensorData.Format(inputShape)}.", "x");
+        if (inputShape.Length < 2 || (long)Start + Length > inputShape[1])
+            throw new ArgumentException($"{Description} needs (N, C, ...) with C >= {(long)Start + Length}; got shape {TensorData.Format(inputShape)}.", "x");
         nint[] shape = inputShape.ToArray();
-        shape[1] /= Chunks;
+        shape[1] = Length;
         return shape;
     }
 
-    private static (long Outer, int Whole, int Part) Sizes(ReadOnlySpan<nint> shape, int chunks)
+    /// <summary>Samples, values per sample, values per channel.</summary>
+    private static (long Outer, int Whole, int Plane) Sizes(ReadOnlySpan<nint> shape)
     {
-        long inner = 1;
-        for (int d = 1; d < shape.Length; d++) inner *= shape[d];
-        return (shape[0], checked((int)inner), checked((int)(inner / chunks)));
+        long plane = 1;
+        for (int d = 2; d < shape.Length; d++) plane *= shape[d];
+        return (shape[0], checked((int)(plane * shape[1])), checked((int)plane));
     }
 
     protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y)
     {
-        var (outer, whole, part) = Sizes(shape, Chunks);
-        for (long n = 0; n < outer; n++) x.Slice((int)(n * whole) + Index * part, part).CopyTo(y.Slice((int)(n * part), part));
+        var (outer, whole, plane) = Sizes(shape);
+        int part = Length * plane;
+        for (long n = 0; n < outer; n++) x.Slice((int)(n * whole) + Start * plane, part).CopyTo(y.Slice((int)(n * part), part));
     }
 
     protected override void BackwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx)
     {
-        var (outer, whole, part) = Sizes(shape, Chunks);
+        var (outer, whole, plane) = Sizes(shape);
+        int part = Length * plane;
         dx.Clear();
-        for (long n = 0; n < outer; n++) dy.Slice((int)(n * part), part).CopyTo(dx.Slice((int)(n * whole) + Index * part, part));
+        for (long n = 0; n < outer; n++) dy.Slice((int)(n * part), part).CopyTo(dx.Slice((int)(n * whole) + Start * plane, part));
     }
 }
 

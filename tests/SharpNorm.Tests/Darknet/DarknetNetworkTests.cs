@@ -317,7 +317,6 @@ public class DarknetMaxPoolTests
             string cfg = $"[net]\nwidth={width}\nheight={height}\nchannels=3\n[maxpool]\nsize={size}\nstride={stride}" + (padding is null ? "" : $"\npadding={padding}");
             var network = DarknetNetwork.Build(DarknetConfig.Parse(cfg), null);
             float[] input = Enumerable.Range(0, 2 * 3 * height * width).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
-            for (int i = 0; i < input.Length; i += 7) input[i] = float.NaN; // never wins in darknet
             network.Forward(input, 2);
             DarknetLayerInfo layer = network.Layers[0];
             float[] expected = Reference(input, 6, height, width, size, stride, padding ?? size - 1, layer.Height, layer.Width);
@@ -325,32 +324,18 @@ public class DarknetMaxPoolTests
         }
     }
 
-    [Theory]
-    [InlineData(512)]
-    [InlineData(256)]
-    [InlineData(0)]
-    public void PairMaximaAtEveryVectorWidth(int maxVectorBits)
+    [Fact]
+    public void ANaNInAPoolWindowIsItsMaximumAsInPyTorch()
     {
-        var random = new Random(maxVectorBits);
-        for (int pairs = 0; pairs < 70; pairs++)
-        {
-            float[] upper = Enumerable.Range(0, 2 * pairs).Select(_ => (float)random.NextDouble()).ToArray();
-            float[] lower = Enumerable.Range(0, 2 * pairs).Select(_ => (float)random.NextDouble()).ToArray();
-            if (pairs > 3) (upper[5], lower[2]) = (float.NaN, float.NaN);
-            var row = new float[pairs];
-            int done = SharpNorm.Kernels.PairMaxima.Vectorized(upper, lower, row, pairs, maxVectorBits);
-            Assert.True(maxVectorBits > 0 || done == 0);
-            for (int i = 0; i < done; i++)
-            {
-                float expected = new[] { upper[2 * i], upper[2 * i + 1], lower[2 * i], lower[2 * i + 1] }.Where(v => !float.IsNaN(v)).Max();
-                Assert.Equal(expected, row[i]);
-            }
-        }
+        // The graph's MaxPool2d is torch.nn.MaxPool2d: a NaN wins its window (darknet's own loop would skip it).
+        var network = DarknetNetwork.Build(DarknetConfig.Parse("[net]\nwidth=4\nheight=2\nchannels=1\n[maxpool]\nsize=2\nstride=2"), null);
+        network.Forward([1, float.NaN, 3, 4, 5, 6, 7, 8], 1);
+        Assert.Equal([float.NaN, 8f], network.Output(0).ToArray());
     }
 }
 
-/// <summary>Darknet classifiers as trainable Sequential models: the same logits as the inference network, and trainable.</summary>
-public class DarknetSequentialTests
+/// <summary>Darknet classifiers as trainable graphs of logits: the inference network's logits, and trainable.</summary>
+public class DarknetLogitsGraphTests
 {
     [Theory]
     [InlineData("darknet19.cfg")]
@@ -362,8 +347,8 @@ public class DarknetSequentialTests
         IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(sections);
         DarknetWeights weights = DarknetWeightsFile.Random(layers, seed: 8);
         var network = DarknetNetwork.Build(sections, weights, new DarknetNetworkOptions { FoldBatchNorm = false });
-        var model = DarknetSequential.Create(sections, weights);
-        model.Training = false;
+        var model = DarknetGraph.Create(sections, weights, new DarknetNetworkOptions { FoldBatchNorm = false }, logits: true);
+        Assert.Equal(["logits"], model.OutputNames);
         var random = new Random(3);
         float[] input = Enumerable.Range(0, 2 * 3 * 64 * 64).Select(_ => (float)random.NextDouble()).ToArray();
         network.Forward(input, 2);
@@ -372,27 +357,30 @@ public class DarknetSequentialTests
         float[] expected = network.Output(logitsLayer).ToArray();
         var logits = model.Forward(System.Numerics.Tensors.Tensor.Create(input, [2, 3, 64, 64]));
         Assert.Equal([2, 1000], logits.Lengths.ToArray());
-        float[] actual = logits.ToArray();
-        for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], actual[i], 1e-4 * (1 + Math.Abs(expected[i])));
+        Assert.Equal(expected, logits.ToArray());
     }
+
+    private static SharpNorm.Layers.BatchNorm<float>[] Norms(SharpNorm.Layers.Graph<float> graph) =>
+        graph.Nodes.Select(n => n.Layer).OfType<SharpNorm.Layers.Sequential<float>>().SelectMany(s => s.Layers).OfType<SharpNorm.Layers.BatchNorm<float>>().ToArray();
 
     [Fact]
     public void DarknetsBatchNormTrainingIsOnRequest()
     {
         IReadOnlyList<DarknetSection> sections = DarknetNetworkTests.Scaled("tiny.cfg", 32);
         DarknetWeights weights = DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 2);
-        var norms = DarknetSequential.Create(sections, weights, darknetBatchNorm: true).Layers.OfType<SharpNorm.Layers.BatchNorm<float>>().ToArray();
+        var unfused = new DarknetNetworkOptions { FoldBatchNorm = false };
+        var norms = Norms(DarknetGraph.Create(sections, weights, unfused, darknetTraining: true));
         Assert.NotEmpty(norms);
         Assert.All(norms, n => Assert.True(n.UnbiasedNormalization && n.Momentum == 0.01));
-        Assert.All(DarknetSequential.Create(sections, weights).Layers.OfType<SharpNorm.Layers.BatchNorm<float>>(),
-            n => Assert.True(!n.UnbiasedNormalization && n.Momentum == 0.1));
+        Assert.All(Norms(DarknetGraph.Create(sections, weights, unfused)), n => Assert.True(!n.UnbiasedNormalization && n.Momentum == 0.1));
     }
 
     [Fact]
     public void ItTrains()
     {
         IReadOnlyList<DarknetSection> sections = DarknetNetworkTests.Scaled("tiny.cfg", 32);
-        var model = DarknetSequential.Create(sections, DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 2));
+        var model = DarknetGraph.Create(sections, DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 2), new DarknetNetworkOptions { FoldBatchNorm = false }, logits: true);
+        model.Training = true;
         var random = new Random(4);
         float[] input = Enumerable.Range(0, 4 * 3 * 32 * 32).Select(_ => (float)random.NextDouble()).ToArray();
         var x = System.Numerics.Tensors.Tensor.Create(input, [4, 3, 32, 32]);
@@ -413,17 +401,13 @@ public class DarknetSequentialTests
     }
 
     [Fact]
-    public void GraphNetworksAreRefused()
+    public void DarknetCpusBatchNormUnfusedIsBatchNormWithEpsZero()
     {
-        IReadOnlyList<DarknetSection> sections = DarknetNetworkTests.Scaled("yolov3-tiny.cfg", 64);
-        var pool = Assert.Throws<DarknetConfigException>(() => DarknetSequential.Create(sections, DarknetWeightsFile.Random(DarknetSummary.Describe(sections), 1)));
-        Assert.Contains("yolov3-tiny.cfg:", pool.Message);
-        Assert.Contains("has no torch.nn.MaxPool2d twin", pool.Message); // the size-2 stride-1 pool comes first
-
-        IReadOnlyList<DarknetSection> route = DarknetConfig.Parse("[net]\nwidth=4\nheight=4\nchannels=1\n[convolutional]\nfilters=2\nsize=1\nactivation=linear\n[route]\nlayers=-1,0", "r.cfg");
-        var graph = Assert.Throws<DarknetConfigException>(() => DarknetSequential.Create(route, DarknetWeightsFile.Random(DarknetSummary.Describe(route), 1)));
-        Assert.True(graph.Message.Contains("r.cfg:9: [route]"), graph.Message);
-        Assert.Contains("not a chain", graph.Message);
+        IReadOnlyList<DarknetSection> sections = DarknetNetworkTests.Scaled("tiny.cfg", 32);
+        DarknetWeights weights = DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 2);
+        var norms = Norms(DarknetGraph.Create(sections, weights, new DarknetNetworkOptions { FoldBatchNorm = false, BatchNorm = DarknetBatchNormMode.DarknetCpu }));
+        Assert.NotEmpty(norms);
+        Assert.All(norms, n => Assert.Equal(0, n.Eps));
     }
 }
 
@@ -495,7 +479,7 @@ public class DarknetRobustnessTests
     {
         IReadOnlyList<DarknetSection> sections = DarknetConfig.Parse("[net]\nwidth=2\nheight=2\nchannels=1\n[convolutional]\nfilters=2\nsize=1\nbatch_normalize=1\nactivation=leaky");
         var shortWeights = new DarknetWeights(0, 2, 0, 0, [new DarknetLayerWeights(0, false, [0f, 0f], [1f, 1f], [0f, 0f], [1f, 1f], [1f])]);
-        Assert.Contains("weights has 1 values; the layer needs 2", Assert.Throws<ArgumentException>(() => DarknetSequential.Create(sections, shortWeights)).Message);
+        Assert.Contains("weights has 1 values; the layer needs 2", Assert.Throws<ArgumentException>(() => DarknetGraph.Create(sections, shortWeights)).Message);
         Assert.Throws<ArgumentException>(() => DarknetExport.StateDict(DarknetSummary.Describe(sections), shortWeights).ToList());
     }
 

@@ -23,7 +23,7 @@ public class GraphTests
         ["softmax over channels"] = (() => new Softmax<double>(1), [2, 5, 3]),
         ["softmax over the last dimension"] = (() => new Softmax<double>(2), [2, 3, 6]),
         ["identity"] = (() => new Identity<double>(), [2, 3]),
-        ["channel chunk"] = (() => new ChannelChunk<double>(3, 1), [2, 6, 2, 3]),
+        ["channel slice"] = (() => new ChannelSlice<double>(2, 3), [2, 6, 2, 3]),
         ["upsample by 2"] = (() => new Upsample<double>(2), [2, 3, 3, 4]),
         ["upsample by 3"] = (() => new Upsample<double>(3), [1, 2, 2, 3]),
         ["max pool padded after (darknet's size 2 stride 1)"] = (() => new MaxPool2d<double>([2], [1], [0, 0, 1, 1]), [2, 2, 5, 6]),
@@ -53,7 +53,7 @@ public class GraphTests
 
     /// <summary>
     /// input → a (conv, BN, leaky: a fused Sequential) → b (conv) → concat(a, b) → c (conv) → add(c, a) → upsample; and
-    /// a chunk of a → its own output. a feeds four nodes, so its gradient sums four parts.
+    /// a slice of a → its own output. a feeds four nodes, so its gradient sums four parts.
     /// </summary>
     private static Graph<double> Residual(int seed)
     {
@@ -66,7 +66,7 @@ public class GraphTests
             new GraphNode<double>("c", new Conv2d<double>(8, 4, 1, random: random), "route"),
             new GraphNode<double>("shortcut", new Add<double>(), "c", "a"),
             new GraphNode<double>("up", new Upsample<double>(2), "shortcut"),
-            new GraphNode<double>("half", new ChannelChunk<double>(2, 1), "a"),
+            new GraphNode<double>("half", new ChannelSlice<double>(2, 2), "a"),
             new GraphNode<double>("mish", new Mish<double>(), "half"),
         ], "up", "mish");
     }
@@ -188,7 +188,7 @@ public class GraphTests
             new GraphNode<float>("c", new Conv2d<float>(8, 4, 1, random: random), "route"),
             new GraphNode<float>("shortcut", new Add<float>(), "c", "a"),
             new GraphNode<float>("up", new Upsample<float>(2), "shortcut"),
-            new GraphNode<float>("half", new ChannelChunk<float>(2, 1), "a"),
+            new GraphNode<float>("half", new ChannelSlice<float>(2, 2), "a"),
             new GraphNode<float>("mish", new Mish<float>(), "half"),
         ], "up", "mish");
         Assert.Equal(source.NamedParameters.Select(p => p.Name), graph.NamedParameters.Select(p => p.Name));

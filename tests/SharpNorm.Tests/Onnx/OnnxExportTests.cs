@@ -129,7 +129,7 @@ public class OnnxExportTests
             }
     }
 
-    /// <summary>A graph of two outputs with a route (Concat), a shortcut (Add) and a sum of three (Sum), a channel chunk (Slice), upsampling (Resize), Mish and SiLU.</summary>
+    /// <summary>A graph of two outputs with a route (Concat), a shortcut (Add) and a sum of three (Sum), a channel slice (Slice), upsampling (Resize), Mish and SiLU.</summary>
     private static Graph<float> Residual()
     {
         var random = new Random(3);
@@ -142,7 +142,7 @@ public class OnnxExportTests
             new GraphNode<float>("shortcut", new Add<float>(), "c", "a"),
             new GraphNode<float>("sum", new Add<float>(), "shortcut", "a", "b"),
             new GraphNode<float>("up", new Upsample<float>(2), "sum"),
-            new GraphNode<float>("half", new ChannelChunk<float>(2, 1), "a"),
+            new GraphNode<float>("half", new ChannelSlice<float>(2, 2), "a"),
             new GraphNode<float>("mish", new Mish<float>(), "half"),
             new GraphNode<float>("pool", new MaxPool2d<float>([2], [1], [0, 0, 1, 1]), "mish"),
             new GraphNode<float>("softmax", new Softmax<float>(1), "pool"),
