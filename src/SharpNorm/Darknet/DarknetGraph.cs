@@ -64,8 +64,7 @@ public static class DarknetGraph
                     if (section.Int("dilation", 1) != 1) throw section.Error("dilation is not supported.", "dilation");
                     Refuse(section, "stride_x", "stride_y", "binary", "xnor", "deform", "antialiasing", "share_index", "assisted_excitation");
                     bool fold = info.BatchNormalize && options.FoldBatchNorm;
-                    // Folded is the inference build: its convolutions pack their weights once, until a Gradient call.
-                    var conv = new Conv2d<float>(c, info.Channels, size, stride, padding, groups: groups, bias: !info.BatchNormalize || fold) { WeightsFrozen = options.FoldBatchNorm };
+                    var conv = new Conv2d<float>(c, info.Channels, size, stride, padding, groups: groups, bias: !info.BatchNormalize || fold);
                     nodes.Add(new GraphNode<float>(name, Weighted(conv, conv.Weight, conv.Bias, DarknetNetwork.Arrays(weights, info), section, info, options, darknetTraining, []), previous));
                     break;
                 }

@@ -64,7 +64,10 @@ public sealed class DarknetNetwork
     /// <summary>The layers as darknet sizes them (index, type, inputs, output shape).</summary>
     public IReadOnlyList<DarknetLayerInfo> Layers { get; }
 
-    /// <summary>The graph that runs the network (node "i" gives layer i's output).</summary>
+    /// <summary>
+    /// The graph that runs the network (node "i" gives layer i's output). Its convolutions keep their weights packed
+    /// from the first run: to change weights, build a new network (or call the graph's Gradient first, which ends that).
+    /// </summary>
     public Graph<float> Graph { get; }
 
     public int InputChannels { get; }
@@ -96,8 +99,19 @@ public sealed class DarknetNetwork
         if (layers.Count == 0) throw sections[0].Error("the network has no layers after [net].");
         weights ??= DarknetWeightsFile.Random(layers, 0);
         Graph<float> graph = DarknetGraph.Create(sections, weights, options);
+        Freeze(graph.Nodes.Select(n => n.Layer));
         DarknetSection net = sections[0];
         return new DarknetNetwork(layers, graph, net.Int("channels", 0), net.Int("height", 0), net.Int("width", 0), options);
+    }
+
+    /// <summary>The network owns its graph and never changes its weights: each convolution packs them once (until a Gradient call).</summary>
+    private static void Freeze(IEnumerable<ILayer<float>?> layers)
+    {
+        foreach (ILayer<float>? layer in layers)
+        {
+            if (layer is Conv2d<float> conv) conv.WeightsFrozen = true;
+            else if (layer is Sequential<float> sequential) Freeze(sequential.Layers);
+        }
     }
 
     internal static DarknetLayerWeights Arrays(DarknetWeights weights, DarknetLayerInfo info)

@@ -61,7 +61,7 @@ public class DarknetGraphTests
     }
 }
 
-/// <summary>A folded graph's convolutions pack their weights once; a Gradient call ends that, so a trained step is seen.</summary>
+/// <summary>A darknet network's convolutions pack their weights once; a Gradient call ends that, so a trained step is seen.</summary>
 public class DarknetGraphFrozenWeightsTests
 {
     [Fact]
@@ -69,7 +69,7 @@ public class DarknetGraphFrozenWeightsTests
     {
         IReadOnlyList<DarknetSection> sections = DarknetNetworkTests.Scaled("yolov3-tiny.cfg", 64);
         DarknetWeights weights = DarknetWeightsFile.Random(DarknetSummary.Describe(sections), seed: 3);
-        Graph<float> graph = DarknetGraph.Create(sections, weights);
+        Graph<float> graph = DarknetNetwork.Build(sections, weights).Graph;
         Tensor<float> x = new Gaussian(4).Tensor<float>([1, 3, 64, 64], scale: 0.3, offset: 0.5);
         graph.Run(x.AsReadOnlyTensorSpan());
         ReadOnlyMemory<float>[] dOutputs = Enumerable.Range(0, 2).Select(k => (ReadOnlyMemory<float>)graph.Output(k).ToArray()).ToArray();
@@ -83,7 +83,7 @@ public class DarknetGraphFrozenWeightsTests
         graph.Run(x.AsReadOnlyTensorSpan());
         float[] actual = [.. graph.Output(0), .. graph.Output(1)];
 
-        Graph<float> fresh = DarknetGraph.Create(sections, weights);
+        Graph<float> fresh = DarknetNetwork.Build(sections, weights).Graph;
         foreach (var ((_, p), (_, q)) in graph.NamedParameters.Zip(fresh.NamedParameters)) TensorData.Flat(p.Value).CopyTo(TensorData.Flat(q.Value));
         fresh.Run(x.AsReadOnlyTensorSpan());
         float[] expected = [.. fresh.Output(0), .. fresh.Output(1)];
