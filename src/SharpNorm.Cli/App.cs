@@ -21,6 +21,8 @@ internal static class App
           sharpnorm darknet export MODEL.cfg MODEL.weights OUT.safetensors   the weights as a PyTorch-style state dict
           sharpnorm darknet export MODEL.cfg MODEL.weights OUT.onnx        a classifier as an ONNX model
           sharpnorm darknet random-weights MODEL.cfg OUT.weights   a random .weights file that fits the cfg
+          sharpnorm onnx summary MODEL.onnx           inputs, outputs, ops and parameters of an ONNX model
+          sharpnorm onnx run MODEL.onnx IMAGE         top-5 classes (or raw outputs) of an ONNX model, imported
           mpirun -np N sharpnorm distributed check    check Open MPI's collectives across N processes
           sharpnorm help [COMMAND]                    this text, or a command's options
           sharpnorm --version                         the version
@@ -65,6 +67,8 @@ internal static class App
                 return ExportCommand.Run(rest);
             case "darknet":
                 return DarknetCommand.Run(rest);
+            case "onnx":
+                return OnnxCommand.Run(rest);
             case "distributed":
                 return DistributedCommand.Run(rest);
             case "help" or "-h" or "--help" or "-?":
@@ -72,17 +76,18 @@ internal static class App
                 else if (rest.Length == 1 && rest[0] == "train") Console.Out.WriteLine(TrainCommand.Usage);
                 else if (rest.Length == 1 && rest[0] is "eval" or "evaluate") Console.Out.WriteLine(EvalCommand.Usage);
                 else if (rest.Length == 1 && rest[0] == "export") Console.Out.WriteLine(ExportCommand.Usage);
+                else if (rest.Length == 1 && rest[0] == "onnx") Console.Out.WriteLine(OnnxCommand.Usage);
                 else if (rest.Length == 1 && rest[0] == "darknet") Console.Out.WriteLine(DarknetCommand.Usage);
                 else if (rest.Length == 1 && rest[0] == "distributed") Console.Out.WriteLine(DistributedCommand.Usage);
-                else throw new UsageException($"no help for '{string.Join(' ', rest)}' (commands: train, eval, export, darknet, distributed)");
+                else throw new UsageException($"no help for '{string.Join(' ', rest)}' (commands: train, eval, export, darknet, onnx, distributed)");
                 return 0;
             case "--version":
                 Console.Out.WriteLine($"sharpnorm {Version}");
                 return 0;
             default:
                 throw args[0].StartsWith('-')
-                    ? new UsageException($"unknown option '{args[0]}'; expected a command: train, eval, export, darknet, distributed or help")
-                    : new UsageException($"unknown command '{args[0]}' (commands: train, eval, export, darknet, distributed, help)");
+                    ? new UsageException($"unknown option '{args[0]}'; expected a command: train, eval, export, darknet, onnx, distributed or help")
+                    : new UsageException($"unknown command '{args[0]}' (commands: train, eval, export, darknet, onnx, distributed, help)");
         }
     }
 

@@ -96,7 +96,7 @@ internal static class DarknetRun
 
     internal static string Name(DarknetBatchNormMode mode) => mode == DarknetBatchNormMode.PyTorch ? "pytorch" : "darknet-cpu";
 
-    private static string[] ReadNames(string path)
+    internal static string[] ReadNames(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"names file not found: {path}", path);
         return File.ReadAllLines(path).Select(l => l.Trim()).Where(l => l.Length > 0).ToArray();
@@ -111,7 +111,7 @@ internal static class DarknetRun
     private static string Label(string[]? names, int index) => names?[index] ?? $"class {index}";
 
     /// <summary>The image as darknet's load_image_color gives it: planar RGB in [0, 1] (alpha dropped).</summary>
-    private static (float[] Pixels, int Height, int Width) LoadImage(string path)
+    internal static (float[] Pixels, int Height, int Width) LoadImage(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"image not found: {path}", path);
         using SKCodec? codec = SKCodec.Create(path);

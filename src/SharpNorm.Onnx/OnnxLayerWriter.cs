@@ -23,6 +23,9 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         SiLU<T> => graph.Node("Mul", NodeName(path, "Mul"), OutputName(path), [input, graph.Node("Sigmoid", Join(path, "Sigmoid"), OutputName(path) + "_sigmoid", [input])]),
         Mish<T> => Mish(path, input),
         Softmax<T> softmax => graph.Node("Softmax", NodeName(path, "Softmax"), OutputName(path), [input], Int("axis", softmax.Dimension)),
+        Normalize<T> normalize => graph.Node("Div", NodeName(path, "Div"), OutputName(path),
+            [graph.Node("Sub", Join(path, "Sub"), OutputName(path) + "_centered", [input, graph.Floats(Join(path, "mean"), [], [(float)normalize.Mean])]),
+             graph.Floats(Join(path, "std"), [], [(float)normalize.Std])]),
         Identity<T> => graph.Node("Identity", NodeName(path, "Identity"), OutputName(path), [input]),
         ChannelSlice<T> slice => ChannelSlice(slice, path, input),
         Upsample<T> upsample => graph.Node("Resize", NodeName(path, "Resize"), OutputName(path),
@@ -46,7 +49,7 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         _ => throw new NotSupportedException(
             $"ONNX export: layer '{(path.Length == 0 ? "(the model)" : path)}' is a {TypeName(layer)}, which the exporter cannot express " +
             "(it writes Sequential, Graph, Conv2d, BatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm, LeakyReLU, ReLU, Sigmoid, Tanh, ELU, SiLU, Mish, " +
-            "Softmax, Identity, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear, Dropout, ChannelSlice, Upsample and YoloLayer; Concat and Add joins)."),
+            "Softmax, Identity, Normalize, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear, Dropout, ChannelSlice, Upsample and YoloLayer; Concat and Add joins)."),
     };
 
     /// <summary>A graph's nodes in order (joins as Concat, Add or Sum); returns the names of its output tensors.</summary>

@@ -65,6 +65,48 @@ public class DarknetCliTests : IDisposable
             Assert.Equal(string.Create(CultureInfo.InvariantCulture, $"{expected[i].Score * 100,6:F2}%  name{expected[i].Index}"), lines[i + 1]);
     }
 
+    /// <summary>darknet export to ONNX, then sharpnorm onnx run: the same top classes as darknet run; onnx summary of it.</summary>
+    [Fact]
+    public void OnnxRunOfAnExportedClassifierPrintsTheSameTopClasses()
+    {
+        string image = Path.Combine(_directory, "image.png"), weights = RandomWeights("tiny.cfg"), onnx = Path.Combine(_directory, "tiny.onnx");
+        WriteImage(image);
+        string names = Path.Combine(_directory, "names.list");
+        File.WriteAllLines(names, Enumerable.Range(0, 1000).Select(i => $"name{i}"));
+        Assert.Equal(0, CliTests.Run("darknet", "export", Cfg("tiny.cfg"), weights, onnx).ExitCode);
+
+        var (darknetCode, darknet, _) = CliTests.Run("darknet", "run", Cfg("tiny.cfg"), weights, image, "--names", names, "--top", "3");
+        var (code, output, error) = CliTests.Run("onnx", "run", onnx, image, "--names", names, "--top", "3");
+        Assert.True(code == 0 && darknetCode == 0, error);
+        string[] lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries), expected = darknet.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Contains("(60 x 40, letterboxed to 224 x 224)", lines[0]);
+        Assert.Equal("output probabilities: probabilities", lines[1]);
+        Assert.Equal(expected[1..], lines[2..]);
+
+        var (summaryCode, summary, summaryError) = CliTests.Run("onnx", "summary", onnx);
+        Assert.True(summaryCode == 0, summaryError);
+        Assert.Contains("input  image (N, 3, 224, 224)", summary);
+        Assert.Contains("output probabilities (N, 1000)", summary);
+        Assert.Contains("SharpNorm imports it: a graph of", summary);
+        Assert.Contains("Conv", summary);
+
+        File.WriteAllBytes(Path.Combine(_directory, "bad.onnx"), [1, 2, 3]);
+        foreach (var (exit, message, args) in new (int, string, string[])[]
+        {
+            (1, "not an ONNX model", ["onnx", "summary", Path.Combine(_directory, "bad.onnx")]),
+            (1, "ONNX model not found", ["onnx", "run", Path.Combine(_directory, "none.onnx"), image]),
+            (2, "unknown onnx command 'fly'", ["onnx", "fly"]),
+            (2, "onnx run takes MODEL.onnx and IMAGE", ["onnx", "run", onnx]),
+        })
+        {
+            var (badCode, badOutput, badError) = CliTests.Run(args);
+            Assert.Equal(exit, badCode);
+            string line = Assert.Single(badError.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            Assert.True(line.StartsWith("sharpnorm: error: ", StringComparison.Ordinal) && line.Contains(message, StringComparison.Ordinal), line);
+            Assert.Equal("", badOutput);
+        }
+    }
+
     [Fact]
     public void RunPrintsYoloBoxesAndDrawsThem()
     {
