@@ -34,8 +34,10 @@ internal static class DarknetRun
         (float[] pixels, int height, int width) = LoadImage(imagePath);
         if (network.InputChannels != 3)
             throw new InvalidDataException($"{Path.GetFileName(cfgPath)} takes {network.InputChannels} channels; images give 3 (RGB).");
-        // pjreddie's darknet letterboxes; AlexeyAB's resizes unless [net] letter_box=1: follow the cfg where it says.
-        bool letterbox = DarknetConfig.ReadFile(cfgPath)[0].Int("letter_box", 1) != 0;
+        // pjreddie's darknet letterboxes, but YOLOv1 ([detection]) was trained and tested on plain resizes; AlexeyAB's
+        // resizes unless [net] letter_box=1: follow the cfg where it says.
+        int head = network.OutputLayers[0];
+        bool letterbox = DarknetConfig.ReadFile(cfgPath)[0].Int("letter_box", network.Detection(head) is null ? 1 : 0) != 0;
         float[] input = letterbox
             ? DarknetImage.Letterbox(pixels, 3, height, width, network.InputHeight, network.InputWidth)
             : DarknetImage.Resize(pixels, 3, height, width, network.InputHeight, network.InputWidth);
@@ -45,7 +47,8 @@ internal static class DarknetRun
         string header = string.Create(CultureInfo.InvariantCulture,
             $"{Path.GetFileName(cfgPath)} on {Path.GetFileName(imagePath)} ({width} x {height}, {(letterbox ? "letterboxed" : "resized")} to {network.InputWidth} x {network.InputHeight}): {milliseconds:F1} ms");
 
-        if (network.Yolo(network.OutputLayers[0]) is null)
+        int? detectorClasses = network.Yolo(head)?.Classes ?? network.Region(head)?.Classes ?? network.Detection(head)?.Classes;
+        if (detectorClasses is null)
         {
             ReadOnlySpan<float> scores = network.Output(network.OutputLayers[0]);
             CheckNames(names, scores.Length);
@@ -56,7 +59,7 @@ internal static class DarknetRun
         }
 
         List<YoloDetection> detections = YoloDetector.Detect(network, 0, height, width, (float)threshold, (float)nms, letterbox);
-        CheckNames(names, network.Yolo(network.OutputLayers[0])!.Classes);
+        CheckNames(names, detectorClasses.Value);
         var found = new List<(int Class, float Probability, DarknetBox Box)>();
         foreach (YoloDetection detection in detections)
             for (int k = 0; k < detection.Probabilities.Length; k++)

@@ -32,6 +32,10 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
             [input, "", graph.Floats(Join(path, "scales"), [4], [1f, 1f, upsample.ScaleFactor, upsample.ScaleFactor])],
             String("mode", "nearest"), String("coordinate_transformation_mode", "asymmetric"), String("nearest_mode", "floor")),
         SharpNorm.Darknet.YoloLayer<T> yolo => Yolo(yolo, path, input, shape),
+        SharpNorm.Darknet.RegionLayer<T> region => Region(region, path, input, shape),
+        SharpNorm.Darknet.DetectionLayer<T> detection => Detection(detection, path, input, shape),
+        SharpNorm.Darknet.Reorg<T> reorg => Reorg(reorg, path, input, shape),
+        LocallyConnected2d<T> local => Local(local, path, input),
         Conv2d<T> conv => Conv(conv, path, input, conv.Weight.Value, conv.Bias?.Value is { } b ? Floats(b) : null),
         BatchNorm<T> bn => RunningStatistics(bn, path, input, shape),
         InstanceNorm<T> instance => instance.TrackRunningStats ? RunningStatistics(instance, path, input, shape) : InstanceNorm(instance, path, input, shape),
@@ -49,7 +53,7 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         _ => throw new NotSupportedException(
             $"ONNX export: layer '{(path.Length == 0 ? "(the model)" : path)}' is a {TypeName(layer)}, which the exporter cannot express " +
             "(it writes Sequential, Graph, Conv2d, BatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm, LeakyReLU, ReLU, Sigmoid, Tanh, ELU, SiLU, Mish, " +
-            "Softmax, Identity, Normalize, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear, Dropout, ChannelSlice, Upsample and YoloLayer; Concat and Add joins)."),
+            "Softmax, Identity, Normalize, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear, Dropout, ChannelSlice, Upsample, LocallyConnected2d, Reorg, YoloLayer, RegionLayer and DetectionLayer; Concat and Add joins)."),
     };
 
     /// <summary>A graph's nodes in order (joins as Concat, Add or Sum); returns the names of its output tensors.</summary>
@@ -114,6 +118,84 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         string scores = graph.Node("Sigmoid", Join(path, "Sigmoid_scores"), out0 + "_scores_logistic", [parts[2]]);
         string joined = graph.Node("Concat", Join(path, "Concat"), out0 + "_joined", [xy, parts[1], scores], Int("axis", 2));
         return graph.Node("Reshape", NodeName(path, "Reshape_back"), out0, [joined, graph.Int64s(Join(path, "shape"), [0, shape[1], shape[2], shape[3]])]);
+    }
+
+    /// <summary>
+    /// darknet's [region]: (N, A·(5+C), H, W) as (N, A, 5+C, H, W), split into x y | w h | objectness | classes, the
+    /// logistic on x, y and objectness, a softmax over the classes (axis 2) or the logistic, joined and shaped back.
+    /// </summary>
+    private string Region(SharpNorm.Darknet.RegionLayer<T> region, string path, string input, nint[] shape)
+    {
+        long anchors = region.Head.Boxes, classes = region.Head.Classes;
+        string out0 = OutputName(path);
+        string blocks = graph.Node("Reshape", Join(path, "Reshape"), out0 + "_anchors", [input, graph.Int64s(Join(path, "anchor_shape"), [0, anchors, classes + 5, shape[2], shape[3]])]);
+        string[] parts = graph.Node("Split", Join(path, "Split"), [out0 + "_xy", out0 + "_wh", out0 + "_objectness", out0 + "_classes"],
+            [blocks, graph.Int64s(Join(path, "split"), [2, 2, 1, classes])], Int("axis", 2));
+        string xy = graph.Node("Sigmoid", Join(path, "Sigmoid_xy"), out0 + "_xy_logistic", [parts[0]]);
+        string objectness = graph.Node("Sigmoid", Join(path, "Sigmoid_objectness"), out0 + "_objectness_logistic", [parts[2]]);
+        string scores = region.Head.Softmax
+            ? graph.Node("Softmax", Join(path, "Softmax"), out0 + "_classes_softmax", [parts[3]], Int("axis", 2))
+            : graph.Node("Sigmoid", Join(path, "Sigmoid_classes"), out0 + "_classes_logistic", [parts[3]]);
+        string joined = graph.Node("Concat", Join(path, "Concat"), out0 + "_joined", [xy, parts[1], objectness, scores], Int("axis", 2));
+        return graph.Node("Reshape", NodeName(path, "Reshape_back"), out0, [joined, graph.Int64s(Join(path, "shape"), [0, shape[1], shape[2], shape[3]])]);
+    }
+
+    /// <summary>darknet's [detection]: the values as they are, or with softmax=1 the first side²·classes as (N, side², classes) through a softmax.</summary>
+    private string Detection(SharpNorm.Darknet.DetectionLayer<T> detection, string path, string input, nint[] shape)
+    {
+        string out0 = OutputName(path);
+        if (!detection.Head.Softmax) return graph.Node("Identity", NodeName(path, "Identity"), out0, [input]);
+        long cells = (long)detection.Head.Side * detection.Head.Side, classes = detection.Head.Classes, values = detection.Head.Values;
+        string flat = graph.Node("Reshape", Join(path, "Reshape"), out0 + "_flat", [input, graph.Int64s(Join(path, "flat_shape"), [0, values])]);
+        string[] parts = graph.Node("Split", Join(path, "Split"), [out0 + "_classes", out0 + "_boxes"],
+            [flat, graph.Int64s(Join(path, "split"), [cells * classes, values - cells * classes])], Int("axis", 1));
+        string perCell = graph.Node("Reshape", Join(path, "Reshape_cells"), out0 + "_cells", [parts[0], graph.Int64s(Join(path, "cell_shape"), [0, cells, classes])]);
+        string soft = graph.Node("Softmax", Join(path, "Softmax"), out0 + "_softmax", [perCell], Int("axis", 2));
+        string back = graph.Node("Reshape", Join(path, "Reshape_scores"), out0 + "_scores", [soft, graph.Int64s(Join(path, "scores_shape"), [0, cells * classes])]);
+        string joined = graph.Node("Concat", Join(path, "Concat"), out0 + "_joined", [back, parts[1]], Int("axis", 1));
+        long[] outputShape = [0, .. shape[1..].ToArray().Select(d => (long)d)];
+        return graph.Node("Reshape", NodeName(path, "Reshape_back"), out0, [joined, graph.Int64s(Join(path, "shape"), outputShape)]);
+    }
+
+    /// <summary>
+    /// darknet's [reorg]: the (C, H, W) input read as (C/s², H, s, W, s), the two s axes moved before the channels, read
+    /// as (C·s², H/s, W/s); reverse=1 is DepthToSpace in DCR mode.
+    /// </summary>
+    private string Reorg(SharpNorm.Darknet.Reorg<T> reorg, string path, string input, nint[] shape)
+    {
+        long s = reorg.Stride, c = shape[1], h = shape[2], w = shape[3];
+        if (reorg.Reverse)
+            return graph.Node("DepthToSpace", NodeName(path, "DepthToSpace"), OutputName(path), [input], Int("blocksize", s), String("mode", "DCR"));
+        string out0 = OutputName(path);
+        string view = graph.Node("Reshape", Join(path, "Reshape"), out0 + "_view", [input, graph.Int64s(Join(path, "view_shape"), [0, c / (s * s), h, s, w, s])]);
+        string moved = graph.Node("Transpose", Join(path, "Transpose"), out0 + "_moved", [view], Ints("perm", 0, 3, 5, 1, 2, 4));
+        return graph.Node("Reshape", NodeName(path, "Reshape_back"), out0, [moved, graph.Int64s(Join(path, "shape"), [0, c * s * s, h / s, w / s])]);
+    }
+
+    /// <summary>
+    /// A locally connected layer: the windows gathered by a Conv with one-hot filters (exact: each output is one input
+    /// value times 1 plus zeros), as (positions, window, N); a batched MatMul of each position's (out, window) weights
+    /// with them; back to (N, out, OH, OW), plus the bias.
+    /// </summary>
+    private string Local(LocallyConnected2d<T> local, string path, string input)
+    {
+        int k = local.KernelSize, c = local.InChannels, window = c * k * k, positions = local.OutputHeight * local.OutputWidth, outputs = local.OutChannels;
+        string out0 = OutputName(path);
+        var gather = new float[(long)window * window];
+        for (int row = 0; row < window; row++) gather[(long)row * window + row] = 1;   // filter (c, ki, kj) picks input (c, ki, kj)
+        string columns = graph.Node("Conv", Join(path, "Conv_windows"), out0 + "_windows",
+            [input, graph.Floats(Join(path, "window_filters"), [window, c, k, k], gather)],
+            Ints("kernel_shape", k, k), Ints("strides", local.Stride, local.Stride), Ints("pads", local.Padding, local.Padding, local.Padding, local.Padding));
+        string flat = graph.Node("Reshape", Join(path, "Reshape_windows"), out0 + "_columns", [columns, graph.Int64s(Join(path, "columns_shape"), [0, window, positions])]);
+        string byPosition = graph.Node("Transpose", Join(path, "Transpose_windows"), out0 + "_by_position", [flat], Ints("perm", 2, 1, 0));
+        // (positions, out, window) · (positions, window, N): the weight initializer keeps the state_dict's order
+        string weight = graph.Floats(Join(path, "weight"), [positions, outputs, window], Floats(local.Weight.Value));
+        string products = graph.Node("MatMul", Join(path, "MatMul"), out0 + "_products", [weight, byPosition]);
+        string back = graph.Node("Transpose", Join(path, "Transpose_back"), out0 + "_outputs", [products], Ints("perm", 2, 1, 0));
+        string shaped = graph.Node("Reshape", local.Bias is null ? NodeName(path, "Reshape") : Join(path, "Reshape"), local.Bias is null ? out0 : out0 + "_shaped",
+            [back, graph.Int64s(Join(path, "shape"), [0, outputs, local.OutputHeight, local.OutputWidth])]);
+        if (local.Bias is null) return shaped;
+        return graph.Node("Add", NodeName(path, "Add"), out0, [shaped, graph.Floats(Join(path, "bias"), [outputs, local.OutputHeight, local.OutputWidth], Floats(local.Bias.Value))]);
     }
 
     private string Sequential(Sequential<T> sequential, string path, string input, nint[] shape)

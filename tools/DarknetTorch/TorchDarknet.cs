@@ -115,8 +115,8 @@ public sealed class TorchDarknet : IDisposable
             if (info.Type != sections[i + 1].Type) throw new ArgumentException($"layer {i} is [{info.Type}] but section {i + 1} is [{sections[i + 1].Type}].");
             _layers[i] = BuildLayer(sections[i + 1], info, i == 0 ? (InputChannels, InputHeight, InputWidth) : Shape(layers[i - 1]), weights.Layers[i]);
         }
-        int[] yolo = layers.Where(l => l.Type == "yolo").Select(l => l.Index).ToArray();
-        OutputLayers = yolo.Length > 0 ? yolo : [layers.Count - 1];
+        int[] heads = layers.Where(l => l.Type is "yolo" or "region" or "detection").Select(l => l.Index).ToArray();
+        OutputLayers = heads.Length > 0 ? heads : [layers.Count - 1];
     }
 
     private static (int C, int H, int W) Shape(DarknetLayerInfo l) => (l.Channels, l.Height, l.Width);
@@ -474,6 +474,74 @@ public sealed class TorchDarknet : IDisposable
                     if (scaleXY == 1) return torch.where(mask, sigmoid, x);
                     using Tensor scaled = sigmoid * scale + shift;
                     return torch.where(mask, scaled, x);
+                });
+            }
+            case "reorg":
+            {
+                int st = section.Int("stride", 1);
+                bool reverse = section.Int("reverse", 0) != 0;
+                (int c, int h, int wd) = input;
+                int oc = c / (st * st);
+                return new Lambda((x, _) =>
+                {
+                    long n = x.shape[0];
+                    if (reverse)
+                    {
+                        // depth_to_space (DCR): channel (dy·s + dx)·oc + c2 goes to (c2, j·s + dy, i·s + dx)
+                        using Tensor split = x.reshape(n, st, st, oc, h, wd);
+                        using Tensor moved = split.permute(0, 3, 4, 1, 5, 2);
+                        return moved.reshape(n, oc, h * st, wd * st);
+                    }
+                    // darknet reads the (c, h, w) input as (c/s², h·s, w·s); (c2, j·s + dy, i·s + dx) becomes channel (dy·s + dx)·oc + c2 of (c, h, w)
+                    using Tensor view = x.reshape(n, oc, h, st, wd, st);
+                    using Tensor permuted = view.permute(0, 3, 5, 1, 2, 4);
+                    return permuted.reshape(n, c * st * st, h / st, wd / st);
+                });
+            }
+            case "local":
+            {
+                if (w is null) throw new ArgumentException($"layer {info.Index} (local) has no weights.");
+                int size = section.Int("size", 1), stride = section.Int("stride", 1), pad = section.Int("pad", 0) != 0 ? 1 : 0;
+                int positions = info.Height * info.Width, window = input.C * size * size;
+                Tensor weight = Parameter(w.Weights, positions, info.Channels, window);
+                Tensor bias = Parameter(w.Biases, 1, info.Channels, positions);
+                Func<Tensor, Tensor> activation = Activation(section, "logistic");
+                return new Lambda((x, _) =>
+                {
+                    // each output position p has its own filters: y[n, o, p] = Σ_k weight[p, o, k] · columns[n, k, p]
+                    using Tensor columns = nn.functional.unfold(x, (size, size), (1, 1), (pad, pad), (stride, stride));
+                    using Tensor products = torch.einsum("nkp,pok->nop", columns, weight);
+                    using Tensor biased = products + bias;
+                    return Apply(activation, biased.reshape(x.shape[0], info.Channels, info.Height, info.Width));
+                });
+            }
+            case "region":
+            {
+                int classes = section.Int("classes", 20), boxes = section.Int("num", 1);
+                bool softmax = section.Int("softmax", 0) != 0;
+                return new Lambda((x, _) =>
+                {
+                    using Tensor blocks = x.reshape(x.shape[0], boxes, classes + 5, x.shape[2], x.shape[3]);
+                    using Tensor xy = blocks.narrow(2, 0, 2).sigmoid();
+                    using Tensor wh = blocks.narrow(2, 2, 2).alias();
+                    using Tensor objectness = blocks.narrow(2, 4, 1).sigmoid();
+                    using Tensor scores = softmax ? blocks.narrow(2, 5, classes).softmax(2) : blocks.narrow(2, 5, classes).sigmoid();
+                    using Tensor joined = torch.cat([xy, wh, objectness, scores], 2);
+                    return joined.reshape(x.shape);
+                });
+            }
+            case "detection":
+            {
+                int classes = section.Int("classes", 1), side = section.Int("side", 7);
+                bool softmax = section.Int("softmax", 0) != 0;
+                return new Lambda((x, _) =>
+                {
+                    if (!softmax) return x.alias();
+                    using Tensor flat = x.reshape(x.shape[0], -1);
+                    using Tensor scores = flat.narrow(1, 0, side * side * classes).reshape(x.shape[0], side * side, classes).softmax(2);
+                    using Tensor rest = flat.narrow(1, side * side * classes, flat.shape[1] - side * side * classes);
+                    using Tensor joined = torch.cat([scores.reshape(x.shape[0], -1), rest], 1);
+                    return joined.reshape(x.shape);
                 });
             }
             default:

@@ -105,7 +105,8 @@ public static class DarknetConfig
         ["connected"] = "connected", ["conn"] = "connected",
         ["dropout"] = "dropout",
         ["softmax"] = "softmax", ["soft"] = "softmax",
-        ["yolo"] = "yolo",
+        ["yolo"] = "yolo", ["region"] = "region", ["detection"] = "detection",
+        ["reorg"] = "reorg", ["local"] = "local",
         ["cost"] = "cost",
     };
 

@@ -7,7 +7,7 @@ namespace SharpNorm.Darknet;
 /// A darknet network's learned arrays as a PyTorch-style state dict (safetensors), named by layer index as the common
 /// PyTorch ports of darknet name them: <c>{i}.conv.weight</c> (OIHW), <c>{i}.conv.bias</c> (without a batch norm),
 /// <c>{i}.bn.weight/bias/running_mean/running_var/num_batches_tracked</c>, <c>{i}.fc.weight</c> (outputs x inputs) and
-/// <c>{i}.fc.bias</c>. Folded, each batch norm is merged into its layer's weight and bias (fuse_conv_bn_eval).
+/// <c>{i}.fc.bias</c>, <c>{i}.local.weight</c> (positions x out x in x k x k) and <c>{i}.local.bias</c> (out x OH x OW). Folded, each batch norm is merged into its layer's weight and bias (fuse_conv_bn_eval).
 /// The cfg text goes into the file's metadata ("darknet_cfg"), so the file describes its network.
 /// </summary>
 public static class DarknetExport
@@ -22,8 +22,17 @@ public static class DarknetExport
         var entries = new List<(string, SafetensorsEntry)>();
         foreach (DarknetLayerInfo layer in layers)
         {
-            if (layer.Type is not ("convolutional" or "connected")) continue;
+            if (!layer.HasWeights) continue;
             DarknetLayerWeights arrays = DarknetNetwork.Arrays(weights, layer);
+            if (layer.Type == "local")
+            {
+                // LocallyConnected2d's shapes: weight (positions, out, in, k, k), bias (out, OH, OW)
+                int k = layer.KernelSize;
+                long positions = (long)layer.Height * layer.Width;
+                entries.Add(($"{layer.Index}.local.weight", Floats(arrays.Weights, [positions, layer.Channels, layer.WeightCount / (positions * layer.Channels * k * k), k, k])));
+                entries.Add(($"{layer.Index}.local.bias", Floats(arrays.Biases, [layer.Channels, layer.Height, layer.Width])));
+                continue;
+            }
             bool connected = layer.Type == "connected";
             string module = $"{layer.Index}.{(connected ? "fc" : "conv")}";
             long[] weightShape = connected

@@ -9,8 +9,9 @@ namespace SharpNorm.Darknet;
 /// unless folded, then the activation: LeakyReLU(0.1), ReLU, Sigmoid, Tanh, ELU, Mish, SiLU); [maxpool] MaxPool2d with
 /// darknet's padding (padding/2 before, the rest after); [avgpool] GlobalAvgPool2d; [route] Concat, with groups a
 /// ChannelSlice of each input; [shortcut] Add (then its activation); [upsample] Upsample; [softmax] Softmax over each
-/// sample's values; [dropout] Dropout; [cost] Identity; [yolo] <see cref="YoloLayer{T}"/>. The outputs are the [yolo]
-/// layers, else the last layer. A [shortcut] of inputs with different channel counts adds the first min(C) channels
+/// sample's values; [dropout] Dropout; [cost] Identity; [yolo] <see cref="YoloLayer{T}"/>; [region]
+/// <see cref="RegionLayer{T}"/>; [detection] <see cref="DetectionLayer{T}"/>; [reorg] <see cref="Reorg{T}"/>; [local]
+/// LocallyConnected2d and its activation. The outputs are the [yolo], [region] and [detection] layers, else the last layer. A [shortcut] of inputs with different channel counts adds the first min(C) channels
 /// and passes the rest of the previous output through, as darknet does.
 /// </summary>
 public static class DarknetGraph
@@ -73,6 +74,37 @@ public static class DarknetGraph
                     bool fold = info.BatchNormalize && options.FoldBatchNorm;
                     var linear = new Linear<float>(c * h * w, info.Channels, bias: !info.BatchNormalize || fold);
                     nodes.Add(new GraphNode<float>(name, Weighted(linear, linear.Weight, linear.Bias, DarknetNetwork.Arrays(weights, info), section, info, options, darknetTraining, [new Flatten<float>()]), previous));
+                    break;
+                }
+                case "local":
+                {
+                    int size = section.Int("size", 1), stride = section.Int("stride", 1), padding = section.Int("pad", 0) != 0 ? 1 : 0;
+                    var local = new LocallyConnected2d<float>(c, info.Channels, h, w, size, stride, padding);
+                    DarknetLayerWeights arrays = DarknetNetwork.Arrays(weights, info);
+                    arrays.Weights.CopyTo(TensorData.Flat(local.Weight.Value));
+                    arrays.Biases.CopyTo(TensorData.Flat(local.Bias!.Value));
+                    ILayer<float>? activation = Activation(section, "logistic");
+                    nodes.Add(new GraphNode<float>(name, activation is null ? new Sequential<float>(local) : new Sequential<float>(local, activation), previous));
+                    break;
+                }
+                case "reorg":
+                    Refuse(section, "flatten", "extra");
+                    nodes.Add(new GraphNode<float>(name, new Reorg<float>(section.Int("stride", 1), section.Int("reverse", 0) != 0), previous));
+                    break;
+                case "region":
+                {
+                    Refuse(section, "tree", "map");
+                    if (section.Int("background", 0) != 0) throw section.Error("background=1 is not supported.", "background");
+                    var head = new RegionHead(section.Int("classes", 20), section.FloatList("anchors")!, section.Int("softmax", 0) != 0);
+                    nodes.Add(new GraphNode<float>(name, new RegionLayer<float>(head), previous));
+                    outputs.Add(name);
+                    break;
+                }
+                case "detection":
+                {
+                    var head = new DetectionHead(section.Int("classes", 1), section.Int("num", 1), section.Int("side", 7), section.Int("softmax", 0) != 0, section.Int("sqrt", 0) != 0);
+                    nodes.Add(new GraphNode<float>(name, new DetectionLayer<float>(head), previous));
+                    outputs.Add(name);
                     break;
                 }
                 case "maxpool":

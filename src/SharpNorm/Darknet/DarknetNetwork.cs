@@ -53,8 +53,8 @@ public sealed class DarknetNetwork
         Graph = graph;
         (InputChannels, InputHeight, InputWidth) = (channels, height, width);
         Options = options;
-        int[] yolo = layers.Where(l => l.Type == "yolo").Select(l => l.Index).ToArray();
-        OutputLayers = yolo.Length > 0 ? yolo : [layers.Count - 1];
+        int[] heads = layers.Where(l => l.Type is "yolo" or "region" or "detection").Select(l => l.Index).ToArray();
+        OutputLayers = heads.Length > 0 ? heads : [layers.Count - 1];
         var index = new Dictionary<string, int>(StringComparer.Ordinal);
         for (int i = 0; i < graph.Nodes.Count; i++) index[graph.Nodes[i].Name] = i;
         _nodeOfLayer = layers.Select(l => index[l.Index.ToString(System.Globalization.CultureInfo.InvariantCulture)]).ToArray();
@@ -75,11 +75,19 @@ public sealed class DarknetNetwork
     public int InputWidth { get; }
     public DarknetNetworkOptions Options { get; }
 
-    /// <summary>The layers whose outputs are the network's results: every [yolo] layer, else the last layer.</summary>
+    /// <summary>The layers whose outputs are the network's results: every [yolo], [region] and [detection] layer, else the last layer.</summary>
     public IReadOnlyList<int> OutputLayers { get; }
 
     /// <summary>The anchors, mask and classes of a [yolo] layer (null for other layers).</summary>
-    public YoloHead? Yolo(int layer) => (uint)layer < (uint)_nodeOfLayer.Length ? (Graph.Nodes[_nodeOfLayer[layer]].Layer as YoloLayer<float>)?.Head : null;
+    public YoloHead? Yolo(int layer) => Node(layer) is YoloLayer<float> yolo ? yolo.Head : null;
+
+    /// <summary>The anchors and classes of a [region] layer (null for other layers).</summary>
+    public RegionHead? Region(int layer) => Node(layer) is RegionLayer<float> region ? region.Head : null;
+
+    /// <summary>The grid, boxes and classes of a [detection] layer (null for other layers).</summary>
+    public DetectionHead? Detection(int layer) => Node(layer) is DetectionLayer<float> detection ? detection.Head : null;
+
+    private ILayer<float>? Node(int layer) => (uint)layer < (uint)_nodeOfLayer.Length ? Graph.Nodes[_nodeOfLayer[layer]].Layer : null;
 
     /// <summary>Reads a cfg and its weights; <paramref name="weightsPath"/> null gives random weights (seed 0) for trying a network out.</summary>
     public static DarknetNetwork Load(string cfgPath, string? weightsPath, DarknetNetworkOptions? options = null)
@@ -123,7 +131,7 @@ public sealed class DarknetNetwork
             if ((values?.LongLength ?? 0) != expected)
                 throw new ArgumentException($"Layer {info.Index} ({info.Type}): {what} has {values?.Length ?? 0} values; the layer needs {expected}.", nameof(weights));
         }
-        Check(arrays.Biases, info.Channels, "biases");
+        Check(arrays.Biases, info.BiasCount, "biases");
         Check(arrays.Weights, info.WeightCount, "weights");
         long bn = info.BatchNormalize ? info.Channels : 0;
         Check(arrays.Scales, bn, "scales");

@@ -11,6 +11,12 @@ public sealed record DarknetLayerInfo(int Index, string Type, int[] Inputs, int 
 
     /// <summary>Convolutional and pooling layers: the (square) window size; 0 for the others.</summary>
     public int KernelSize { get; init; }
+
+    /// <summary>Weighted layers: the number of biases (one per output channel; one per output value for [local]).</summary>
+    public long BiasCount => Type == "local" ? (long)Channels * Height * Width : Channels;
+
+    /// <summary>Whether the layer has arrays in a .weights file.</summary>
+    public bool HasWeights => Type is "convolutional" or "connected" or "local";
 }
 
 /// <summary>
@@ -151,6 +157,65 @@ public static class DarknetSummary
                     details = $"{classes} classes, anchors {string.Join(" ", mask.Select(m => $"{anchors[2 * m]}x{anchors[2 * m + 1]}"))}";
                     break;
                 }
+                case "reorg":
+                {
+                    int stride = Positive(section, "stride", 1);
+                    bool reverse = section.Int("reverse", 0) != 0;
+                    long s2 = (long)stride * stride;
+                    if (reverse)
+                    {
+                        if (c % s2 != 0) throw section.Error($"a reverse reorg by {stride} needs channels divisible by {s2}; got {c}.", "stride");
+                        (c, h, w) = ((int)(c / s2), checked(h * stride), checked(w * stride));
+                    }
+                    else
+                    {
+                        if (c % s2 != 0 || h % stride != 0 || w % stride != 0)
+                            throw section.Error($"a reorg by {stride} needs channels divisible by {s2} and sizes by {stride}; got {c} x {h} x {w}.", "stride");
+                        if (c * s2 > int.MaxValue) throw section.Error($"a reorg by {stride} of {c} channels gives more than 2^31 channels.", "stride");
+                        (c, h, w) = ((int)(c * s2), h / stride, w / stride);
+                    }
+                    details = $"/{stride}{(reverse ? " reverse" : "")}";
+                    break;
+                }
+                case "local":
+                {
+                    int filters = Positive(section, "filters", 1), size = Positive(section, "size", 1), stride = Positive(section, "stride", 1);
+                    int pad = section.Int("pad", 0) != 0 ? 1 : 0;
+                    // darknet sizes the output as (h - (pad ? 1 : size)) / stride + 1 but im2col pads one pixel: they agree when pad=0 or size=3
+                    int outH = (h - (pad != 0 ? 1 : size)) / stride + 1, outW = (w - (pad != 0 ? 1 : size)) / stride + 1;
+                    RequirePositive(section, outH, outW, h, w);
+                    if (pad != 0 && size != 3)
+                        throw section.Error($"pad=1 with size={size}: darknet sizes this output {outH}x{outW} but its im2col computes {(h + 2 - size) / stride + 1}x{(w + 2 - size) / stride + 1}; only size=3 is consistent.", "size");
+                    string activation = Activation(section, "logistic");
+                    long weights = checked((long)outH * outW * filters * c * size * size);
+                    weightCount = weights;
+                    parameters = weights + (long)filters * outH * outW;
+                    bflops = 2.0 * weights / 1e9;
+                    details = $"{filters} {size}x{size}/{stride} local {activation}";
+                    (c, h, w) = (filters, outH, outW);
+                    break;
+                }
+                case "region":
+                {
+                    int classes = Positive(section, "classes", 20), boxes = Positive(section, "num", 1), coords = section.Int("coords", 4);
+                    if (coords != 4) throw section.Error($"coords={coords}: only 4 (x, y, w, h) is supported.", "coords");
+                    double[] anchors = section.FloatList("anchors") ?? [];
+                    if (anchors.Length != 2L * boxes) throw section.Error($"needs num={boxes} anchor pairs ({2L * boxes} values); got {anchors.Length}.", "anchors");
+                    if ((long)boxes * (classes + 5L) != c)
+                        throw section.Error($"expects num {boxes} x (classes {classes} + 5) = {(long)boxes * (classes + 5L)} input channels; the layer before gives {c}.", "classes");
+                    details = $"{classes} classes, {boxes} anchors{(section.Int("softmax", 0) != 0 ? ", softmax" : "")}";
+                    break;
+                }
+                case "detection":
+                {
+                    int classes = Positive(section, "classes", 1), boxes = Positive(section, "num", 1), side = Positive(section, "side", 7), coords = section.Int("coords", 1);
+                    if (coords != 4) throw section.Error($"coords={coords}: only 4 (x, y, w, h) is supported.", "coords");
+                    long values = (long)side * side * (classes + 5L * boxes);
+                    if ((long)c * h * w != values)
+                        throw section.Error($"expects side {side}² x (classes {classes} + 5 x num {boxes}) = {values} inputs; the layer before gives {(long)c * h * w}.", "side");
+                    details = $"{side}x{side}, {boxes} boxes, {classes} classes{(section.Int("softmax", 0) != 0 ? ", softmax" : "")}";
+                    break;
+                }
                 case "cost":
                     details = "";
                     break;
@@ -162,8 +227,9 @@ public static class DarknetSummary
             layers.Add(new DarknetLayerInfo(index, section.Type, inputs, c, h, w, parameters, bflops, details)
             {
                 BatchNormalize = section.Type is "convolutional" or "connected" && section.Int("batch_normalize", 0) != 0,
+                // [local] has no batch norm in darknet
                 WeightCount = weightCount,
-                KernelSize = section.Type is "convolutional" or "maxpool" ? section.Int("size", section.Type == "maxpool" ? section.Int("stride", 1) : 1) : 0,
+                KernelSize = section.Type is "convolutional" or "maxpool" or "local" ? section.Int("size", section.Type == "maxpool" ? section.Int("stride", 1) : 1) : 0,
             });
         }
         return layers;

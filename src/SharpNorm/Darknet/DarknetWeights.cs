@@ -53,8 +53,8 @@ public static class DarknetWeightsFile
         var result = new DarknetLayerWeights?[layers.Count];
         foreach (DarknetLayerInfo layer in layers)
         {
-            if (layer.Type is not ("convolutional" or "connected")) continue;
-            int n = layer.Channels;
+            if (!layer.HasWeights) continue;
+            long n = layer.BiasCount;
             float[] Take(long count, string what)
             {
                 long needed = count * sizeof(float);
@@ -69,7 +69,8 @@ public static class DarknetWeightsFile
             float[] biases = Take(n, "biases");
             float[]? scales = null, mean = null, variance = null;
             float[] weights;
-            if (layer.Type == "convolutional")
+            if (layer.Type == "local") weights = Take(layer.WeightCount, "weights");
+            else if (layer.Type == "convolutional")
             {
                 if (layer.BatchNormalize) (scales, mean, variance) = (Take(n, "scales"), Take(n, "rolling mean"), Take(n, "rolling variance"));
                 weights = Take(layer.WeightCount, "weights");
@@ -115,8 +116,8 @@ public static class DarknetWeightsFile
         var result = new DarknetLayerWeights?[layers.Count];
         foreach (DarknetLayerInfo layer in layers)
         {
-            if (layer.Type is not ("convolutional" or "connected")) continue;
-            int n = layer.Channels;
+            if (!layer.HasWeights) continue;
+            long n = layer.BiasCount;
             long fanIn = Math.Max(1, layer.WeightCount / n);
             double bound = Math.Sqrt(3.0 / fanIn);
             result[layer.Index] = new DarknetLayerWeights(layer.Index, layer.Type == "connected", Fill(n, -0.1, 0.1),

@@ -19,9 +19,9 @@ public readonly record struct DarknetBox(float X, float Y, float Width, float He
 public sealed record YoloDetection(DarknetBox Box, float Objectness, float[] Probabilities, int Layer);
 
 /// <summary>
-/// Turns [yolo] outputs into boxes as darknet's test_detector does: get_yolo_detections (objectness above the
-/// threshold; class probability = objectness x class score, kept above the threshold), correct_yolo_boxes (undo the
-/// letterbox), then do_nms_sort (per class, boxes overlapping a more probable one by more than the NMS threshold are
+/// Turns [yolo], [region] and [detection] outputs into boxes as darknet's test_detector does: get_yolo_detections,
+/// get_region_detections or get_detection_detections (objectness above the threshold; class probability = objectness x
+/// class score, kept above the threshold), correct_yolo_boxes (undo the letterbox), then do_nms_sort (per class, boxes overlapping a more probable one by more than the NMS threshold are
 /// suppressed).
 /// </summary>
 public static class YoloDetector
@@ -41,46 +41,108 @@ public static class YoloDetector
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(imageWidth);
         if (!(threshold >= 0 && threshold < 1)) throw new ArgumentOutOfRangeException(nameof(threshold), threshold, "threshold must be in [0, 1).");
         if (!(nmsThreshold is >= 0 and <= 1)) throw new ArgumentOutOfRangeException(nameof(nmsThreshold), nmsThreshold, "nmsThreshold must be in [0, 1].");
+        ArgumentOutOfRangeException.ThrowIfNegative(image);
         var detections = new List<YoloDetection>();
         int classes = -1;
         foreach (int layer in network.OutputLayers)
         {
-            YoloHead head = network.Yolo(layer) ?? throw new InvalidOperationException($"Layer {layer} is not a [yolo] layer: this network is not a detector.");
-            if (classes >= 0 && classes != head.Classes) throw new InvalidOperationException("The [yolo] layers disagree on the number of classes.");
-            classes = head.Classes;
             DarknetLayerInfo info = network.Layers[layer];
-            int plane = info.Height * info.Width, entries = head.Classes + 5, perImage = info.Channels * plane;
-            ArgumentOutOfRangeException.ThrowIfNegative(image);
+            int perImage = checked(info.Channels * info.Height * info.Width);
             ReadOnlySpan<float> all = network.Output(layer);
-            if ((image + 1) * perImage > all.Length) throw new ArgumentOutOfRangeException(nameof(image), image, "No such image in the last batch.");
+            if ((long)(image + 1) * perImage > all.Length) throw new ArgumentOutOfRangeException(nameof(image), image, "No such image in the last batch.");
             ReadOnlySpan<float> output = all.Slice(image * perImage, perImage);
-            for (int cell = 0; cell < plane; cell++)
-            {
-                int row = cell / info.Width, column = cell % info.Width;
-                for (int a = 0; a < head.Mask.Length; a++)
-                {
-                    int at = a * entries * plane + cell;
-                    float objectness = output[at + 4 * plane];
-                    if (objectness <= threshold) continue;
-                    int anchor = head.Mask[a];
-                    var box = new DarknetBox(
-                        (column + output[at]) / info.Width,
-                        (row + output[at + plane]) / info.Height,
-                        (float)(MathF.Exp(output[at + 2 * plane]) * head.Anchors[2 * anchor] / network.InputWidth),
-                        (float)(MathF.Exp(output[at + 3 * plane]) * head.Anchors[2 * anchor + 1] / network.InputHeight));
-                    var probabilities = new float[head.Classes];
-                    for (int k = 0; k < head.Classes; k++)
-                    {
-                        float probability = objectness * output[at + (5 + k) * plane];
-                        probabilities[k] = probability > threshold ? probability : 0;
-                    }
-                    detections.Add(new YoloDetection(Correct(box, imageHeight, imageWidth, network.InputHeight, network.InputWidth, letterboxed),
-                        objectness, probabilities, layer));
-                }
-            }
+            int headClasses;
+            int first = detections.Count;
+            if (network.Yolo(layer) is { } yolo) YoloBoxes(detections, output, yolo, info, network.InputHeight, network.InputWidth, threshold, headClasses = yolo.Classes);
+            else if (network.Region(layer) is { } region) RegionBoxes(detections, output, region, info, threshold, headClasses = region.Classes);
+            else if (network.Detection(layer) is { } detection) DetectionBoxes(detections, output, detection, threshold, headClasses = detection.Classes);
+            else throw new InvalidOperationException($"Layer {layer} ({info.Type}) is not a [yolo], [region] or [detection] layer: this network is not a detector.");
+            if (classes >= 0 && classes != headClasses) throw new InvalidOperationException("The detection layers disagree on the number of classes.");
+            classes = headClasses;
+            for (int d = first; d < detections.Count; d++)
+                detections[d] = detections[d] with { Box = Correct(detections[d].Box, imageHeight, imageWidth, network.InputHeight, network.InputWidth, letterboxed), Layer = layer };
         }
         if (classes > 0) SuppressOverlaps(detections, classes, nmsThreshold);
         return detections;
+    }
+
+    /// <summary>get_yolo_detections: boxes of objectness above the threshold, sized by the anchors (pixels of the network input).</summary>
+    private static void YoloBoxes(List<YoloDetection> detections, ReadOnlySpan<float> output, YoloHead head, DarknetLayerInfo info, int netHeight, int netWidth, float threshold, int classes)
+    {
+        int plane = info.Height * info.Width, entries = classes + 5;
+        for (int cell = 0; cell < plane; cell++)
+        {
+            int row = cell / info.Width, column = cell % info.Width;
+            for (int a = 0; a < head.Mask.Length; a++)
+            {
+                int at = a * entries * plane + cell;
+                float objectness = output[at + 4 * plane];
+                if (objectness <= threshold) continue;
+                int anchor = head.Mask[a];
+                var box = new DarknetBox(
+                    (column + output[at]) / info.Width,
+                    (row + output[at + plane]) / info.Height,
+                    (float)(MathF.Exp(output[at + 2 * plane]) * head.Anchors[2 * anchor] / netWidth),
+                    (float)(MathF.Exp(output[at + 3 * plane]) * head.Anchors[2 * anchor + 1] / netHeight));
+                detections.Add(new YoloDetection(box, objectness, Probabilities(output, at + 5 * plane, plane, classes, objectness, threshold), 0));
+            }
+        }
+    }
+
+    /// <summary>get_region_detections: as [yolo], but the anchors are in grid cells (darknet's biases).</summary>
+    private static void RegionBoxes(List<YoloDetection> detections, ReadOnlySpan<float> output, RegionHead head, DarknetLayerInfo info, float threshold, int classes)
+    {
+        int plane = info.Height * info.Width, entries = classes + 5;
+        for (int cell = 0; cell < plane; cell++)
+        {
+            int row = cell / info.Width, column = cell % info.Width;
+            for (int a = 0; a < head.Boxes; a++)
+            {
+                int at = a * entries * plane + cell;
+                float objectness = output[at + 4 * plane];
+                if (objectness <= threshold) continue;   // darknet zeroes these; NMS then skips them
+                var box = new DarknetBox(
+                    (column + output[at]) / info.Width,
+                    (row + output[at + plane]) / info.Height,
+                    (float)(MathF.Exp(output[at + 2 * plane]) * head.Anchors[2 * a] / info.Width),
+                    (float)(MathF.Exp(output[at + 3 * plane]) * head.Anchors[2 * a + 1] / info.Height));
+                detections.Add(new YoloDetection(box, objectness, Probabilities(output, at + 5 * plane, plane, classes, objectness, threshold), 0));
+            }
+        }
+    }
+
+    /// <summary>
+    /// get_detection_detections (YOLOv1): per cell and box, x, y offsets in the cell, w, h relative to the image (squared
+    /// where sqrt=1), confidence x the cell's class scores. Values: all class scores, then confidences, then boxes.
+    /// </summary>
+    private static void DetectionBoxes(List<YoloDetection> detections, ReadOnlySpan<float> output, DetectionHead head, float threshold, int classes)
+    {
+        int side = head.Side, cells = side * side;
+        for (int cell = 0; cell < cells; cell++)
+        {
+            int row = cell / side, column = cell % side;
+            for (int n = 0; n < head.Boxes; n++)
+            {
+                float confidence = output[cells * classes + cell * head.Boxes + n];
+                int at = cells * (classes + head.Boxes) + (cell * head.Boxes + n) * 4;
+                float w = output[at + 2], h = output[at + 3];
+                var box = new DarknetBox((output[at] + column) / side, (output[at + 1] + row) / side, head.Sqrt ? w * w : w, head.Sqrt ? h * h : h);
+                float[] probabilities = Probabilities(output, cell * classes, 1, classes, confidence, threshold);
+                if (probabilities.Any(p => p > 0)) detections.Add(new YoloDetection(box, confidence, probabilities, 0));
+            }
+        }
+    }
+
+    /// <summary>Class probabilities objectness x score, 0 where not above the threshold; scores <paramref name="step"/> apart.</summary>
+    private static float[] Probabilities(ReadOnlySpan<float> output, int first, int step, int classes, float objectness, float threshold)
+    {
+        var probabilities = new float[classes];
+        for (int k = 0; k < classes; k++)
+        {
+            float probability = objectness * output[first + k * step];
+            probabilities[k] = probability > threshold ? probability : 0;
+        }
+        return probabilities;
     }
 
     /// <summary>darknet's correct_yolo_boxes: from the network's (letterboxed) frame to the image's, relative coordinates.</summary>

@@ -8,8 +8,9 @@ using Xunit.Abstractions;
 namespace SharpNorm.Tests.Darknet;
 
 /// <summary>
-/// DarknetNetwork against libtorch, live: the four published cfgs of Darknet/cfg (darknet19, yolov3-tiny, the
-/// darknet reference model, tiny darknet), batch 1 at each cfg's own size, random weights (DarknetWeightsFile.Random,
+/// DarknetNetwork against libtorch, live: the published cfgs of Darknet/cfg (darknet19, yolov3-tiny, the darknet
+/// reference model, tiny darknet, yolov2, yolov2-tiny, yolov1-tiny) and the fixtures of [reorg], [region], [local] and
+/// [detection] (small-region, small-detection), batch 1 at each cfg's own size, random weights (DarknetWeightsFile.Random,
 /// with a quarter of the batch-norm variances made tiny so that the two formulas differ),
 /// both batch-norm formulas, folded and unfused, against tools/DarknetTorch/TorchDarknet.cs computing the same network
 /// with libtorch ops. Tolerance: normwise ||SharpNorm - libtorch|| / ||libtorch|| &lt; 1e-4 for every layer's output.
@@ -56,6 +57,14 @@ public class DarknetTorchParityTests(ITestOutputHelper output)
     [InlineData("darknet.cfg", DarknetBatchNormMode.DarknetCpu)]
     [InlineData("tiny.cfg", DarknetBatchNormMode.PyTorch)]
     [InlineData("tiny.cfg", DarknetBatchNormMode.DarknetCpu)]
+    [InlineData("yolov2-tiny.cfg", DarknetBatchNormMode.PyTorch)]
+    [InlineData("yolov2-tiny.cfg", DarknetBatchNormMode.DarknetCpu)]
+    [InlineData("yolov2.cfg", DarknetBatchNormMode.PyTorch)]
+    [InlineData("yolov1-tiny.cfg", DarknetBatchNormMode.PyTorch)]
+    [InlineData("yolov1-tiny.cfg", DarknetBatchNormMode.DarknetCpu)]
+    [InlineData("small-region.cfg", DarknetBatchNormMode.PyTorch)]
+    [InlineData("small-region.cfg", DarknetBatchNormMode.DarknetCpu)]
+    [InlineData("small-detection.cfg", DarknetBatchNormMode.PyTorch)]
     public void OutputsMatchLibTorch(string cfg, DarknetBatchNormMode mode)
     {
         var (sections, weights, input, expected) = Reference(cfg, mode);

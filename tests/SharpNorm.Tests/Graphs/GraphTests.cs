@@ -29,6 +29,15 @@ public class GraphTests
         ["max pool padded after (darknet's size 2 stride 1)"] = (() => new MaxPool2d<double>([2], [1], [0, 0, 1, 1]), [2, 2, 5, 6]),
         ["max pool padded before and after"] = (() => new MaxPool2d<double>([3], [2], [1, 0, 1, 1]), [1, 2, 7, 6]),
         ["yolo"] = (() => new YoloLayer<double>(new YoloHead(2, [0, 1], [10, 14, 23, 27], 1.05)), [2, 14, 3, 2]),
+        ["reorg by 2"] = (() => new Reorg<double>(2), [2, 8, 4, 6]),
+        ["reorg by 2, reverse"] = (() => new Reorg<double>(2, reverse: true), [2, 8, 3, 2]),
+        ["reorg by 3"] = (() => new Reorg<double>(3), [1, 9, 3, 6]),
+        ["region, softmax classes"] = (() => new RegionLayer<double>(new RegionHead(3, [1, 2, 3, 4], Softmax: true)), [2, 16, 3, 2]),
+        ["region, logistic classes"] = (() => new RegionLayer<double>(new RegionHead(2, [1, 2], Softmax: false)), [2, 7, 2, 3]),
+        ["detection, softmax"] = (() => new DetectionLayer<double>(new DetectionHead(3, 2, 2, Softmax: true, Sqrt: true)), [2, 52]),
+        ["detection, no softmax"] = (() => new DetectionLayer<double>(new DetectionHead(2, 1, 2, Softmax: false, Sqrt: false)), [2, 28, 1, 1]),
+        ["locally connected, darknet's pad 1"] = (() => new LocallyConnected2d<double>(2, 3, 4, 5, 3, stride: 1, padding: 1, random: new Random(1)), [2, 2, 4, 5]),
+        ["locally connected, stride 2"] = (() => new LocallyConnected2d<double>(2, 3, 5, 5, 2, stride: 2, padding: 0, random: new Random(2)), [2, 2, 5, 5]),
     };
 
     [Theory]

@@ -8,7 +8,7 @@ using Xunit;
 namespace SharpNorm.Tests.Onnx;
 
 /// <summary>
-/// Darknet classifiers exported to ONNX: ONNX Runtime's probabilities against DarknetNetwork's (the inference network
+/// Darknet networks (classifiers, and YOLOv1/v2/v3 detectors with their [local], [reorg], [region], [detection] and [yolo] layers) exported to ONNX: ONNX Runtime's probabilities against DarknetNetwork's (the inference network
 /// checked against libtorch twins), within 1e-5 normwise, batches 1 and 4.
 /// </summary>
 public class DarknetOnnxTests
@@ -23,6 +23,13 @@ public class DarknetOnnxTests
     [InlineData("small-detector.cfg", 0, false, 17, "PyTorch")]
     [InlineData("small-detector.cfg", 0, true, 23, "DarknetCpu")]
     [InlineData("small-classifier.cfg", 0, true, 17, "PyTorch")]
+    [InlineData("small-region.cfg", 0, false, 17, "PyTorch")]
+    [InlineData("small-region.cfg", 0, true, 23, "DarknetCpu")]
+    [InlineData("small-detection.cfg", 0, false, 17, "PyTorch")]
+    [InlineData("small-detection.cfg", 0, true, 21, "PyTorch")]
+    [InlineData("yolov2-tiny.cfg", 96, true, 18, "PyTorch")]
+    [InlineData("yolov2.cfg", 96, false, 17, "PyTorch")]
+    [InlineData("yolov1-tiny.cfg", 0, true, 17, "PyTorch")]
     public void ADarknetNetworkGivesTheInferenceNetworksOutputs(string cfg, int size, bool fold, int opset, string mode)
     {
         string folder = Directory.CreateTempSubdirectory("sharpnorm-darknet-onnx-").FullName;
@@ -33,7 +40,7 @@ public class DarknetOnnxTests
             var batchNorm = Enum.Parse<DarknetBatchNormMode>(mode);
             DarknetOnnxExport.Save(cfgPath, weightsPath, onnx, fold, opset, batchNorm);
             var network = DarknetNetwork.Build(sections, weights, new DarknetNetworkOptions { FoldBatchNorm = false, BatchNorm = batchNorm });
-            string[] names = network.OutputLayers.Select(l => network.Layers[l].Type == "yolo" ? l.ToString(System.Globalization.CultureInfo.InvariantCulture)
+            string[] names = network.OutputLayers.Select(l => network.OutputLayers.Count > 1 ? l.ToString(System.Globalization.CultureInfo.InvariantCulture)
                 : network.Layers[l].Type == "softmax" ? "probabilities" : "output").ToArray();
 
             using var session = new InferenceSession(onnx);
