@@ -348,6 +348,26 @@ public static class OnnxImport
                 }
                 case "Sub": Sub(node); break;
                 case "Slice": Slice(node); break;
+                case "Reshape": Reshape(node); break;
+                case "Transpose":
+                {
+                    Inputs(node, 1, 1);
+                    Only(node, "perm");
+                    long[] perm = Ints(node, "perm") ?? throw Error(node, "a perm attribute is needed (the default reverses the batch dimension).");
+                    if (perm.Length != _shapes[In(node, 0)].Length || perm.Any(p => p < 0 || p >= perm.Length) || perm.Distinct().Count() != perm.Length || perm[0] != 0)
+                        throw Error(node, $"perm ({string.Join(", ", perm)}) must reorder the {_shapes[In(node, 0)].Length} dimensions and keep the batch first.");
+                    Layer(node, new Permute<float>(perm.Select(p => (int)p).ToArray()), In(node, 0));
+                    break;
+                }
+                case "Split": Split(node, opset); break;
+                case "DepthToSpace":
+                {
+                    Inputs(node, 1, 1);
+                    Only(node, "blocksize", "mode");
+                    if (Text(node, "mode", "DCR") != "DCR") throw Error(node, $"mode {Text(node, "mode", "DCR")}: only DCR is supported.");
+                    Layer(node, new SharpNorm.Darknet.Reorg<float>(Small(node, "blocksize", Int(node, "blocksize", 0), 1, 1024), reverse: true), In(node, 0));
+                    break;
+                }
                 case "Resize": Resize(node); break;
                 default:
                     throw Error(node, $"op {node.OpType} is not supported (supported: Conv, BatchNormalization, InstanceNormalization, GroupNormalization, " +
@@ -395,6 +415,7 @@ public static class OnnxImport
             var (sh, sw) = Pair(node, "strides", Ints(node, "strides"), 1, 1);
             var (dh, dw) = Pair(node, "dilations", Ints(node, "dilations"), 1, 1);
             float[]? bias = node.Input.Count > 2 && node.Input[2].Length > 0 ? Floats(node, node.Input[2], out _) : null;
+            if (bias is null && groups == 1 && sh == sw && top == left && dh == 1 && dw == 1 && kh == kw && LocallyConnected(node, weight, dims, sh, top)) return;
             if (bias is not null && bias.Length != outChannels) throw Error(node, $"the bias has {bias.Length} values; the convolution writes {outChannels} channels.");
             var conv = new Conv2d<float>(inChannels, outChannels, [kh, kw], [sh, sw], [top, left], [dh, dw], groups, bias: bias is not null);
             weight.CopyTo(TensorData.Flat(conv.Weight.Value));
@@ -596,6 +617,98 @@ public static class OnnxImport
             long start = Math.Clamp(starts[0] < 0 ? starts[0] + shape[1] : starts[0], 0, shape[1]), end = Math.Clamp(ends[0] < 0 ? ends[0] + shape[1] : ends[0], 0, shape[1]);
             if (end <= start) throw Error(node, $"the slice [{starts[0]}, {ends[0]}) of {shape[1]} channels is empty.");
             Layer(node, new ChannelSlice<float>((int)start, (int)(end - start)), In(node, 0));
+        }
+
+        /// <summary>Reshape to a constant shape that keeps the batch: (0, ...), or (-1, ...) where the rest is one sample's values.</summary>
+        private void Reshape(OnnxProto.NodeProto node)
+        {
+            Inputs(node, 2, 2);
+            Only(node, "allowzero");
+            if (Int(node, "allowzero", 0) != 0) throw Error(node, "allowzero=1 is not supported.");
+            long[] target = Int64s(node, node.Input[1]);
+            nint[] shape = _shapes[In(node, 0)];
+            if (target.Length > 0 && target[0] == -1 && target.Skip(1).All(d => d > 0))
+            {
+                long perSample = 1, rest = 1;
+                foreach (nint d in shape.AsSpan(1)) perSample *= d;
+                foreach (long d in target.Skip(1)) rest = rest > int.MaxValue / d ? long.MaxValue : rest * d;
+                if (rest == perSample) target[0] = 0;
+            }
+            if (target.Length == 0 || target[0] != 0 || target.Any(d => d < -1))
+                throw Error(node, $"shape ({string.Join(", ", target)}): only a reshape that keeps the batch (first entry 0) is supported.");
+            Layer(node, new Reshape<float>(target), In(node, 0));
+        }
+
+        /// <summary>Split along one axis (not the batch): one slice node per output.</summary>
+        private void Split(OnnxProto.NodeProto node, long opset)
+        {
+            Only(node, "axis", "split", "num_outputs");
+            if (node.Input.Count is < 1 or > 2 || node.Output.Count < 1 || node.Output.Count > 4096) throw Error(node, "expected one or two inputs and one to 4096 outputs.");
+            nint[] shape = _shapes[In(node, 0)];
+            long axis = Int(node, "axis", 0);
+            if (axis < 0) axis += shape.Length;
+            int dimension = Small(node, "axis", axis, 1, shape.Length - 1);
+            long length = shape[dimension];
+            long[] sizes = node.Input.Count == 2 && node.Input[1].Length > 0 ? Int64s(node, node.Input[1])
+                : Ints(node, "split") is { } attribute ? attribute
+                : length % node.Output.Count == 0 ? Enumerable.Repeat(length / node.Output.Count, node.Output.Count).ToArray()
+                : throw Error(node, $"{length} values along axis {axis} do not split evenly into {node.Output.Count} outputs.");
+            if (sizes.Length != node.Output.Count || sizes.Any(v => v < 1) || sizes.Sum() != length)
+                throw Error(node, $"split ({string.Join(", ", sizes)}) must give each of the {node.Output.Count} outputs a positive part of the {length} values along axis {axis}.");
+            long start = 0;
+            for (int k = 0; k < sizes.Length; k++)
+            {
+                if (node.Output[k].Length > 0) Named(node.Output[k], new ChannelSlice<float>((int)start, (int)sizes[k], dimension), In(node, 0), node);
+                start += sizes[k];
+            }
+        }
+
+        /// <summary>
+        /// The exporter's locally connected layer: Conv with one-hot filters (the windows) → Reshape (0, K, P) →
+        /// Transpose (2, 1, 0) → MatMul with (P, O, K) weights → Transpose (2, 1, 0) → Reshape (0, O, OH, OW) → Add of a
+        /// (O, OH, OW) bias. Returns false (nothing changed) where the nodes are not that chain.
+        /// </summary>
+        private bool LocallyConnected(OnnxProto.NodeProto conv, float[] filters, long[] dims, int stride, int padding)
+        {
+            int window = (int)dims[0], channels = (int)dims[1], k = (int)dims[2];
+            if (dims[3] != k || (long)channels * k * k != window) return false;
+            for (int row = 0; row < window; row++)
+                for (int i = 0; i < window; i++)
+                    if (filters[(long)row * window + i] != (row == i ? 1 : 0)) return false;
+            nint[] input = _shapes[In(conv, 0)];
+            if (input.Length != 4 || input[1] != channels) return false;
+            long outH = (input[2] + 2L * padding - k) / stride + 1, outW = (input[3] + 2L * padding - k) / stride + 1, positions = outH * outW;
+            bool Shape(OnnxProto.NodeProto? n, string from, params long[] target) => n is { OpType: "Reshape" } && n.Input.Count == 2 && n.Input[0] == from
+                && _initializers.ContainsKey(n.Input[1]) && Int64s(n, n.Input[1]).SequenceEqual(target);
+            bool Swap(OnnxProto.NodeProto? n, string from) => n is { OpType: "Transpose" } && n.Input.Count == 1 && n.Input[0] == from && (Ints(n, "perm") ?? []).SequenceEqual([2L, 1, 0]);
+            OnnxProto.NodeProto? columns = SoleConsumer(conv.Output[0]);
+            if (!Shape(columns, conv.Output[0], 0, window, positions)) return false;
+            OnnxProto.NodeProto? byPosition = SoleConsumer(columns!.Output[0]);
+            if (!Swap(byPosition, columns.Output[0])) return false;
+            OnnxProto.NodeProto? product = SoleConsumer(byPosition!.Output[0]);
+            if (product is not { OpType: "MatMul" } || product.Input.Count != 2 || product.Input[1] != byPosition.Output[0] || !_initializers.ContainsKey(product.Input[0])) return false;
+            float[] weight = Floats(product, product.Input[0], out long[] weightDims);
+            if (weightDims.Length != 3 || weightDims[0] != positions || weightDims[2] != window || weightDims[1] is < 1 or > 1 << 20) return false;
+            int outputs = (int)weightDims[1];
+            OnnxProto.NodeProto? back = SoleConsumer(product.Output[0]);
+            if (!Swap(back, product.Output[0])) return false;
+            OnnxProto.NodeProto? shaped = SoleConsumer(back!.Output[0]);
+            if (!Shape(shaped, back.Output[0], 0, outputs, outH, outW)) return false;
+            float[]? bias = null;
+            string output = shaped!.Output[0];
+            OnnxProto.NodeProto? add = SoleConsumer(output);
+            if (add is { OpType: "Add" } && add.Input.Count == 2 && add.Input[0] == output && _initializers.TryGetValue(add.Input[1], out var b)
+                && b.Dims.SequenceEqual([(long)outputs, outH, outW]))
+            {
+                bias = Floats(add, add.Input[1], out _);
+                output = add.Output[0];
+            }
+            var local = new LocallyConnected2d<float>(channels, outputs, (int)input[2], (int)input[3], k, stride, padding, bias: bias is not null);
+            weight.CopyTo(TensorData.Flat(local.Weight.Value));
+            bias?.CopyTo(TensorData.Flat(local.Bias!.Value));
+            _absorbed.UnionWith(new[] { columns, byPosition, product, back, shaped }.Concat(bias is null ? [] : [add!]));
+            Named(output, local, In(conv, 0), conv);
+            return true;
         }
 
         private void Resize(OnnxProto.NodeProto node)

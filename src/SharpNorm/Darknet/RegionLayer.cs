@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Numerics.Tensors;
 using SharpNorm.Layers;
 using SharpNorm.Tensors;
 
@@ -39,23 +40,20 @@ public sealed class RegionLayer<T> : Layer<T> where T : unmanaged, IFloatingPoin
         return inputShape.ToArray();
     }
 
-    private static T Logistic(T x) => T.One / (T.One + T.Exp(-x));
-
     protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y)
     {
         int plane = (int)(shape[2] * shape[3]), blocks = (int)shape[0] * Head.Boxes, classes = Head.Classes;
         for (int b = 0; b < blocks; b++)
         {
             int first = b * Entries * plane;
-            for (int i = 0; i < 5 * plane; i++)
-            {
-                int entry = i / plane;
-                y[first + i] = entry is 2 or 3 ? x[first + i] : Logistic(x[first + i]);
-            }
+            // as the Sigmoid layer computes it, so that the exported and re-imported head gives the same bits
+            TensorPrimitives.Sigmoid(x.Slice(first, 2 * plane), y.Slice(first, 2 * plane));
+            x.Slice(first + 2 * plane, 2 * plane).CopyTo(y.Slice(first + 2 * plane));
+            TensorPrimitives.Sigmoid(x.Slice(first + 4 * plane, plane), y.Slice(first + 4 * plane, plane));
             int scores = first + 5 * plane;
             if (!Head.Softmax)
             {
-                for (int i = 0; i < classes * plane; i++) y[scores + i] = Logistic(x[scores + i]);
+                TensorPrimitives.Sigmoid(x.Slice(scores, classes * plane), y.Slice(scores, classes * plane));
                 continue;
             }
             // darknet's softmax_cpu: per cell, over the classes (plane apart), max subtracted

@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Numerics.Tensors;
 using SharpNorm.Layers;
 using SharpNorm.Tensors;
 
@@ -39,12 +40,13 @@ public sealed class YoloLayer<T> : Layer<T> where T : unmanaged, IFloatingPointI
         for (int a = 0; a < anchors; a++)
         {
             int first = a * entries * plane;
-            for (int i = 0; i < entries * plane; i++)
-            {
-                int entry = i / plane;
-                T v = x[first + i];
-                y[first + i] = entry is 2 or 3 ? v : entry < 2 ? Logistic(v) * scale + shift : Logistic(v);
-            }
+            // as the Sigmoid layer computes it, so that the exported and re-imported head gives the same bits
+            Span<T> xy = y.Slice(first, 2 * plane);
+            TensorPrimitives.Sigmoid(x.Slice(first, 2 * plane), xy);
+            if (Head.ScaleXY != 1)
+                for (int i = 0; i < xy.Length; i++) xy[i] = xy[i] * scale + shift;
+            x.Slice(first + 2 * plane, 2 * plane).CopyTo(y.Slice(first + 2 * plane));
+            TensorPrimitives.Sigmoid(x.Slice(first + 4 * plane, (entries - 4) * plane), y.Slice(first + 4 * plane, (entries - 4) * plane));
         }
     }
 

@@ -120,39 +120,42 @@ public sealed class Add<T> : IJoinLayer<T> where T : unmanaged, IFloatingPointIe
 }
 
 /// <summary>
-/// Channels [Start, Start + Length) of the input, the twin of torch.narrow(x, 1, start, length): darknet's [route] with
-/// groups and group_id, and the part of a [shortcut] input that meets the other's channels. The gradient is dy there
-/// and zero elsewhere.
+/// Channels [Start, Start + Length) of the input (or that range of another dimension), the twin of
+/// torch.narrow(x, dimension, start, length): darknet's [route] with groups and group_id, the part of a [shortcut]
+/// input that meets the other's channels, an ONNX Split output. The gradient is dy there and zero elsewhere.
 /// </summary>
 public sealed class ChannelSlice<T> : Layer<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
-    public ChannelSlice(int start, int length)
+    public ChannelSlice(int start, int length, int dimension = 1)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(start);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
-        (Start, Length) = (start, length);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(dimension);   // the batch dimension stays whole
+        (Start, Length, Dimension) = (start, length, dimension);
     }
 
     public int Start { get; }
     public int Length { get; }
+    public int Dimension { get; }
 
-    protected override string Description => $"ChannelSlice({Start}, {Length})";
+    protected override string Description => Dimension == 1 ? $"ChannelSlice({Start}, {Length})" : $"ChannelSlice({Start}, {Length}, dim={Dimension})";
 
     public override nint[] OutputShape(ReadOnlySpan<nint> inputShape)
     {
-        if (inputShape.Length < 2 || (long)Start + Length > inputShape[1])
-            throw new ArgumentException($"{Description} needs (N, C, ...) with C >= {(long)Start + Length}; got shape {TensorData.Format(inputShape)}.", "x");
+        if (inputShape.Length <= Dimension || (long)Start + Length > inputShape[Dimension])
+            throw new ArgumentException($"{Description} needs a dimension {Dimension} of length >= {(long)Start + Length}; got shape {TensorData.Format(inputShape)}.", "x");
         nint[] shape = inputShape.ToArray();
-        shape[1] = Length;
+        shape[Dimension] = Length;
         return shape;
     }
 
-    /// <summary>Samples, values per sample, values per channel.</summary>
-    private static (long Outer, int Whole, int Plane) Sizes(ReadOnlySpan<nint> shape)
+    /// <summary>Blocks before the dimension, values per block, values per step along the dimension.</summary>
+    private (long Outer, int Whole, int Plane) Sizes(ReadOnlySpan<nint> shape)
     {
-        long plane = 1;
-        for (int d = 2; d < shape.Length; d++) plane *= shape[d];
-        return (shape[0], checked((int)(plane * shape[1])), checked((int)plane));
+        long outer = 1, plane = 1;
+        for (int d = 0; d < Dimension; d++) outer *= shape[d];
+        for (int d = Dimension + 1; d < shape.Length; d++) plane *= shape[d];
+        return (outer, checked((int)(plane * shape[Dimension])), checked((int)plane));
     }
 
     protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y)

@@ -191,3 +191,27 @@ public class DarknetFamilyTests
         }
     }
 }
+
+/// <summary>The shape layers an imported graph is made of: values worked out by hand, refusals.</summary>
+public class ShapeLayerTests
+{
+    [Fact]
+    public void ReshapePermuteAndSliceMoveValuesAsTorchDoes()
+    {
+        var x = System.Numerics.Tensors.Tensor.Create(Enumerable.Range(0, 12).Select(v => (double)v).ToArray(), [1, 2, 3, 2]);
+        Assert.Equal([1, 3, 4], new Reshape<double>(0, 3, -1).OutputShape([1, 2, 3, 2]));
+        Assert.Equal(Enumerable.Range(0, 12).Select(v => (double)v), new Reshape<double>(0, 3, -1).Forward(x).ToArray());
+        // torch.arange(12).reshape(1, 2, 3, 2).permute(0, 3, 1, 2).flatten() = 0 2 4 6 8 10 1 3 5 7 9 11
+        Assert.Equal([0, 2, 4, 6, 8, 10, 1, 3, 5, 7, 9, 11], new Permute<double>(0, 3, 1, 2).Forward(x).ToArray());
+        Assert.Equal([1, 2, 2, 3], new Permute<double>(0, 3, 1, 2).OutputShape([1, 2, 3, 2]));
+        // x[:, :, 1:3, :] = 2 3 4 5, 8 9 10 11
+        Assert.Equal([2, 3, 4, 5, 8, 9, 10, 11], new ChannelSlice<double>(1, 2, dimension: 2).Forward(x).ToArray());
+        Assert.Throws<ArgumentException>(() => new Reshape<double>(1, 12));
+        Assert.Throws<ArgumentException>(() => new Reshape<double>(0, -1, -1));
+        Assert.Throws<ArgumentException>(() => new Reshape<double>(0, 5).OutputShape([1, 2, 3, 2]));
+        Assert.Throws<ArgumentException>(() => new Permute<double>(1, 0, 2));
+        Assert.Throws<ArgumentException>(() => new Permute<double>(0, 1, 1));
+        Assert.Throws<ArgumentException>(() => new Permute<double>(0, 2, 1).OutputShape([1, 2, 3, 2]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new ChannelSlice<double>(0, 1, dimension: 0));
+    }
+}
