@@ -19,7 +19,7 @@ internal static class App
           sharpnorm darknet summary MODEL.cfg         layers, output shapes, parameters and BFLOPs of a darknet network
           sharpnorm darknet run MODEL.cfg MODEL.weights IMAGE     top-5 classes, or YOLO boxes, for one image
           sharpnorm darknet export MODEL.cfg MODEL.weights OUT.safetensors   the weights as a PyTorch-style state dict
-          sharpnorm darknet export MODEL.cfg MODEL.weights OUT.onnx        a classifier as an ONNX model
+          sharpnorm darknet export MODEL.cfg MODEL.weights OUT.onnx        the network as an ONNX model
           sharpnorm darknet random-weights MODEL.cfg OUT.weights   a random .weights file that fits the cfg
           sharpnorm onnx summary MODEL.onnx           inputs, outputs, ops and parameters of an ONNX model
           sharpnorm onnx run MODEL.onnx IMAGE         top-5 classes (or raw outputs) of an ONNX model, imported

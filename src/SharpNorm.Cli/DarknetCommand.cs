@@ -17,13 +17,14 @@ internal static class DarknetCommand
 
         summary: the network's layers as darknet sizes them: output shapes, learnable parameters and BFLOPs
         (2 x multiply-adds / 1e9), and the totals.
-        run: the image (PNG, JPEG, WebP, ...) letterboxed to the network's size as darknet does, then the network.
-          A classifier prints its top classes; a YOLO network its boxes after non-maximum suppression.
+        run: the image (PNG, JPEG, WebP, ...) letterboxed to the network's size as darknet does (resized for YOLOv1's
+          [detection] networks, or as [net] letter_box says), then the network. A classifier prints its top classes;
+          a detector ([yolo], [region] or [detection] heads) its boxes after non-maximum suppression.
           --names FILE     class names, one per line (darknet's .names / .list files); else class numbers
           --top N          classes a classifier prints (default 5)
-          --thresh P       YOLO: smallest probability printed (default 0.5, as darknet detect)
-          --nms T          YOLO: overlap (IoU) above which the less probable box is dropped (default 0.45)
-          --out FILE       YOLO: also write the image with the boxes drawn (.png or .jpg)
+          --thresh P       detectors: smallest probability printed (default 0.5, as darknet detect)
+          --nms T          detectors: overlap (IoU) above which the less probable box is dropped (default 0.45)
+          --out FILE       detectors: also write the image with the boxes drawn (.png or .jpg)
           --bn MODE        pytorch (default): (x - mean) / sqrt(var + 1e-5), darknet's GPU formula and PyTorch's;
                            darknet-cpu: (x - mean) / (sqrt(var) + 1e-6), pjreddie darknet's CPU formula
           --unfused        run each batch norm as its own layer instead of folding it into the convolution
@@ -31,7 +32,8 @@ internal static class DarknetCommand
         export: the weights as a safetensors state dict named like PyTorch ports ({i}.conv.weight, {i}.bn.running_var,
           {i}.fc.weight, ...) with the cfg in its metadata; --fold merges each batch norm into its layer.
           To OUT.onnx: an ONNX model (opset 17 to 23, default 17) taking the letterboxed image (N, 3, H, W) in [0, 1]
-          and giving the [yolo] layers' outputs (named by layer), or a classifier's probabilities.
+          and giving the detection layers' outputs (named by layer when there are several), or a classifier's
+          probabilities; the cfg in its metadata, so that 'sharpnorm onnx run' decodes a detector's boxes.
         random-weights: a .weights file (version 0.2) of random values that fits the cfg exactly, for testing.
         """;
 

@@ -59,7 +59,15 @@ internal static class DarknetRun
         }
 
         List<YoloDetection> detections = YoloDetector.Detect(network, 0, height, width, (float)threshold, (float)nms, letterbox);
-        CheckNames(names, detectorClasses.Value);
+        PrintDetections(header, detections, names, detectorClasses.Value, threshold, nms, height, width, imagePath, options.String("out"));
+        return 0;
+    }
+
+    /// <summary>The boxes above the threshold, most probable first, in pixels of the image; drawn into <paramref name="outPath"/> when given.</summary>
+    internal static void PrintDetections(string header, List<YoloDetection> detections, string[]? names, int classes, double threshold, double nms,
+        int height, int width, string imagePath, string? outPath)
+    {
+        CheckNames(names, classes);
         var found = new List<(int Class, float Probability, DarknetBox Box)>();
         foreach (YoloDetection detection in detections)
             for (int k = 0; k < detection.Probabilities.Length; k++)
@@ -71,8 +79,7 @@ internal static class DarknetRun
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{Label(names, k)}: {probability * 100:F0}%  left {left}, top {top}, right {right}, bottom {bottom}"));
         }
-        if (options.String("out") is { } outPath) DrawBoxes(imagePath, outPath, found, names, height, width);
-        return 0;
+        if (outPath is not null) DrawBoxes(imagePath, outPath, found, names, height, width);
     }
 
     /// <summary>Positional arguments apart from options; <paramref name="flags"/> take no value.</summary>

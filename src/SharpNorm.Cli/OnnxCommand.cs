@@ -13,17 +13,21 @@ internal static class OnnxCommand
 {
     public const string Usage = """
         Usage: sharpnorm onnx summary MODEL.onnx
-               sharpnorm onnx run MODEL.onnx IMAGE [--top N] [--names FILE] [--threads N]
+               sharpnorm onnx run MODEL.onnx IMAGE [--top N] [--names FILE] [--thresh P] [--nms IOU] [--out FILE] [--threads N]
 
         summary: the model's opset, inputs and outputs (shapes, N the free batch), its ops with their counts, the
           parameters (initializer values) and metadata, and whether SharpNorm imports it (else what it cannot read).
         run: the image (PNG, JPEG, WebP, ...) through the model imported as a SharpNorm graph: letterboxed to the
           input's size as darknet does for 3 channels, resized in grey for 1, values in [0, 1]. An output of
           (N, classes) prints its top classes (probabilities: the output itself after a softmax, else the softmax of
-          the logits), with the names in the model's metadata ("labels") or --names; other outputs print their shape
+          the logits), with the names in the model's metadata ("labels") or --names. A darknet detector exported by
+          SharpNorm (its cfg in the metadata) prints its boxes as darknet run does; other outputs print their shape
           and statistics.
           --top N          classes printed (default 5)
           --names FILE     class names, one per line
+          --thresh P       detectors: boxes of class probability above P (default 0.5)
+          --nms IOU        detectors: overlap above which the less probable box of a class goes (default 0.45)
+          --out FILE       detectors: the image with its boxes drawn (PNG or JPEG)
           --threads N      threads (default: all cores)
         """;
 
@@ -100,7 +104,7 @@ internal static class OnnxCommand
 
     private static int RunImage(List<string> args)
     {
-        (List<string> positional, ParsedOptions options) = DarknetRun.Split("onnx run", args, ["top", "names", "threads"], []);
+        (List<string> positional, ParsedOptions options) = DarknetRun.Split("onnx run", args, ["top", "names", "threads", "thresh", "nms", "out"], []);
         if (options.Help)
         {
             Console.Out.WriteLine(Usage);
@@ -109,6 +113,8 @@ internal static class OnnxCommand
         if (positional.Count != 2) throw new UsageException("onnx run takes MODEL.onnx and IMAGE (see 'sharpnorm onnx --help')");
         int top = options.Int("top", 5, min: 1);
         int threads = options.Threads();
+        double threshold = options.Double("thresh", 0.5, v => v is >= 0 and < 1, "a probability in [0, 1)");
+        double nms = options.Double("nms", 0.45, v => v is >= 0 and <= 1, "an overlap in [0, 1]");
         string[]? names = options.String("names") is { } namesPath ? DarknetRun.ReadNames(namesPath) : null;
         (string modelPath, string imagePath) = (positional[0], positional[1]);
         if (!File.Exists(imagePath)) throw new FileNotFoundException($"image not found: {imagePath}", imagePath);
@@ -119,14 +125,38 @@ internal static class OnnxCommand
         if (dims.Count != 4) throw new InvalidDataException($"{Path.GetFileName(modelPath)}: the input must be an image (N, C, H, W); it has rank {dims.Count}.");
         (int c, int h, int w) = ((int)dims[1].DimValue, (int)dims[2].DimValue, (int)dims[3].DimValue);
         if (c is not (1 or 3)) throw new InvalidDataException($"{Path.GetFileName(modelPath)}: the input has {c} channels; images give 1 (grey) or 3 (RGB).");
+        // A darknet detector's cfg travels in the metadata: its heads decode the outputs into boxes.
+        IReadOnlyList<DarknetSection>? darknet = model.MetadataProps.FirstOrDefault(p => p.Key == "darknet_cfg") is { } cfg
+            ? DarknetConfig.Parse(cfg.Value, Path.GetFileName(modelPath) + " (darknet_cfg)") : null;
+        bool detector = darknet is not null && darknet.Skip(1).Any(section => section.Type is "yolo" or "region" or "detection");
+        bool letterbox = c == 3 && (!detector || darknet![0].Int("letter_box", darknet.Any(section => section.Type == "detection") ? 0 : 1) != 0);
         (float[] rgb, int height, int width) = DarknetRun.LoadImage(imagePath);
-        float[] input = c == 3 ? DarknetImage.Letterbox(rgb, 3, height, width, h, w) : DarknetImage.Resize(Grey(rgb, height * width), 1, height, width, h, w);
+        float[] input = c == 1 ? DarknetImage.Resize(Grey(rgb, height * width), 1, height, width, h, w)
+            : letterbox ? DarknetImage.Letterbox(rgb, 3, height, width, h, w) : DarknetImage.Resize(rgb, 3, height, width, h, w);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         graph.Run(new ReadOnlyTensorSpan<float>(input, [1, c, h, w], []));
         double milliseconds = clock.Elapsed.TotalMilliseconds;
-        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{Path.GetFileName(modelPath)} on {Path.GetFileName(imagePath)} ({width} x {height}, {(c == 3 ? "letterboxed" : "grey, resized")} to {w} x {h}): {milliseconds:F1} ms"));
+        string header = string.Create(CultureInfo.InvariantCulture,
+            $"{Path.GetFileName(modelPath)} on {Path.GetFileName(imagePath)} ({width} x {height}, {(c == 1 ? "grey, resized" : letterbox ? "letterboxed" : "resized")} to {w} x {h}): {milliseconds:F1} ms");
         names ??= model.MetadataProps.FirstOrDefault(p => p.Key == "labels")?.Value.Split(',');
+        if (detector)
+        {
+            ReadOnlyMemory<float>[] heads = Enumerable.Range(0, graph.OutputNames.Count).Select(k => (ReadOnlyMemory<float>)graph.Output(k).ToArray()).ToArray();
+            List<YoloDetection> detections;
+            try
+            {
+                detections = YoloDetector.Detect(darknet!, heads, height, width, (float)threshold, (float)nms, letterbox);
+            }
+            catch (ArgumentException e)
+            {
+                throw new InvalidDataException($"{Path.GetFileName(modelPath)}: its outputs do not match its darknet_cfg ({e.Message})", e);
+            }
+            int classes = detections.Count > 0 ? detections[0].Probabilities.Length
+                : darknet!.Skip(1).First(section => section.Type is "yolo" or "region" or "detection").Int("classes", 20);
+            DarknetRun.PrintDetections(header, detections, names, classes, threshold, nms, height, width, imagePath, options.String("out"));
+            return 0;
+        }
+        Console.Out.WriteLine(header);
         nint[][] shapes = graph.OutputShapes([1, c, h, w]);
         for (int k = 0; k < graph.OutputNames.Count; k++)
         {

@@ -349,6 +349,7 @@ public static class OnnxImport
                 case "Sub": Sub(node); break;
                 case "Slice": Slice(node); break;
                 case "Reshape": Reshape(node); break;
+                case "Mul": Square(node, opset); break;
                 case "Transpose":
                 {
                     Inputs(node, 1, 1);
@@ -627,6 +628,7 @@ public static class OnnxImport
             if (Int(node, "allowzero", 0) != 0) throw Error(node, "allowzero=1 is not supported.");
             long[] target = Int64s(node, node.Input[1]);
             nint[] shape = _shapes[In(node, 0)];
+            if (target.Length == 3 && target[0] == 0 && target[2] == -1 && target[1] > 0 && GroupNormalization(node, shape, target[1])) return;
             if (target.Length > 0 && target[0] == -1 && target.Skip(1).All(d => d > 0))
             {
                 long perSample = 1, rest = 1;
@@ -637,6 +639,94 @@ public static class OnnxImport
             if (target.Length == 0 || target[0] != 0 || target.Any(d => d < -1))
                 throw Error(node, $"shape ({string.Join(", ", target)}): only a reshape that keeps the batch (first entry 0) is supported.");
             Layer(node, new Reshape<float>(target), In(node, 0));
+        }
+
+        /// <summary>
+        /// GroupNormalization as opsets before 21 write it: Reshape (0, G, -1) → InstanceNormalization with unit scale and
+        /// zero shift → Reshape back → Mul by γ and Add β per channel (or neither). False (nothing changed) otherwise.
+        /// </summary>
+        private bool GroupNormalization(OnnxProto.NodeProto reshape, nint[] shape, long groups)
+        {
+            if (shape.Length < 3 || groups > shape[1] || shape[1] % groups != 0) return false;
+            OnnxProto.NodeProto? instance = SoleConsumer(reshape.Output[0]);
+            if (instance is not { OpType: "InstanceNormalization" } || instance.Input.Count != 3 || instance.Input[0] != reshape.Output[0]
+                || !_initializers.ContainsKey(instance.Input[1]) || !_initializers.ContainsKey(instance.Input[2])) return false;
+            float[] ones = Floats(instance, instance.Input[1], out _), zeros = Floats(instance, instance.Input[2], out _);
+            if (ones.Length != groups || zeros.Length != groups || ones.Any(v => v != 1) || zeros.Any(v => v != 0)) return false;
+            OnnxProto.NodeProto? back = SoleConsumer(instance.Output[0]);
+            if (back is not { OpType: "Reshape" } || back.Input.Count != 2 || !_initializers.ContainsKey(back.Input[1])) return false;
+            long[] restored = Int64s(back, back.Input[1]);
+            if (restored.Length != shape.Length || restored[0] != 0 || restored.Skip(1).Where((d, i) => d != shape[i + 1]).Any()) return false;
+            int channels = (int)shape[1];
+            bool PerChannel(OnnxProto.NodeProto? n, string op, string from, out float[] values)
+            {
+                values = [];
+                if (n is null || n.OpType != op || n.Input.Count != 2 || n.Input[0] != from || !_initializers.TryGetValue(n.Input[1], out var t)) return false;
+                if (t.Dims.Count(d => d != 1) > 1 || t.Dims.Aggregate(1L, (a, d) => a * d) != channels || t.Dims.Count > shape.Length) return false;
+                int at = t.Dims.Count - 1;
+                while (at >= 0 && t.Dims[at] == 1) at--;
+                if (channels > 1 && at != t.Dims.Count - (shape.Length - 1)) return false;   // the channel axis, broadcast from the right
+                values = Floats(n, n.Input[1], out _);
+                return true;
+            }
+            OnnxProto.NodeProto? mul = SoleConsumer(back.Output[0]);
+            bool affine = PerChannel(mul, "Mul", back.Output[0], out float[] gamma) && PerChannel(SoleConsumer(mul!.Output[0]), "Add", mul.Output[0], out _);
+            var norm = new GroupNorm<float>((int)groups, channels, eps: Float(instance, "epsilon", 1e-5f), affine: affine);
+            string output = back.Output[0];
+            var absorbed = new List<OnnxProto.NodeProto> { instance, back };
+            if (affine)
+            {
+                OnnxProto.NodeProto add = SoleConsumer(mul!.Output[0])!;
+                PerChannel(add, "Add", mul.Output[0], out float[] beta);
+                gamma.CopyTo(TensorData.Flat(norm.Weight!.Value));
+                beta.CopyTo(TensorData.Flat(norm.Bias!.Value));
+                absorbed.AddRange([mul, add]);
+                output = add.Output[0];
+            }
+            _absorbed.UnionWith(absorbed);
+            Named(output, norm, In(reshape, 0), reshape);
+            return true;
+        }
+
+        /// <summary>
+        /// RMSNormalization as opsets before 23 write it: Mul(x, x) → ReduceMean over the last axes (keepdims) → Add ε →
+        /// Sqrt → Div(x, ·) → Mul by γ of the normalized shape (or no Mul).
+        /// </summary>
+        private void Square(OnnxProto.NodeProto node, long opset)
+        {
+            Inputs(node, 2, 2);
+            Only(node);
+            if (node.Input[0] != node.Input[1] || !_shapes.ContainsKey(In(node, 0)))
+                throw Error(node, "only x·x of an RMS norm, x·sigmoid(x) and x·tanh(softplus(x)) are supported.");
+            string x = node.Input[0];
+            nint[] shape = _shapes[In(node, 0)];
+            InvalidDataException NotRms() => Error(node, "x·x is supported as the start of an RMS norm (ReduceMean, Add ε, Sqrt, Div, Mul γ) only.");
+            OnnxProto.NodeProto mean = SoleConsumer(node.Output[0]) is { OpType: "ReduceMean" } m && m.Input[0] == node.Output[0] && Int(m, "keepdims", 1) == 1 ? m : throw NotRms();
+            long[] axes = opset >= 18 ? (mean.Input.Count > 1 && mean.Input[1].Length > 0 ? Int64s(mean, mean.Input[1]) : throw NotRms()) : Ints(mean, "axes") ?? throw NotRms();
+            axes = axes.Select(a => a < 0 ? a + shape.Length : a).ToArray();
+            int first = shape.Length - axes.Length;
+            if (first < 1 || !axes.SequenceEqual(Enumerable.Range(first, axes.Length).Select(a => (long)a)))
+                throw Error(mean, $"axes ({string.Join(", ", axes)}) must be the input's last dimensions (not the batch).");
+            OnnxProto.NodeProto shift = SoleConsumer(mean.Output[0]) is { OpType: "Add" } a && a.Input.Count == 2 && a.Input[0] == mean.Output[0] && IsScalar(a.Input[1], out _) ? a : throw NotRms();
+            IsScalar(shift.Input[1], out float eps);
+            OnnxProto.NodeProto root = SoleConsumer(shift.Output[0]) is { OpType: "Sqrt" } r ? r : throw NotRms();
+            OnnxProto.NodeProto divide = SoleConsumer(root.Output[0]) is { OpType: "Div" } d && d.Input.Count == 2 && d.Input[0] == x && d.Input[1] == root.Output[0] ? d : throw NotRms();
+            if (!(eps >= 0)) throw Error(shift, $"epsilon {eps} must be >= 0.");
+            int[] normalized = [.. shape[first..].Select(v => (int)v)];
+            float[]? gamma = null;
+            string output = divide.Output[0];
+            var absorbed = new List<OnnxProto.NodeProto> { mean, shift, root, divide };
+            if (SoleConsumer(divide.Output[0]) is { OpType: "Mul" } scale && scale.Input.Count == 2 && scale.Input[0] == divide.Output[0]
+                && _initializers.TryGetValue(scale.Input[1], out var g) && g.Dims.SequenceEqual(normalized.Select(v => (long)v)))
+            {
+                gamma = Floats(scale, scale.Input[1], out _);
+                absorbed.Add(scale);
+                output = scale.Output[0];
+            }
+            var norm = new RMSNorm<float>(normalized, eps, elementwiseAffine: gamma is not null);
+            gamma?.CopyTo(TensorData.Flat(norm.Weight!.Value));
+            _absorbed.UnionWith(absorbed);
+            Named(output, norm, In(node, 0), node);
         }
 
         /// <summary>Split along one axis (not the batch): one slice node per output.</summary>

@@ -92,21 +92,13 @@ public static class DarknetGraph
                     nodes.Add(new GraphNode<float>(name, new Reorg<float>(section.Int("stride", 1), section.Int("reverse", 0) != 0), previous));
                     break;
                 case "region":
-                {
-                    Refuse(section, "tree", "map");
-                    if (section.Int("background", 0) != 0) throw section.Error("background=1 is not supported.", "background");
-                    var head = new RegionHead(section.Int("classes", 20), section.FloatList("anchors")!, section.Int("softmax", 0) != 0);
-                    nodes.Add(new GraphNode<float>(name, new RegionLayer<float>(head), previous));
+                    nodes.Add(new GraphNode<float>(name, new RegionLayer<float>((RegionHead)Head(section)!), previous));
                     outputs.Add(name);
                     break;
-                }
                 case "detection":
-                {
-                    var head = new DetectionHead(section.Int("classes", 1), section.Int("num", 1), section.Int("side", 7), section.Int("softmax", 0) != 0, section.Int("sqrt", 0) != 0);
-                    nodes.Add(new GraphNode<float>(name, new DetectionLayer<float>(head), previous));
+                    nodes.Add(new GraphNode<float>(name, new DetectionLayer<float>((DetectionHead)Head(section)!), previous));
                     outputs.Add(name);
                     break;
-                }
                 case "maxpool":
                 {
                     Refuse(section, "stride_x", "stride_y", "maxpool_depth", "antialiasing");
@@ -196,15 +188,9 @@ public static class DarknetGraph
                     nodes.Add(new GraphNode<float>(name, new Identity<float>(), previous));
                     break;
                 case "yolo":
-                {
-                    int classes = section.Int("classes", 20);
-                    double[] anchors = section.FloatList("anchors") ?? [];
-                    int[] mask = section.IntList("mask") ?? Enumerable.Range(0, section.Int("num", 1)).ToArray();
-                    if (section.Int("new_coords", 0) != 0) throw section.Error("new_coords=1 is not supported.", "new_coords");
-                    nodes.Add(new GraphNode<float>(name, new YoloLayer<float>(new YoloHead(classes, mask, anchors, section.Float("scale_x_y", 1))), previous));
+                    nodes.Add(new GraphNode<float>(name, new YoloLayer<float>((YoloHead)Head(section)!), previous));
                     outputs.Add(name);
                     break;
-                }
                 default:
                     throw section.Error("is not supported.");
             }
@@ -221,6 +207,28 @@ public static class DarknetGraph
         graph.Training = false;
         graph.MaxDegreeOfParallelism = options.MaxDegreeOfParallelism;
         return graph;
+    }
+
+    /// <summary>A [yolo], [region] or [detection] section's head (null for other sections), its unsupported options refused.</summary>
+    internal static object? Head(DarknetSection section)
+    {
+        switch (section.Type)
+        {
+            case "yolo":
+            {
+                if (section.Int("new_coords", 0) != 0) throw section.Error("new_coords=1 is not supported.", "new_coords");
+                int[] mask = section.IntList("mask") ?? Enumerable.Range(0, section.Int("num", 1)).ToArray();
+                return new YoloHead(section.Int("classes", 20), mask, section.FloatList("anchors") ?? [], section.Float("scale_x_y", 1));
+            }
+            case "region":
+                Refuse(section, "tree", "map");
+                if (section.Int("background", 0) != 0) throw section.Error("background=1 is not supported.", "background");
+                return new RegionHead(section.Int("classes", 20), section.FloatList("anchors")!, section.Int("softmax", 0) != 0);
+            case "detection":
+                return new DetectionHead(section.Int("classes", 1), section.Int("num", 1), section.Int("side", 7), section.Int("softmax", 0) != 0, section.Int("sqrt", 0) != 0);
+            default:
+                return null;
+        }
     }
 
     /// <summary>The layer with darknet's arrays (its norm folded in, or a BatchNorm after it), then its activation, as one Sequential.</summary>

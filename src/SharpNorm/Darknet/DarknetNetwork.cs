@@ -35,7 +35,7 @@ public sealed record DarknetNetworkOptions
 
 /// <summary>
 /// A darknet network (.cfg and .weights) built for inference: its <see cref="DarknetGraph"/> (convolutional, connected,
-/// maxpool, avgpool, route, shortcut, upsample, dropout, softmax, cost and yolo layers, wired as darknet wires them)
+/// maxpool, avgpool, route, shortcut, upsample, dropout, softmax, cost, yolo, region, reorg, local and detection layers, wired as darknet wires them)
 /// run in eval mode, batch norms folded into the convolutions by default. Every layer's output is kept, as in
 /// darknet, so <see cref="Output"/> shows any of them. Buffers are owned and reused: a forward pass allocates only
 /// when the batch size changes.

@@ -6,7 +6,8 @@ namespace SharpNorm.Darknet;
 /// <summary>
 /// The learned arrays of one convolutional or connected layer as darknet stores them: biases (the batch norm's beta
 /// when batch_normalize), then with batch_normalize the scales (gamma), rolling mean and rolling variance, and the
-/// weights (OIHW for a convolution, outputs x inputs for a connected layer).
+/// weights (OIHW for a convolution, outputs x inputs for a connected layer). A [local] layer has a bias per output
+/// value and weights (positions, filters, channels, size, size), no batch norm.
 /// </summary>
 public sealed record DarknetLayerWeights(int Layer, bool Connected, float[] Biases, float[]? Scales, float[]? RollingMean, float[]? RollingVariance, float[] Weights);
 
@@ -20,7 +21,8 @@ public sealed record DarknetWeights(int Major, int Minor, int Revision, ulong Se
 /// <summary>
 /// Reads and writes darknet .weights files for a network sized by <see cref="DarknetSummary"/>: three int32 (major,
 /// minor, revision), <c>seen</c>, then per convolutional layer biases, [scales, rolling mean, rolling variance],
-/// weights, and per connected layer biases, weights, [scales, rolling mean, rolling variance], all float32. The file
+/// weights, per connected layer biases, weights, [scales, rolling mean, rolling variance], and per local layer biases
+/// and weights, all float32. The file
 /// must hold exactly what the network needs: running out names the layer, bytes left over are counted.
 /// </summary>
 public static class DarknetWeightsFile

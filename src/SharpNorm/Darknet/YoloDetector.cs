@@ -37,37 +37,79 @@ public static class YoloDetector
         float threshold = 0.5f, float nmsThreshold = 0.45f, bool letterboxed = true)
     {
         ArgumentNullException.ThrowIfNull(network);
+        ArgumentOutOfRangeException.ThrowIfNegative(image);
+        var heads = new List<(int, DarknetLayerInfo, object, ReadOnlyMemory<float>)>();
+        foreach (int layer in network.OutputLayers)
+        {
+            DarknetLayerInfo info = network.Layers[layer];
+            object head = (object?)network.Yolo(layer) ?? (object?)network.Region(layer) ?? network.Detection(layer)
+                ?? throw new InvalidOperationException($"Layer {layer} ({info.Type}) is not a [yolo], [region] or [detection] layer: this network is not a detector.");
+            int perImage = checked(info.Channels * info.Height * info.Width);
+            ReadOnlySpan<float> all = network.Output(layer);
+            if ((long)(image + 1) * perImage > all.Length) throw new ArgumentOutOfRangeException(nameof(image), image, "No such image in the last batch.");
+            heads.Add((layer, info, head, all.Slice(image * perImage, perImage).ToArray()));
+        }
+        return Decode(heads, network.InputHeight, network.InputWidth, imageHeight, imageWidth, threshold, nmsThreshold, letterboxed);
+    }
+
+    /// <summary>
+    /// Boxes from a darknet detector's head outputs computed elsewhere (an exported ONNX model, one image): the heads
+    /// are read from the cfg (its [yolo], [region] and [detection] layers, in order), <paramref name="outputs"/> holds
+    /// each head's values.
+    /// </summary>
+    public static List<YoloDetection> Detect(IReadOnlyList<DarknetSection> sections, IReadOnlyList<ReadOnlyMemory<float>> outputs, int imageHeight, int imageWidth,
+        float threshold = 0.5f, float nmsThreshold = 0.45f, bool letterboxed = true)
+    {
+        ArgumentNullException.ThrowIfNull(sections);
+        ArgumentNullException.ThrowIfNull(outputs);
+        IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(sections);
+        var heads = new List<(int, DarknetLayerInfo, object, ReadOnlyMemory<float>)>();
+        foreach (DarknetLayerInfo info in layers)
+        {
+            if (DarknetGraph.Head(sections[info.Index + 1]) is not { } head) continue;
+            if (heads.Count >= outputs.Count) throw new ArgumentException($"The cfg has more detection layers than the {outputs.Count} outputs given.", nameof(outputs));
+            ReadOnlyMemory<float> values = outputs[heads.Count];
+            long expected = (long)info.Channels * info.Height * info.Width;
+            if (values.Length != expected)
+                throw new ArgumentException($"Layer {info.Index} ({info.Type}) gives {expected} values per image; output {heads.Count} has {values.Length}.", nameof(outputs));
+            heads.Add((info.Index, info, head, values));
+        }
+        if (heads.Count != outputs.Count) throw new ArgumentException($"The cfg has {heads.Count} detection layers; {outputs.Count} outputs were given.", nameof(outputs));
+        DarknetSection net = sections[0];
+        return Decode(heads, net.Int("height", 0), net.Int("width", 0), imageHeight, imageWidth, threshold, nmsThreshold, letterboxed);
+    }
+
+    private static List<YoloDetection> Decode(List<(int Layer, DarknetLayerInfo Info, object Head, ReadOnlyMemory<float> Output)> heads, int netHeight, int netWidth,
+        int imageHeight, int imageWidth, float threshold, float nmsThreshold, bool letterboxed)
+    {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(imageHeight);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(imageWidth);
         if (!(threshold >= 0 && threshold < 1)) throw new ArgumentOutOfRangeException(nameof(threshold), threshold, "threshold must be in [0, 1).");
         if (!(nmsThreshold is >= 0 and <= 1)) throw new ArgumentOutOfRangeException(nameof(nmsThreshold), nmsThreshold, "nmsThreshold must be in [0, 1].");
-        ArgumentOutOfRangeException.ThrowIfNegative(image);
         var detections = new List<YoloDetection>();
         int classes = -1;
-        foreach (int layer in network.OutputLayers)
+        foreach ((int layer, DarknetLayerInfo info, object head, ReadOnlyMemory<float> memory) in heads)
         {
-            DarknetLayerInfo info = network.Layers[layer];
-            int perImage = checked(info.Channels * info.Height * info.Width);
-            ReadOnlySpan<float> all = network.Output(layer);
-            if ((long)(image + 1) * perImage > all.Length) throw new ArgumentOutOfRangeException(nameof(image), image, "No such image in the last batch.");
-            ReadOnlySpan<float> output = all.Slice(image * perImage, perImage);
-            int headClasses;
+            ReadOnlySpan<float> output = memory.Span;
             int first = detections.Count;
-            if (network.Yolo(layer) is { } yolo) YoloBoxes(detections, output, yolo, info, network.InputHeight, network.InputWidth, threshold, headClasses = yolo.Classes);
-            else if (network.Region(layer) is { } region) RegionBoxes(detections, output, region, info, threshold, headClasses = region.Classes);
-            else if (network.Detection(layer) is { } detection) DetectionBoxes(detections, output, detection, threshold, headClasses = detection.Classes);
-            else throw new InvalidOperationException($"Layer {layer} ({info.Type}) is not a [yolo], [region] or [detection] layer: this network is not a detector.");
+            int headClasses = head switch
+            {
+                YoloHead yolo => YoloBoxes(detections, output, yolo, info, netHeight, netWidth, threshold, yolo.Classes),
+                RegionHead region => RegionBoxes(detections, output, region, info, threshold, region.Classes),
+                DetectionHead detection => DetectionBoxes(detections, output, detection, threshold, detection.Classes),
+                _ => throw new InvalidOperationException($"Layer {layer} is not a detection layer."),
+            };
             if (classes >= 0 && classes != headClasses) throw new InvalidOperationException("The detection layers disagree on the number of classes.");
             classes = headClasses;
             for (int d = first; d < detections.Count; d++)
-                detections[d] = detections[d] with { Box = Correct(detections[d].Box, imageHeight, imageWidth, network.InputHeight, network.InputWidth, letterboxed), Layer = layer };
+                detections[d] = detections[d] with { Box = Correct(detections[d].Box, imageHeight, imageWidth, netHeight, netWidth, letterboxed), Layer = layer };
         }
         if (classes > 0) SuppressOverlaps(detections, classes, nmsThreshold);
         return detections;
     }
 
     /// <summary>get_yolo_detections: boxes of objectness above the threshold, sized by the anchors (pixels of the network input).</summary>
-    private static void YoloBoxes(List<YoloDetection> detections, ReadOnlySpan<float> output, YoloHead head, DarknetLayerInfo info, int netHeight, int netWidth, float threshold, int classes)
+    private static int YoloBoxes(List<YoloDetection> detections, ReadOnlySpan<float> output, YoloHead head, DarknetLayerInfo info, int netHeight, int netWidth, float threshold, int classes)
     {
         int plane = info.Height * info.Width, entries = classes + 5;
         for (int cell = 0; cell < plane; cell++)
@@ -87,10 +129,11 @@ public static class YoloDetector
                 detections.Add(new YoloDetection(box, objectness, Probabilities(output, at + 5 * plane, plane, classes, objectness, threshold), 0));
             }
         }
+        return classes;
     }
 
     /// <summary>get_region_detections: as [yolo], but the anchors are in grid cells (darknet's biases).</summary>
-    private static void RegionBoxes(List<YoloDetection> detections, ReadOnlySpan<float> output, RegionHead head, DarknetLayerInfo info, float threshold, int classes)
+    private static int RegionBoxes(List<YoloDetection> detections, ReadOnlySpan<float> output, RegionHead head, DarknetLayerInfo info, float threshold, int classes)
     {
         int plane = info.Height * info.Width, entries = classes + 5;
         for (int cell = 0; cell < plane; cell++)
@@ -109,13 +152,14 @@ public static class YoloDetector
                 detections.Add(new YoloDetection(box, objectness, Probabilities(output, at + 5 * plane, plane, classes, objectness, threshold), 0));
             }
         }
+        return classes;
     }
 
     /// <summary>
     /// get_detection_detections (YOLOv1): per cell and box, x, y offsets in the cell, w, h relative to the image (squared
     /// where sqrt=1), confidence x the cell's class scores. Values: all class scores, then confidences, then boxes.
     /// </summary>
-    private static void DetectionBoxes(List<YoloDetection> detections, ReadOnlySpan<float> output, DetectionHead head, float threshold, int classes)
+    private static int DetectionBoxes(List<YoloDetection> detections, ReadOnlySpan<float> output, DetectionHead head, float threshold, int classes)
     {
         int side = head.Side, cells = side * side;
         for (int cell = 0; cell < cells; cell++)
@@ -131,6 +175,7 @@ public static class YoloDetector
                 if (probabilities.Any(p => p > 0)) detections.Add(new YoloDetection(box, confidence, probabilities, 0));
             }
         }
+        return classes;
     }
 
     /// <summary>Class probabilities objectness x score, 0 where not above the threshold; scores <paramref name="step"/> apart.</summary>

@@ -107,6 +107,40 @@ public class DarknetCliTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// YOLOv2's [region] (letterboxed) and YOLOv1's [detection] (resized, as darknet's yolo test) detectors: darknet run
+    /// prints their boxes; exported to ONNX, onnx run decodes the same boxes from the cfg in the metadata.
+    /// </summary>
+    [Theory]
+    [InlineData("small-region.cfg", "letterboxed to 32 x 32", "0.1")]
+    [InlineData("small-detection.cfg", "resized to 16 x 16", "0.05")]
+    public void RegionAndDetectionNetworksPrintTheirBoxesInDarknetAndOnnxRun(string cfg, string resize, string threshold)
+    {
+        string image = Path.Combine(_directory, "image.png"), weights = RandomWeights(cfg), onnx = Path.Combine(_directory, "model.onnx");
+        float[] pixels = WriteImage(image);
+        var (code, output, error) = CliTests.Run("darknet", "run", Cfg(cfg), weights, image, "--thresh", threshold);
+        Assert.True(code == 0, error);
+        string[] lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Contains(resize, lines[0]);
+        var network = DarknetNetwork.Load(Cfg(cfg), weights);
+        bool letterboxed = cfg == "small-region.cfg";
+        network.Forward(letterboxed ? DarknetImage.Letterbox(pixels, 3, 40, 60, network.InputHeight, network.InputWidth)
+            : DarknetImage.Resize(pixels, 3, 40, 60, network.InputHeight, network.InputWidth), 1);
+        float t = float.Parse(threshold, CultureInfo.InvariantCulture);
+        int boxes = YoloDetector.Detect(network, 0, 40, 60, t, letterboxed: letterboxed).Sum(d => d.Probabilities.Count(p => p > t));
+        Assert.True(boxes > 0, "the random network finds no box: the test would prove nothing");
+        Assert.Contains($"; {boxes} box{(boxes == 1 ? "" : "es")} (threshold {threshold}, NMS 0.45)", lines[0]);
+        Assert.Equal(boxes + 1, lines.Length);
+
+        Assert.Equal(0, CliTests.Run("darknet", "export", Cfg(cfg), weights, onnx).ExitCode);
+        var (onnxCode, onnxOutput, onnxError) = CliTests.Run("onnx", "run", onnx, image, "--thresh", threshold);
+        Assert.True(onnxCode == 0, onnxError);
+        string[] onnxLines = onnxOutput.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Contains(resize, onnxLines[0]);
+        Assert.Equal(lines[0][lines[0].IndexOf(';')..], onnxLines[0][onnxLines[0].IndexOf(';')..]);
+        Assert.Equal(lines[1..], onnxLines[1..]);
+    }
+
     [Fact]
     public void RunPrintsYoloBoxesAndDrawsThem()
     {
