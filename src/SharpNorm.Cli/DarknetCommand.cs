@@ -39,7 +39,8 @@ internal static class DarknetCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        if (args.Count == 0 || args[0] is "-h" or "--help" or "help")
+        if (args.Count == 0) throw new UsageException("darknet needs a command (summary, run, export, random-weights); see 'sharpnorm darknet --help'");
+        if (args[0] is "-h" or "--help" or "help")
         {
             Console.Out.WriteLine(Usage);
             return 0;

@@ -28,6 +28,7 @@ internal static class DarknetRun
             MaxDegreeOfParallelism = options.Threads(),
         };
         string[]? names = options.String("names") is { } namesPath ? ReadNames(namesPath) : null;
+        string? outPath = OutPath(options);
 
         if (!File.Exists(imagePath)) throw new FileNotFoundException($"image not found: {imagePath}", imagePath); // before a slow load
         DarknetNetwork network = DarknetNetwork.Load(cfgPath, weightsPath, networkOptions);
@@ -59,8 +60,17 @@ internal static class DarknetRun
         }
 
         List<YoloDetection> detections = YoloDetector.Detect(network, 0, height, width, (float)threshold, (float)nms, letterbox);
-        PrintDetections(header, detections, names, detectorClasses.Value, threshold, nms, height, width, imagePath, options.String("out"));
+        PrintDetections(header, detections, names, detectorClasses.Value, threshold, nms, height, width, imagePath, outPath);
         return 0;
+    }
+
+    /// <summary>--out's file name, refused before any work unless it names a PNG or JPEG file.</summary>
+    internal static string? OutPath(ParsedOptions options)
+    {
+        string? path = options.String("out");
+        if (path is not null && Path.GetExtension(path).ToLowerInvariant() is not (".png" or ".jpg" or ".jpeg"))
+            throw new UsageException($"--out {path}: expected a .png or .jpg file name");
+        return path;
     }
 
     /// <summary>The boxes above the threshold, most probable first, in pixels of the image; drawn into <paramref name="outPath"/> when given.</summary>

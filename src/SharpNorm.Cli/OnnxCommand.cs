@@ -33,7 +33,8 @@ internal static class OnnxCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        if (args.Count == 0 || args[0] is "-h" or "--help" or "help")
+        if (args.Count == 0) throw new UsageException("onnx needs a command (summary, run); see 'sharpnorm onnx --help'");
+        if (args[0] is "-h" or "--help" or "help")
         {
             Console.Out.WriteLine(Usage);
             return 0;
@@ -116,6 +117,7 @@ internal static class OnnxCommand
         double threshold = options.Double("thresh", 0.5, v => v is >= 0 and < 1, "a probability in [0, 1)");
         double nms = options.Double("nms", 0.45, v => v is >= 0 and <= 1, "an overlap in [0, 1]");
         string[]? names = options.String("names") is { } namesPath ? DarknetRun.ReadNames(namesPath) : null;
+        string? outPath = DarknetRun.OutPath(options);
         (string modelPath, string imagePath) = (positional[0], positional[1]);
         if (!File.Exists(imagePath)) throw new FileNotFoundException($"image not found: {imagePath}", imagePath);
         OnnxProto.ModelProto model = Read(modelPath);
@@ -153,7 +155,7 @@ internal static class OnnxCommand
             }
             int classes = detections.Count > 0 ? detections[0].Probabilities.Length
                 : darknet!.Skip(1).First(section => section.Type is "yolo" or "region" or "detection").Int("classes", 20);
-            DarknetRun.PrintDetections(header, detections, names, classes, threshold, nms, height, width, imagePath, options.String("out"));
+            DarknetRun.PrintDetections(header, detections, names, classes, threshold, nms, height, width, imagePath, outPath);
             return 0;
         }
         Console.Out.WriteLine(header);

@@ -8,6 +8,7 @@ public sealed class Parameter<T>
 {
     internal Parameter(string name, ReadOnlySpan<nint> lengths, T initialValue)
     {
+        Limits.RequireParameter($"parameter '{name}'", lengths);
         Name = name;
         Value = Tensor.CreateFromShape<T>(lengths);
         TensorData.Flat(Value).Fill(initialValue);

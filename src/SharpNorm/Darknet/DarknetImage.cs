@@ -15,8 +15,10 @@ public static class DarknetImage
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(width);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(height);
         if (bytesPerPixel is not (3 or 4)) throw new ArgumentOutOfRangeException(nameof(bytesPerPixel), bytesPerPixel, "Expected 3 (RGB) or 4 (RGBA) bytes per pixel.");
-        if (stride < width * bytesPerPixel || pixels.Length < (long)stride * (height - 1) + width * bytesPerPixel)
+        if (stride < (long)width * bytesPerPixel || pixels.Length < (long)stride * (height - 1) + (long)width * bytesPerPixel)
             throw new ArgumentException($"{pixels.Length} bytes with stride {stride} is too few for {width} x {height} pixels of {bytesPerPixel} bytes.", nameof(pixels));
+        if (3L * width * height > Array.MaxLength)
+            throw new ArgumentOutOfRangeException(nameof(width), $"A {width} x {height} image has {3L * width * height:N0} planar values, more than an array holds ({Array.MaxLength:N0}).");
         int plane = width * height;
         var image = new float[3 * plane];
         for (int y = 0; y < height; y++)
@@ -35,6 +37,7 @@ public static class DarknetImage
         Check(image, channels, height, width);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(newWidth);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(newHeight);
+        RequireArray(channels, Math.Max(height, newHeight), newWidth);
         var part = new float[channels * height * newWidth];
         var resized = new float[channels * newHeight * newWidth];
         // darknet divides by (new - 1); a one-pixel side takes the first row or column instead of dividing by zero.
@@ -74,10 +77,16 @@ public static class DarknetImage
     }
 
     /// <summary>The size darknet's letterbox resizes an image to (aspect kept, fitting netWidth x netHeight).</summary>
-    public static (int Height, int Width) LetterboxSize(int height, int width, int netHeight, int netWidth) =>
-        (float)netWidth / width < (float)netHeight / height
+    public static (int Height, int Width) LetterboxSize(int height, int width, int netHeight, int netWidth)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(height);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(width);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(netHeight);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(netWidth);
+        return (float)netWidth / width < (float)netHeight / height
             ? ((int)((long)height * netWidth / width), netWidth)
             : (netHeight, (int)((long)width * netHeight / height));
+    }
 
     /// <summary>darknet's letterbox_image: resized with the aspect kept, centred on a canvas of 0.5.</summary>
     public static float[] Letterbox(ReadOnlySpan<float> image, int channels, int height, int width, int netHeight, int netWidth)
@@ -85,6 +94,7 @@ public static class DarknetImage
         Check(image, channels, height, width);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(netHeight);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(netWidth);
+        RequireArray(channels, netHeight, netWidth);
         (int newHeight, int newWidth) = LetterboxSize(height, width, netHeight, netWidth);
         if (newHeight == 0 || newWidth == 0)
             throw new ArgumentException($"A {width} x {height} image is too narrow to letterbox into {netWidth} x {netHeight}: one side would be 0 pixels.", nameof(image));
@@ -96,6 +106,12 @@ public static class DarknetImage
             for (int r = 0; r < newHeight; r++)
                 resized.AsSpan((k * newHeight + r) * newWidth, newWidth).CopyTo(boxed.AsSpan((k * netHeight + top + r) * netWidth + left, newWidth));
         return boxed;
+    }
+
+    private static void RequireArray(int channels, int height, int width)
+    {
+        if ((long)channels * height * width > Array.MaxLength)
+            throw new ArgumentOutOfRangeException(nameof(width), $"A {channels} x {height} x {width} image has {(long)channels * height * width:N0} values, more than an array holds ({Array.MaxLength:N0}).");
     }
 
     private static void Check(ReadOnlySpan<float> image, int channels, int height, int width)

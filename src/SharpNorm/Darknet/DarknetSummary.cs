@@ -26,13 +26,22 @@ public sealed record DarknetLayerInfo(int Index, string Type, int[] Inputs, int 
 /// </summary>
 public static class DarknetSummary
 {
+    /// <summary>The largest count, size, stride or padding a cfg may give (filters, size, output, classes, height, ...).</summary>
+    public const int MaxSize = 65536;
+
+    /// <summary>The most values one layer's output (per image) or its weights may hold: what one array holds.</summary>
+    public static long MaxValues => Array.MaxLength;
+
     public static IReadOnlyList<DarknetLayerInfo> Describe(IReadOnlyList<DarknetSection> sections)
     {
         ArgumentNullException.ThrowIfNull(sections);
+        if (sections.Count == 0) throw new ArgumentException("A cfg has at least its [net] section; got no sections.", nameof(sections));
         DarknetSection net = sections[0];
         int height = net.Int("height", 0), width = net.Int("width", 0), channels = net.Int("channels", 0);
         if (height <= 0 || width <= 0 || channels <= 0)
             throw net.Error($"height, width and channels must be positive; got height={height}, width={width}, channels={channels}.");
+        foreach (string key in new[] { "height", "width", "channels" }) Positive(net, key, 1);
+        RequireFits(net, channels, height, width, "the input");
 
         var layers = new List<DarknetLayerInfo>();
         int c = channels, h = height, w = width;
@@ -55,9 +64,8 @@ public static class DarknetSummary
                         throw section.Error($"groups={groups} must divide the input channels ({c}) and filters ({filters}).", "groups");
                     bool batchNormalize = section.Int("batch_normalize", 0) != 0;
                     string activation = Activation(section, "logistic");
-                    int outH = (h + 2 * padding - size) / stride + 1, outW = (w + 2 * padding - size) / stride + 1;
-                    RequirePositive(section, outH, outW, h, w);
-                    long weights = (long)filters * (c / groups) * size * size;
+                    (int outH, int outW) = Output(section, h, w, 2L * padding - size, stride);
+                    long weights = Weights(section, filters, c / groups, size, size);
                     weightCount = weights;
                     parameters = weights + filters + (batchNormalize ? filters : 0); // weights, biases (beta), scales (gamma)
                     bflops = 2.0 * weights * outH * outW / 1e9;
@@ -69,8 +77,7 @@ public static class DarknetSummary
                 {
                     int stride = Positive(section, "stride", 1), size = Positive(section, "size", stride);
                     int padding = NonNegative(section, "padding", size - 1);
-                    int outH = (h + padding - size) / stride + 1, outW = (w + padding - size) / stride + 1;
-                    RequirePositive(section, outH, outW, h, w);
+                    (int outH, int outW) = Output(section, h, w, (long)padding - size, stride);
                     details = $"{size}x{size}/{stride}";
                     (h, w) = (outH, outW);
                     break;
@@ -113,7 +120,12 @@ public static class DarknetSummary
                 {
                     int stride = section.Int("stride", 2);
                     if (stride == 0) throw section.Error("stride must not be 0.", "stride");
-                    if (stride > 0) (h, w) = (h * stride, w * stride);
+                    if (Math.Abs((long)stride) > MaxSize) throw section.Error($"stride={stride} exceeds the limit of {MaxSize}.", "stride");
+                    if (stride > 0)
+                    {
+                        RequireFits(section, c, (long)h * stride, (long)w * stride, "the output");
+                        (h, w) = (h * stride, w * stride);
+                    }
                     else
                     {
                         if (h % -stride != 0 || w % -stride != 0) throw section.Error($"a downsample by {-stride} needs sizes divisible by it; got {h}x{w}.", "stride");
@@ -151,7 +163,7 @@ public static class DarknetSummary
                     int[] mask = section.IntList("mask") ?? Enumerable.Range(0, Positive(section, "num", 1)).ToArray();
                     if (anchors.Length % 2 != 0) throw section.Error("anchors must come in (width, height) pairs.", "anchors");
                     foreach (int m in mask)
-                        if (m < 0 || 2 * m + 1 >= anchors.Length) throw section.Error($"mask index {m} has no anchor (there are {anchors.Length / 2}).", "mask");
+                        if (m < 0 || 2L * m + 1 >= anchors.Length) throw section.Error($"mask index {m} has no anchor (there are {anchors.Length / 2}).", "mask");
                     if (c != mask.Length * (classes + 5))
                         throw section.Error($"expects {mask.Length} x (classes {classes} + 5) = {mask.Length * (classes + 5)} input channels; the layer before gives {c}.", "classes");
                     details = $"{classes} classes, anchors {string.Join(" ", mask.Select(m => $"{anchors[2 * m]}x{anchors[2 * m + 1]}"))}";
@@ -165,7 +177,8 @@ public static class DarknetSummary
                     if (reverse)
                     {
                         if (c % s2 != 0) throw section.Error($"a reverse reorg by {stride} needs channels divisible by {s2}; got {c}.", "stride");
-                        (c, h, w) = ((int)(c / s2), checked(h * stride), checked(w * stride));
+                        RequireFits(section, c / s2, (long)h * stride, (long)w * stride, "the output");
+                        (c, h, w) = ((int)(c / s2), h * stride, w * stride);
                     }
                     else
                     {
@@ -182,12 +195,11 @@ public static class DarknetSummary
                     int filters = Positive(section, "filters", 1), size = Positive(section, "size", 1), stride = Positive(section, "stride", 1);
                     int pad = section.Int("pad", 0) != 0 ? 1 : 0;
                     // darknet sizes the output as (h - (pad ? 1 : size)) / stride + 1 but im2col pads one pixel: they agree when pad=0 or size=3
-                    int outH = (h - (pad != 0 ? 1 : size)) / stride + 1, outW = (w - (pad != 0 ? 1 : size)) / stride + 1;
-                    RequirePositive(section, outH, outW, h, w);
+                    (int outH, int outW) = Output(section, h, w, pad != 0 ? -1 : -(long)size, stride);
                     if (pad != 0 && size != 3)
                         throw section.Error($"pad=1 with size={size}: darknet sizes this output {outH}x{outW} but its im2col computes {(h + 2 - size) / stride + 1}x{(w + 2 - size) / stride + 1}; only size=3 is consistent.", "size");
                     string activation = Activation(section, "logistic");
-                    long weights = checked((long)outH * outW * filters * c * size * size);
+                    long weights = Weights(section, (long)outH * outW, filters, c, (long)size * size);
                     weightCount = weights;
                     parameters = weights + (long)filters * outH * outW;
                     bflops = 2.0 * weights / 1e9;
@@ -224,6 +236,9 @@ public static class DarknetSummary
                 default:
                     throw section.Error("is not supported.");
             }
+            RequireFits(section, c, h, w, "the output");
+            if (weightCount > MaxValues)
+                throw section.Error($"needs {weightCount:N0} weights, more than the limit of {MaxValues:N0} (one array).");
             layers.Add(new DarknetLayerInfo(index, section.Type, inputs, c, h, w, parameters, bflops, details)
             {
                 BatchNormalize = section.Type is "convolutional" or "connected" && section.Int("batch_normalize", 0) != 0,
@@ -254,17 +269,41 @@ public static class DarknetSummary
     private static int Positive(DarknetSection section, string key, int fallback)
     {
         int value = section.Int(key, fallback);
+        if (value > MaxSize) throw section.Error($"{key}={value} exceeds the limit of {MaxSize}.", key);
         return value > 0 ? value : throw section.Error($"{key}={value} must be positive.", key);
     }
 
     private static int NonNegative(DarknetSection section, string key, int fallback)
     {
         int value = section.Int(key, fallback);
+        if (value > MaxSize) throw section.Error($"{key}={value} exceeds the limit of {MaxSize}.", key);
         return value >= 0 ? value : throw section.Error($"{key}={value} must be >= 0.", key);
     }
 
-    private static void RequirePositive(DarknetSection section, int outH, int outW, int h, int w)
+    /// <summary>A window's output size (h + <paramref name="extra"/>) / stride + 1 per axis, in long, refused unless positive.</summary>
+    private static (int, int) Output(DarknetSection section, int h, int w, long extra, int stride)
     {
-        if (outH <= 0 || outW <= 0) throw section.Error($"the input {h}x{w} is too small: the output would be {outH}x{outW}.");
+        long outH = (h + extra) / stride + 1, outW = (w + extra) / stride + 1;
+        if (h + extra < 0 || w + extra < 0 || outH <= 0 || outW <= 0)
+            throw section.Error($"the input {h}x{w} is too small for this window: the output would be {(h + extra < 0 ? "empty" : $"{outH}x{outW}")}.");
+        if (outH > MaxValues || outW > MaxValues) throw section.Error($"the output {outH}x{outW} exceeds the limit of {MaxValues:N0} values.");
+        return ((int)outH, (int)outW);
+    }
+
+    /// <summary>The product of the factors (each at most 2^32), refused above <see cref="MaxValues"/> before it could overflow.</summary>
+    private static long Weights(DarknetSection section, params long[] factors)
+    {
+        double estimate = factors.Aggregate(1.0, (p, f) => p * f);
+        if (estimate > MaxValues) throw section.Error($"needs {estimate:G4} weights, more than the limit of {MaxValues:N0} (one array).");
+        return factors.Aggregate(1L, (p, f) => p * f);
+    }
+
+    /// <summary>Refuses a map of more values per image than <see cref="MaxValues"/>.</summary>
+    private static void RequireFits(DarknetSection section, long c, long h, long w, string what)
+    {
+        // each factor is at most 2^31 and the first product is checked before the second
+        long plane = h * w;
+        if (plane > MaxValues || c * plane > MaxValues || c * plane <= 0)
+            throw section.Error($"{what} {c} x {h} x {w} = {(plane > MaxValues ? (double)c * plane : c * plane):G4} values per image exceeds the limit of {MaxValues:N0} (one array).");
     }
 }

@@ -221,13 +221,14 @@ public abstract class NormLayer<T> : ILayer<T> where T : unmanaged, IFloatingPoi
 
     private NormGeometry ValidateInput(ReadOnlySpan<nint> lengths, ReadOnlySpan<nint> strides)
     {
-        NormGeometry g = MapInput(lengths);
+        // the element count first, saturating, so that no size derived from it below can overflow
         long length = 1;
-        foreach (nint d in lengths) length *= d;
+        foreach (nint d in lengths) length = d <= 0 ? 0 : length > Array.MaxLength / d ? long.MaxValue : length * d;
         if (length == 0)
             throw new ArgumentException($"{LayerName} expects a non-empty input; got shape {TensorData.Format(lengths)}.", "x");
         if (length > Array.MaxLength)
             throw new ArgumentException($"{LayerName} takes at most {Array.MaxLength} elements; got shape {TensorData.Format(lengths)}.", "x");
+        NormGeometry g = MapInput(lengths);
         if (!TensorData.IsRowMajor(lengths, strides))
             throw new ArgumentException(
                 $"Expected x to be a dense row-major (contiguous) tensor; got shape {TensorData.Format(lengths)} with strides {TensorData.Format(strides)}.", "x");

@@ -22,6 +22,7 @@ public abstract class RunningStatsNorm<T> : NormLayer<T> where T : unmanaged, IF
         if (momentum is double m && !(m >= 0 && m <= 1))
             throw new ArgumentOutOfRangeException(nameof(momentum), momentum, "momentum must lie in [0, 1], or be null for a cumulative moving average.");
 
+        if (trackRunningStats) Limits.RequireParameter("running statistics", [numFeatures]);
         NumFeatures = numFeatures;
         Momentum = momentum;
         TrackRunningStats = trackRunningStats;

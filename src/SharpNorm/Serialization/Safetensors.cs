@@ -123,15 +123,26 @@ public static class Safetensors
                     foreach (JsonProperty item in property.Value.EnumerateObject()) metadata[item.Name] = item.Value.GetString() ?? "";
                     continue;
                 }
-                string dtype = property.Value.GetProperty("dtype").GetString() ?? "";
-                long[] shape = property.Value.GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray();
-                long[] offsets = property.Value.GetProperty("data_offsets").EnumerateArray().Select(e => e.GetInt64()).ToArray();
-                if (offsets.Length != 2 || offsets[0] < 0 || offsets[1] < offsets[0] || dataStart + offsets[1] > bytes.Length)
-                    throw new InvalidDataException($"{path}: tensor {property.Name} has data offsets [{string.Join(", ", offsets)}] outside the {bytes.Length - dataStart} data bytes.");
-                long elements = shape.Aggregate(1L, (p, d) => d < 0 ? throw new InvalidDataException($"{path}: tensor {property.Name} has a negative dimension.") : p * d);
+                JsonElement Field(string field) => property.Value.ValueKind == JsonValueKind.Object && property.Value.TryGetProperty(field, out JsonElement value)
+                    ? value : throw new InvalidDataException($"{path}: tensor {property.Name} has no \"{field}\" field (each tensor needs dtype, shape and data_offsets).");
+                string dtype = Field("dtype").GetString() ?? "";
+                long[] shape = Field("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray();
+                long[] offsets = Field("data_offsets").EnumerateArray().Select(e => e.GetInt64()).ToArray();
+                long dataBytes = bytes.Length - dataStart;
+                if (offsets.Length != 2 || offsets[0] < 0 || offsets[1] < offsets[0] || offsets[1] > dataBytes)
+                    throw new InvalidDataException($"{path}: tensor {property.Name} has data offsets [{string.Join(", ", offsets)}] outside the {dataBytes} data bytes.");
                 int size = ElementSize(dtype);
-                if (size > 0 && elements * size != offsets[1] - offsets[0])
-                    throw new InvalidDataException($"{path}: tensor {property.Name} ({dtype}, shape [{string.Join(", ", shape)}]) needs {elements * size} bytes; its range holds {offsets[1] - offsets[0]}.");
+                if (size == 0)
+                    throw new InvalidDataException($"{path}: tensor {property.Name} has dtype \"{dtype}\"; expected one of F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E4M3, F8_E5M2.");
+                // the element count, checked against the bytes of the range as it grows: no product can overflow
+                long elements = 1;
+                foreach (long d in shape)
+                {
+                    if (d < 0) throw new InvalidDataException($"{path}: tensor {property.Name} has a negative dimension {d}.");
+                    elements = d == 0 ? 0 : elements > dataBytes / d ? long.MaxValue : elements * d;
+                }
+                if (elements == long.MaxValue || elements * size != offsets[1] - offsets[0])
+                    throw new InvalidDataException($"{path}: tensor {property.Name} ({dtype}, shape [{string.Join(", ", shape)}]) needs {(elements == long.MaxValue ? "more than the file's" : (elements * size).ToString(System.Globalization.CultureInfo.InvariantCulture))} bytes; its range holds {offsets[1] - offsets[0]}.");
                 tensors[property.Name] = new SafetensorsEntry(dtype, shape, bytes.AsSpan(dataStart + (int)offsets[0], (int)(offsets[1] - offsets[0])).ToArray());
                 ranges.Add((offsets[0], offsets[1], property.Name));
             }
@@ -152,7 +163,7 @@ public static class Safetensors
         return (tensors, metadata);
     }
 
-    /// <summary>Bytes per element of a safetensors dtype; 0 for a dtype this library does not know (still readable as bytes).</summary>
+    /// <summary>Bytes per element of a safetensors dtype; 0 for a name that is not one (such a file is refused).</summary>
     public static int ElementSize(string dtype) => dtype switch
     {
         "F64" or "I64" or "U64" => 8,

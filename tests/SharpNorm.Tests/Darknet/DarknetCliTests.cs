@@ -190,6 +190,9 @@ public class DarknetCliTests : IDisposable
     [InlineData(2, "option --bn", "darknet", "export", "a.cfg", "b.weights", "c.safetensors", "--bn", "gpu")]
     [InlineData(1, "Darknet cfg not found", "darknet", "run", "/nonexistent.cfg", "/nonexistent.weights", "/etc/hostname")]
     [InlineData(1, "image not found", "darknet", "run", "/nonexistent.cfg", "/nonexistent.weights", "/nonexistent.png")]
+    [InlineData(2, "darknet needs a command", "darknet")]
+    [InlineData(2, "onnx needs a command", "onnx")]
+    [InlineData(2, "--out x.gif: expected a .png or .jpg file name", "darknet", "run", "/nonexistent.cfg", "/nonexistent.weights", "/nonexistent.png", "--out", "x.gif")]
     public void ErrorsAreOneLine(int exitCode, string message, params string[] args)
     {
         var (code, output, error) = CliTests.Run(args);
