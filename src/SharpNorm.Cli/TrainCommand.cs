@@ -43,6 +43,8 @@ internal static class TrainCommand
           --limit N              train on the first N training images only, for a quick try
                                  (the test set stays whole)
           --out DIR              output folder (default runs/<norm>-<yyyyMMdd-HHmmss>)
+          --check-finite         stop at the first NaN or infinity, naming the layer that made it (PyTorch, and
+                                 the default, let it flow into the loss and the batch norms' running statistics)
           --distributed          data-parallel over the processes of mpirun -np N: each trains on its shard of
                                  every global batch of --batch-size, BatchNorm becomes SyncBatchNorm, and rank 0
                                  prints progress and writes the output (default threads: the cores / the ranks)
@@ -64,18 +66,18 @@ internal static class TrainCommand
 
     private sealed record Settings(
         string Data, NormChoice Norm, int Epochs, int BatchSize, string Optimizer, double LearningRate, double LabelSmoothing,
-        int CropPadding, int Seed, int Threads, int? Limit, string Out, bool Distributed = false, bool ProfileCommunication = false);
+        int CropPadding, int Seed, int Threads, int? Limit, string Out, bool Distributed = false, bool ProfileCommunication = false, bool CheckFinite = false);
 
     public static int Run(IReadOnlyList<string> args)
     {
-        bool distributed = args.Contains("--distributed"), profile = args.Contains("--profile-communication");
-        ParsedOptions options = ParsedOptions.Parse("train", args.Where(a => a is not "--distributed" and not "--profile-communication").ToArray(), ValueOptions);
+        bool distributed = args.Contains("--distributed"), profile = args.Contains("--profile-communication"), checkFinite = args.Contains("--check-finite");
+        ParsedOptions options = ParsedOptions.Parse("train", args.Where(a => a is not "--distributed" and not "--profile-communication" and not "--check-finite").ToArray(), ValueOptions);
         if (options.Help)
         {
             Console.Out.WriteLine(Usage);
             return 0;
         }
-        Settings settings = Read(options) with { Distributed = distributed, ProfileCommunication = profile };
+        Settings settings = Read(options) with { Distributed = distributed, ProfileCommunication = profile, CheckFinite = checkFinite };
         if (profile && !distributed) throw new UsageException("--profile-communication measures a --distributed run");
         if (!distributed) return Train(settings, null);
         if (!MpiCommunicator.LaunchedByMpirun)
@@ -149,6 +151,7 @@ internal static class TrainCommand
             RequireSameRun(communicator, s, DarkNetClassifier.ParameterCount(model), train.Count);
         }
         model.MaxDegreeOfParallelism = threads;
+        model.CheckFinite = s.CheckFinite;
         Optimizer<float> optimizer = s.Optimizer == "sgd"
             ? new Sgd<float>(model.Parameters, s.LearningRate, momentum: 0.9, dampening: 0, weightDecay: 5e-4, nesterov: true)
             : new AdamW<float>(model.Parameters, s.LearningRate, weightDecay: 0.05);

@@ -272,9 +272,16 @@ public sealed class Graph<T> : Layer<T> where T : unmanaged, IFloatingPointIeee7
         Sweep(x, default, dy, default, inputGradient: false, parameterGradients: true);
     }
 
+    /// <summary>
+    /// Check every node's output for NaN and infinity (and the input first): the first one found is a
+    /// <see cref="NonFiniteValueException"/> naming the node. Off by default, as in PyTorch.
+    /// </summary>
+    public bool CheckFinite { get; set; }
+
     /// <summary>Every node in order; the single output of a Forward is also copied to <paramref name="y"/>.</summary>
     private void Compute(ReadOnlySpan<T> x, Span<T> y)
     {
+        if (CheckFinite) FiniteCheck.Require(x, "input");
         if (_inputCopied) x.CopyTo(_values[0]);
         long[]? ticks = NodeTicks;
         for (int i = 0; i < _nodes.Length; i++)
@@ -294,6 +301,7 @@ public sealed class Graph<T> : Layer<T> where T : unmanaged, IFloatingPointIeee7
                 node.Join!.Forward(inputs, _joinShapes[i], output);
             }
             if (ticks is not null) ticks[i] += System.Diagnostics.Stopwatch.GetTimestamp() - start;
+            if (CheckFinite) FiniteCheck.Require<T>(output, $"'{node.Name}' ({(node.Layer is { } l ? l.GetType() : node.Join!.GetType()).Name.Split('`')[0]})");
         }
         if (!y.IsEmpty) Value(_outputs[0], x).CopyTo(y);
     }

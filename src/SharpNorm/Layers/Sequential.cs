@@ -148,10 +148,21 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
         return shape;
     }
 
+    /// <summary>
+    /// Check every layer's output for NaN and infinity (and the input first): the first one found is a
+    /// <see cref="NonFiniteValueException"/> naming the layer. Off by default, as in PyTorch, where a NaN in a batch
+    /// flows through and poisons BatchNorm's running statistics silently; on, it costs one pass over each output.
+    /// </summary>
+    public bool CheckFinite { get; set; }
+
+    private string LayerName(int i, int last) =>
+        last == i ? $"{i} ({_layers[i].GetType().Name.Split('`')[0]})" : $"{i}-{last} ({_layers[i].GetType().Name.Split('`')[0]} fused with {_layers[last].GetType().Name.Split('`')[0]})";
+
     protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y)
     {
         PrepareShapes(shape);
-        bool fused = FuseConvBatchNorm;
+        bool fused = FuseConvBatchNorm, check = CheckFinite;
+        if (check) FiniteCheck.Require(x, "input");
         for (int i = 0; i < _layers.Length; i++)
         {
             ReadOnlySpan<T> input = i == 0 ? x : _outputs[i - 1].AsSpan(0, Length(_shapes[i]));
@@ -161,11 +172,13 @@ public sealed class Sequential<T> : Layer<T> where T : unmanaged, IFloatingPoint
                 int last = i + block.Length - 1;
                 Span<T> blockOutput = last == _layers.Length - 1 ? y : _outputs[last].AsSpan(0, Length(_shapes[last + 1]));
                 block.Forward(input, _shapes[i], _outputs[i].AsSpan(0, Length(_shapes[i + 1])), _shapes[i + 1], blockOutput);
+                if (check) FiniteCheck.Require<T>(blockOutput, LayerName(i, last));
                 i = last;
                 continue;
             }
             Span<T> output = i == _layers.Length - 1 ? y : _outputs[i].AsSpan(0, Length(_shapes[i + 1]));
             _layers[i].Forward(new ReadOnlyTensorSpan<T>(input, _shapes[i], []), new TensorSpan<T>(output, _shapes[i + 1], []));
+            if (check) FiniteCheck.Require<T>(output, LayerName(i, i));
         }
         _forwardFused = fused;
         if (_forwardShape is null || _forwardShape.Length != shape.Length) _forwardShape = new nint[shape.Length];
