@@ -43,6 +43,9 @@ internal static class TrainCommand
           --limit N              train on the first N training images only, for a quick try
                                  (the test set stays whole)
           --out DIR              output folder (default runs/<norm>-<yyyyMMdd-HHmmss>)
+          --resume DIR           continue the run in DIR from its last finished epoch (DIR/checkpoint.safetensors,
+                                 written after every epoch): the same settings, the same final weights bit for
+                                 bit as a run never stopped; only --threads and --data may be given with it
           --check-finite         stop at the first NaN or infinity, naming the layer that made it (PyTorch, and
                                  the default, let it flow into the loss and the batch norms' running statistics)
           --distributed          data-parallel over the processes of mpirun -np N: each trains on its shard of
@@ -60,7 +63,7 @@ internal static class TrainCommand
         """;
 
     private static readonly string[] ValueOptions =
-        ["data", "norm", "epochs", "batch-size", "optimizer", "lr", "label-smoothing", "crop-padding", "seed", "threads", "limit", "out"];
+        ["data", "norm", "epochs", "batch-size", "optimizer", "lr", "label-smoothing", "crop-padding", "seed", "threads", "limit", "out", "resume"];
 
     private const int Classes = 10;
 
@@ -78,8 +81,18 @@ internal static class TrainCommand
             return 0;
         }
         Settings settings = Read(options) with { Distributed = distributed, ProfileCommunication = profile, CheckFinite = checkFinite };
+        TrainingCheckpoint? resume = null;
+        if (options.String("resume") is { } resumeFolder)
+        {
+            if (distributed) throw new UsageException("--resume continues a run of one process; --distributed runs cannot resume yet");
+            string[] changed = ValueOptions.Where(o => o is not ("resume" or "threads" or "data") && options.Has(o)).ToArray();
+            if (changed.Length > 0)
+                throw new UsageException($"--resume continues the run with its own settings; --{changed[0]} cannot be given with it (only --threads and --data)");
+            resume = TrainingCheckpoint.Read(resumeFolder);
+            settings = resume.Apply(settings) with { Out = resumeFolder };
+        }
         if (profile && !distributed) throw new UsageException("--profile-communication measures a --distributed run");
-        if (!distributed) return Train(settings, null);
+        if (!distributed) return Train(settings, null, resume);
         if (!MpiCommunicator.LaunchedByMpirun)
             throw new UsageException("--distributed runs under Open MPI's mpirun: mpirun -np N sharpnorm train --distributed [options]");
         using MpiCommunicator world = MpiCommunicator.World;
@@ -119,7 +132,7 @@ internal static class TrainCommand
     }
 
     /// <param name="communicator">The ranks of a distributed run, or null for one process.</param>
-    private static int Train(Settings s, ICommunicator? communicator)
+    private static int Train(Settings s, ICommunicator? communicator, TrainingCheckpoint? resume = null)
     {
         bool leader = communicator is null || communicator.Rank == 0;
         // Only rank 0 prints: the others' console writes nowhere.
@@ -170,6 +183,15 @@ internal static class TrainCommand
             buckets = trainer.BucketCount;
             trainEpoch = (epoch, progress) => trainer.TrainEpoch(trainLoader, epoch, progress);
         }
+        var history = new List<EpochMetrics>();
+        int firstEpoch = 1;
+        if (resume is not null)
+        {
+            // Everything is checked before anything changes: a checkpoint of another run leaves the folder as it was.
+            resume.Restore(model, optimizer, train.Count, mean, std);
+            history.AddRange(resume.History);
+            firstEpoch = resume.Epoch + 1;
+        }
         // Fail on an unusable output folder now, before any training time is spent.
         if (leader) Directory.CreateDirectory(s.Out);
 
@@ -187,11 +209,14 @@ internal static class TrainCommand
         string metricsPath = Path.Combine(s.Out, "metrics.csv");
         string checkpointPath = Path.Combine(s.Out, "model.safetensors");
         string curvesPath = Path.Combine(s.Out, "curves.png");
-        var history = new List<EpochMetrics>();
         EpochResult? lastTest = null;
         TimeSpan trainTime = TimeSpan.Zero;
         timed?.Reset();
-        for (int epoch = 1; epoch <= s.Epochs; epoch++)
+        if (resume is not null)
+            console.MarkupLine(Markup.Escape(firstEpoch > s.Epochs
+                ? $"Resumed {s.Out}: all {s.Epochs} epochs were finished"
+                : $"Resumed {s.Out} after epoch {resume.Epoch} of {s.Epochs} ({optimizer.Steps:N0} steps)"));
+        for (int epoch = firstEpoch; epoch <= s.Epochs; epoch++)
         {
             Interrupt.ThrowIfRequested();
             var clock = Stopwatch.StartNew();
@@ -209,9 +234,14 @@ internal static class TrainCommand
                 $"[bold]test loss {testResult.Loss:F4} acc {Percent(testResult.Accuracy)}[/]  " +
                 $"{seconds:F1}s (test {testResult.Time.TotalSeconds:F1}s)  {train.Count / trainResult.Time.TotalSeconds:N0} img/s  " +
                 $"lr {FormatRate(optimizer.LearningRate)}");
-            // Written after every epoch: an interrupted run keeps the epochs it finished.
-            if (leader) Results.WriteMetrics(metricsPath, history);
+            // Written after every epoch: an interrupted run keeps the epochs it finished, and --resume continues it.
+            if (leader)
+            {
+                Results.WriteMetrics(metricsPath, history);
+                TrainingCheckpoint.Write(s.Out, model, optimizer, epoch, SettingsMetadata(s), history, train.Count, mean, std);
+            }
         }
+        if (resume is not null && history.Count > 0) lastTest = new EpochResult(history[^1].TestLoss, history[^1].TestAccuracy, TimeSpan.Zero);
 
         var metadata = new Dictionary<string, string>
         {
@@ -371,6 +401,124 @@ internal static class TrainCommand
     /// <summary>A learning rate: 0.1, 0.002, 4e-07.</summary>
     private static string FormatRate(double x) =>
         x.ToString(x == 0 || x >= 1e-3 ? "0.######" : "0.##e-00", CultureInfo.InvariantCulture);
+
+    /// <summary>The settings that decide a run's results, as a checkpoint records them for --resume.</summary>
+    private static Dictionary<string, string> SettingsMetadata(Settings s) => new()
+    {
+        ["norm"] = Names.Of(s.Norm),
+        ["epochs"] = Invariant(s.Epochs),
+        ["batch_size"] = Invariant(s.BatchSize),
+        ["optimizer"] = s.Optimizer,
+        ["lr"] = Invariant(s.LearningRate),
+        ["label_smoothing"] = Invariant(s.LabelSmoothing),
+        ["crop_padding"] = Invariant(s.CropPadding),
+        ["seed"] = Invariant(s.Seed),
+        ["limit"] = s.Limit is int l ? Invariant(l) : "",
+    };
+
+    /// <summary>A run's state after an epoch: <c>checkpoint.safetensors</c> in its folder (model, optimizer, epoch, settings, metrics so far).</summary>
+    private sealed class TrainingCheckpoint
+    {
+        public const string FileName = "checkpoint.safetensors";
+        private const string OptimizerPrefix = "optimizer.";
+
+        private readonly string _path;
+        private readonly Dictionary<string, SafetensorsEntry> _tensors;
+        private readonly Dictionary<string, string> _metadata;
+
+        private TrainingCheckpoint(string path, Dictionary<string, SafetensorsEntry> tensors, Dictionary<string, string> metadata) =>
+            (_path, _tensors, _metadata) = (path, tensors, metadata);
+
+        public int Epoch { get; private init; }
+        public List<EpochMetrics> History { get; } = [];
+
+        public static void Write(string folder, Sequential<float> model, Optimizer<float> optimizer, int epoch, Dictionary<string, string> settings,
+            List<EpochMetrics> history, int trainImages, double mean, double std)
+        {
+            var metadata = new Dictionary<string, string>(settings)
+            {
+                ["format"] = "sharpnorm-train-checkpoint",
+                ["model"] = "DarkNetClassifier",
+                ["epoch"] = Invariant(epoch),
+                ["steps"] = optimizer.Steps.ToString(CultureInfo.InvariantCulture),
+                ["train_images"] = Invariant(trainImages),
+                ["mean"] = Invariant(mean),
+                ["std"] = Invariant(std),
+                ["history"] = string.Join(";", history.Select(m => string.Join(",", new[] { m.Epoch, m.TrainLoss, m.TrainAccuracy, m.TestLoss, m.TestAccuracy, m.Seconds, m.LearningRateEnd }.Select(v => Invariant(v))))),
+            };
+            var entries = Checkpoint.StateDict(model).Concat(optimizer.State.Select(b =>
+                (OptimizerPrefix + b.Name, new SafetensorsEntry("F32", [b.Values.LongLength], System.Runtime.InteropServices.MemoryMarshal.AsBytes(b.Values.AsSpan()).ToArray()))));
+            Safetensors.Write(Path.Combine(folder, FileName), entries, metadata);   // a temporary file, flushed, then renamed
+        }
+
+        public static TrainingCheckpoint Read(string folder)
+        {
+            string path = Path.Combine(folder, FileName);
+            if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"--resume {folder}: no such folder");
+            if (!File.Exists(path)) throw new FileNotFoundException($"--resume {folder}: no {FileName} in it (a run writes one after each epoch)", path);
+            var (tensors, metadata) = Safetensors.Read(path);
+            string Get(string key) => metadata.TryGetValue(key, out string? value) ? value
+                : throw new InvalidDataException($"{path}: not a sharpnorm train checkpoint (no \"{key}\" in its metadata)");
+            if (Get("format") != "sharpnorm-train-checkpoint" || Get("model") != "DarkNetClassifier")
+                throw new InvalidDataException($"{path}: a {Get("format")} of {Get("model")}, not a sharpnorm train checkpoint of the DarkNetClassifier");
+            var checkpoint = new TrainingCheckpoint(path, tensors, metadata) { Epoch = ParseInt(path, "epoch", Get("epoch")) };
+            foreach (string row in Get("history").Split(';', StringSplitOptions.RemoveEmptyEntries))
+            {
+                double[] v = row.Split(',').Select(x => double.Parse(x, CultureInfo.InvariantCulture)).ToArray();
+                if (v.Length != 7) throw new InvalidDataException($"{path}: a metrics row of {v.Length} values; 7 expected");
+                checkpoint.History.Add(new EpochMetrics((int)v[0], v[1], v[2], v[3], v[4], v[5], v[6]));
+            }
+            if (checkpoint.History.Count != checkpoint.Epoch) throw new InvalidDataException($"{path}: {checkpoint.History.Count} metrics rows for {checkpoint.Epoch} epochs");
+            return checkpoint;
+        }
+
+        private static int ParseInt(string path, string key, string value) =>
+            int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n : throw new InvalidDataException($"{path}: {key} \"{value}\" is not a count");
+
+        private static double ParseDouble(string path, string key, string value) =>
+            double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out double x) ? x : throw new InvalidDataException($"{path}: {key} \"{value}\" is not a number");
+
+        /// <summary>The run's settings from the checkpoint (threads, data and flags from the command line).</summary>
+        public Settings Apply(Settings s)
+        {
+            NormChoice norm = Enum.GetValues<NormChoice>().FirstOrDefault(n => Names.Of(n) == _metadata["norm"], (NormChoice)(-1));
+            if (!Enum.IsDefined(norm)) throw new InvalidDataException($"{_path}: norm \"{_metadata["norm"]}\" is not one this version trains");
+            string optimizer = _metadata["optimizer"] is "sgd" or "adamw" ? _metadata["optimizer"] : throw new InvalidDataException($"{_path}: optimizer \"{_metadata["optimizer"]}\" is not sgd or adamw");
+            return s with
+            {
+                Norm = norm,
+                Epochs = ParseInt(_path, "epochs", _metadata["epochs"]),
+                BatchSize = ParseInt(_path, "batch_size", _metadata["batch_size"]),
+                Optimizer = optimizer,
+                LearningRate = ParseDouble(_path, "lr", _metadata["lr"]),
+                LabelSmoothing = ParseDouble(_path, "label_smoothing", _metadata["label_smoothing"]),
+                CropPadding = ParseInt(_path, "crop_padding", _metadata["crop_padding"]),
+                Seed = int.Parse(_metadata["seed"], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture),
+                Limit = _metadata["limit"].Length == 0 ? null : ParseInt(_path, "limit", _metadata["limit"]),
+            };
+        }
+
+        /// <summary>Model and optimizer state from the checkpoint; everything checked first (a mismatch changes nothing).</summary>
+        public void Restore(Sequential<float> model, Optimizer<float> optimizer, int trainImages, double mean, double std)
+        {
+            if (ParseInt(_path, "train_images", _metadata["train_images"]) != trainImages || ParseDouble(_path, "mean", _metadata["mean"]) != mean || ParseDouble(_path, "std", _metadata["std"]) != std)
+                throw new InvalidDataException($"{_path}: the run trained on {_metadata["train_images"]} images of mean {_metadata["mean"]}; --data gives {trainImages} of mean {Invariant(mean)}");
+            long steps = long.Parse(_metadata["steps"], NumberStyles.None, CultureInfo.InvariantCulture);
+            IReadOnlyList<(string Name, float[] Values)> state = optimizer.State;
+            foreach (var (name, values) in state)
+            {
+                if (!_tensors.TryGetValue(OptimizerPrefix + name, out SafetensorsEntry? entry) || entry.DType != "F32" || entry.Data.Length != values.Length * sizeof(float))
+                    throw new InvalidDataException($"{_path}: the optimizer's {name} ({values.Length} values) is missing or of another size");
+            }
+            if (_tensors.Keys.Count(k => k.StartsWith(OptimizerPrefix, StringComparison.Ordinal)) != state.Count)
+                throw new InvalidDataException($"{_path}: the checkpoint's optimizer state is of another optimizer");
+            // the model's part, checked and loaded by Checkpoint.Load (which changes nothing on a mismatch)
+            Checkpoint.Load(_tensors.Where(t => !t.Key.StartsWith(OptimizerPrefix, StringComparison.Ordinal)).ToDictionary(), model, _path);
+            foreach (var (name, values) in state)
+                System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(_tensors[OptimizerPrefix + name].Data).CopyTo(values);
+            optimizer.Restore(steps);
+        }
+    }
 
     private static string Invariant(double x) => x.ToString("R", CultureInfo.InvariantCulture);
 

@@ -67,6 +67,7 @@ public static class Safetensors
             header.Position = 0;
             header.CopyTo(file);
             foreach (var (_, entry) in list) file.Write(entry.Data);
+            file.Flush(flushToDisk: true);   // on disk before the rename: a crash leaves the old file or the new, whole
         }
         File.Move(temporary, path, overwrite: true);
     }
@@ -206,6 +207,19 @@ public static class Checkpoint
     {
         ArgumentNullException.ThrowIfNull(model);
         var (tensors, metadata) = Safetensors.Read(path);
+        Load(tensors, model, path);
+        return metadata;
+    }
+
+    /// <summary>
+    /// Loads <paramref name="tensors"/> (a state dict read elsewhere; <paramref name="source"/> names it in messages)
+    /// into the model, after checking every name, dtype and shape: a mismatch throws and changes nothing.
+    /// </summary>
+    public static void Load<T>(IReadOnlyDictionary<string, SafetensorsEntry> tensors, Sequential<T> model, string source) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
+        ArgumentNullException.ThrowIfNull(model);
+        string path = source;
         string dtype = Safetensors.DTypeOf<T>();
         var problems = new List<string>();
         var expected = new Dictionary<string, (string DType, long[] Shape)>();
@@ -228,7 +242,6 @@ public static class Checkpoint
             if (b.IsCount) b.Count = BinaryPrimitives.ReadInt64LittleEndian(tensors[name].Data);
             else MemoryMarshal.Cast<byte, T>(tensors[name].Data).CopyTo(TensorData.Flat(b.Values!));
         }
-        return metadata;
     }
 
     private static SafetensorsEntry Tensor<T>(System.Numerics.Tensors.Tensor<T> tensor) where T : unmanaged, IFloatingPointIeee754<T>

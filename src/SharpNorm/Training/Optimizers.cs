@@ -29,6 +29,20 @@ public abstract class Optimizer<T> where T : unmanaged, IFloatingPointIeee754<T>
     /// <summary>Number of steps taken.</summary>
     public long Steps { get; private protected set; }
 
+    /// <summary>
+    /// The state besides the parameters, as torch.optim's state_dict holds it: named buffers, one per parameter (in the
+    /// parameters' order), written in place by <see cref="Step"/>. Copy into them and call <see cref="Restore"/> to
+    /// continue a run.
+    /// </summary>
+    public abstract IReadOnlyList<(string Name, T[] Values)> State { get; }
+
+    /// <summary>Continues from <paramref name="steps"/> steps taken, the <see cref="State"/> buffers already filled.</summary>
+    public void Restore(long steps)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(steps);
+        Steps = steps;
+    }
+
     /// <summary>Applies one update to every parameter from its Gradient.</summary>
     public abstract void Step();
 
@@ -69,6 +83,9 @@ public sealed class Sgd<T> : Optimizer<T> where T : unmanaged, IFloatingPointIee
     public double Dampening { get; }
     public double WeightDecay { get; }
     public bool Nesterov { get; }
+
+    public override IReadOnlyList<(string Name, T[] Values)> State =>
+        Momentum > 0 ? _momentumBuffers.Select((b, i) => ($"momentum_buffer.{i}", b)).ToArray() : [];
 
     public override void Step()
     {
@@ -116,6 +133,9 @@ public sealed class AdamW<T> : Optimizer<T> where T : unmanaged, IFloatingPointI
     public double Beta2 { get; }
     public double Eps { get; }
     public double WeightDecay { get; }
+
+    public override IReadOnlyList<(string Name, T[] Values)> State =>
+        [.. _m.Select((m, i) => ($"exp_avg.{i}", m)), .. _v.Select((v, i) => ($"exp_avg_sq.{i}", v))];
 
     public override void Step()
     {

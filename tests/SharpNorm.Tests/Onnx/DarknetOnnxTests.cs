@@ -11,6 +11,7 @@ namespace SharpNorm.Tests.Onnx;
 /// Darknet networks (classifiers, and YOLOv1/v2/v3 detectors with their [local], [reorg], [region], [detection] and [yolo] layers) exported to ONNX: ONNX Runtime's probabilities against DarknetNetwork's (the inference network
 /// checked against libtorch twins), within 1e-5 normwise, batches 1 and 4.
 /// </summary>
+[Collection(OnnxRuntimeCollection.Name)]
 public class DarknetOnnxTests
 {
     [Theory]

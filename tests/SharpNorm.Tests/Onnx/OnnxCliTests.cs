@@ -16,6 +16,7 @@ namespace SharpNorm.Tests.Onnx;
 /// sharpnorm train, then sharpnorm export, then ONNX Runtime on the test images as pixels / 255: the logits of the
 /// checkpoint evaluated by SharpNorm (through its data loader's normalization) within 1e-5 normwise, the same predictions.
 /// </summary>
+[Collection(OnnxRuntimeCollection.Name)]
 public class OnnxCliTests
 {
     [Theory]

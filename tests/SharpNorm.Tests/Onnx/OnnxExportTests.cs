@@ -13,6 +13,7 @@ namespace SharpNorm.Tests.Onnx;
 /// Every exported model runs in ONNX Runtime, the independent reference, and must give SharpNorm's eval-mode outputs
 /// within 1e-5 normwise (‖ort − sharpnorm‖ / ‖sharpnorm‖), for batches of 1 and 4 from one file (the batch is dynamic).
 /// </summary>
+[Collection(OnnxRuntimeCollection.Name)]
 public class OnnxExportTests
 {
     private const double Bound = 1e-5;
