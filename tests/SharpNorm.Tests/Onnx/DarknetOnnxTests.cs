@@ -53,7 +53,8 @@ public class DarknetOnnxTests
                 float[] input = Enumerable.Range(0, batch * c * h * w).Select(_ => (float)random.NextDouble()).ToArray();
                 network.Forward(input, batch);
                 using var value = OrtValue.CreateTensorValueFromMemory(input, [batch, c, h, w]);
-                using var outputs = session.Run(new RunOptions(), ["image"], [value], names);
+                using var runOptions = new RunOptions();   // disposed after the run: a RunOptions the GC finalizes during Run crashes ONNX Runtime
+                using var outputs = session.Run(runOptions, ["image"], [value], names);
                 for (int k = 0; k < names.Length; k++)
                 {
                     float[] expected = network.Output(network.OutputLayers[k]).ToArray(), actual = outputs[k].GetTensorDataAsSpan<float>().ToArray();

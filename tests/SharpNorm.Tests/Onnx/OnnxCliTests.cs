@@ -54,7 +54,8 @@ public class OnnxCliTests
             Assert.Equal(string.Join(",", FashionMnist.ClassNames), session.ModelMetadata.CustomMetadataMap["labels"]);
             float[] pixels = test.Pixels.Select(p => p / 255f).ToArray();
             using var input = OrtValue.CreateTensorValueFromMemory(pixels, [test.Count, 1, 28, 28]);
-            using var outputs = session.Run(new RunOptions(), ["image"], [input], ["logits"]);
+            using var runOptions = new RunOptions();   // disposed after the run: a RunOptions the GC finalizes during Run crashes ONNX Runtime
+            using var outputs = session.Run(runOptions, ["image"], [input], ["logits"]);
             float[] actual = outputs[0].GetTensorDataAsSpan<float>().ToArray();
 
             double difference = 0, size = 0;

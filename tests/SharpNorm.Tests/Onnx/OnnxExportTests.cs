@@ -170,7 +170,8 @@ public class OnnxExportTests
             graph.Run(x.AsReadOnlyTensorSpan());
             float[] input = x.ToArray();
             using var value = OrtValue.CreateTensorValueFromMemory(input, [batch, 3, 7, 6]);
-            using var outputs = session.Run(new RunOptions(), ["x" == session.InputNames[0] ? "x" : session.InputNames[0]], [value], session.OutputNames);
+            using var runOptions = new RunOptions();   // disposed after the run: a RunOptions the GC finalizes during Run crashes ONNX Runtime
+            using var outputs = session.Run(runOptions, ["x" == session.InputNames[0] ? "x" : session.InputNames[0]], [value], session.OutputNames);
             for (int k = 0; k < 2; k++)
             {
                 float[] expected = graph.Output(k).ToArray(), actual = outputs[k].GetTensorDataAsSpan<float>().ToArray();
@@ -306,7 +307,8 @@ public class OnnxExportTests
             float[] expected = model.Forward(x).ToArray();
             float[] input = x.ToArray();
             using var value = OrtValue.CreateTensorValueFromMemory(input, shape.Select(d => (long)d).ToArray());
-            using var outputs = session.Run(new RunOptions(), [session.InputNames[0]], [value], [session.OutputNames[0]]);
+            using var runOptions = new RunOptions();   // disposed after the run: a RunOptions the GC finalizes during Run crashes ONNX Runtime
+            using var outputs = session.Run(runOptions, [session.InputNames[0]], [value], [session.OutputNames[0]]);
             float[] actual = outputs[0].GetTensorDataAsSpan<float>().ToArray();
             Assert.Equal(model.OutputShape(shape).Select(d => (long)d), outputs[0].GetTensorTypeAndShape().Shape);
             double difference = 0, size = 0;
