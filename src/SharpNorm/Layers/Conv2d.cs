@@ -208,11 +208,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     {
         ArgumentNullException.ThrowIfNull(random);
         double bound = 1 / Math.Sqrt(InChannels / Groups * KernelHeight * KernelWidth);
-        foreach (Parameter<T> p in Parameters)
-        {
-            Span<T> values = TensorData.Flat(p.Value);
-            for (int i = 0; i < values.Length; i++) values[i] = T.CreateTruncating((2 * random.NextDouble() - 1) * bound);
-        }
+        FillUniform(Parameters, bound, random);
     }
 
     public override nint[] OutputShape(ReadOnlySpan<nint> inputShape)

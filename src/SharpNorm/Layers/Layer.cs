@@ -121,6 +121,16 @@ public abstract class Layer<T> : ILayer<T> where T : unmanaged, IFloatingPointIe
                 $"Expected {name} to be a dense row-major (contiguous) tensor; got shape {TensorData.Format(lengths)} with strides {TensorData.Format(strides)}.", name);
     }
 
+    /// <summary>Each value of <paramref name="parameters"/> drawn uniformly from ±<paramref name="bound"/>, in order (PyTorch's default initialization of weighted layers).</summary>
+    private protected static void FillUniform(IEnumerable<Parameter<T>> parameters, double bound, Random random)
+    {
+        foreach (Parameter<T> p in parameters)
+        {
+            Span<T> values = TensorData.Flat(p.Value);
+            for (int i = 0; i < values.Length; i++) values[i] = T.CreateTruncating((2 * random.NextDouble() - 1) * bound);
+        }
+    }
+
     /// <summary>A (height, width) pair from one value for both or two values, each at least <paramref name="minimum"/>.</summary>
     private protected static (int, int) Pair(int[] values, string name, int minimum)
     {

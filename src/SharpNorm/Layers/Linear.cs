@@ -41,11 +41,7 @@ public sealed class Linear<T> : Layer<T> where T : unmanaged, IFloatingPointIeee
     {
         ArgumentNullException.ThrowIfNull(random);
         double bound = 1 / Math.Sqrt(InFeatures);
-        foreach (Parameter<T> p in Parameters)
-        {
-            Span<T> values = TensorData.Flat(p.Value);
-            for (int i = 0; i < values.Length; i++) values[i] = T.CreateTruncating((2 * random.NextDouble() - 1) * bound);
-        }
+        FillUniform(Parameters, bound, random);
     }
 
     public override nint[] OutputShape(ReadOnlySpan<nint> inputShape)

@@ -78,11 +78,7 @@ public sealed class LocallyConnected2d<T> : Layer<T> where T : unmanaged, IFloat
     {
         ArgumentNullException.ThrowIfNull(random);
         double bound = 1 / Math.Sqrt(WindowSize);
-        foreach (Parameter<T> p in Parameters)
-        {
-            Span<T> values = TensorData.Flat(p.Value);
-            for (int i = 0; i < values.Length; i++) values[i] = T.CreateTruncating((2 * random.NextDouble() - 1) * bound);
-        }
+        FillUniform(Parameters, bound, random);
     }
 
     public override nint[] OutputShape(ReadOnlySpan<nint> inputShape)

@@ -62,7 +62,6 @@ public sealed class Reshape<T> : Layer<T> where T : unmanaged, IFloatingPointIee
 public sealed class Permute<T> : Layer<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
     private readonly int[] _order;
-    private long[] _strides = [], _lengths = [];   // the input's stride of each output dimension, the output's lengths
 
     public Permute(params int[] order)
     {
@@ -89,11 +88,11 @@ public sealed class Permute<T> : Layer<T> where T : unmanaged, IFloatingPointIee
     private void Walk(ReadOnlySpan<nint> shape, ReadOnlySpan<T> from, Span<T> to, bool gather)
     {
         int rank = _order.Length;
-        if (_lengths.Length != rank) (_strides, _lengths) = (new long[rank], new long[rank]);
+        Span<long> inputStrides = stackalloc long[rank], strides = stackalloc long[rank], lengths = stackalloc long[rank];
         long stride = 1;
-        Span<long> inputStrides = stackalloc long[rank];
         for (int d = rank - 1; d >= 0; d--) { inputStrides[d] = stride; stride *= shape[d]; }
-        for (int d = 0; d < rank; d++) (_strides[d], _lengths[d]) = (inputStrides[_order[d]], shape[_order[d]]);
+        // the input's stride of each output dimension, and the output's lengths
+        for (int d = 0; d < rank; d++) (strides[d], lengths[d]) = (inputStrides[_order[d]], shape[_order[d]]);
         Span<long> index = stackalloc long[rank];
         index.Clear();
         long offset = 0;
@@ -103,9 +102,9 @@ public sealed class Permute<T> : Layer<T> where T : unmanaged, IFloatingPointIee
             else to[(int)offset] = from[i];
             for (int d = rank - 1; d >= 0; d--)   // the next index, odometer style
             {
-                offset += _strides[d];
-                if (++index[d] < _lengths[d]) break;
-                offset -= _strides[d] * _lengths[d];
+                offset += strides[d];
+                if (++index[d] < lengths[d]) break;
+                offset -= strides[d] * lengths[d];
                 index[d] = 0;
             }
         }
