@@ -99,7 +99,7 @@ internal static class App
         if (e is OperationCanceledException)
         {
             Console.Out.Flush();
-            Console.Error.WriteLine("sharpnorm: interrupted");
+            Console.Error.WriteLine(e.Message.StartsWith("interrupted", StringComparison.Ordinal) ? $"sharpnorm: {e.Message}" : "sharpnorm: interrupted");
             return 130;
         }
         int code = e is UsageException ? 2 : 1;

@@ -46,7 +46,7 @@ internal static class DistributedCommand
             _ => throw new UsageException($"distributed check takes --in-process N, --fail-rank R or --kill-rank R; got '{string.Join(' ', args[1..])}'"),
         };
         if (!MpiCommunicator.LaunchedByMpirun)
-            throw new UsageException("distributed check runs under mpirun (mpirun -np 2 sharpnorm distributed check), or with --in-process N");
+            throw new UsageException($"distributed check runs under mpirun (mpirun -np 2 {CommandLine.Self} distributed check), or with --in-process N");
         using MpiCommunicator world = MpiCommunicator.World;
         string result;
         try

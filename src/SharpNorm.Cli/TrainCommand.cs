@@ -216,30 +216,37 @@ internal static class TrainCommand
             console.MarkupLine(Markup.Escape(firstEpoch > s.Epochs
                 ? $"Resumed {s.Out}: all {s.Epochs} epochs were finished"
                 : $"Resumed {s.Out} after epoch {resume.Epoch} of {s.Epochs} ({optimizer.Steps:N0} steps)"));
-        for (int epoch = firstEpoch; epoch <= s.Epochs; epoch++)
+        try
         {
-            Interrupt.ThrowIfRequested();
-            var clock = Stopwatch.StartNew();
-            var (trainResult, testResult) = Terminal.Live && leader
-                ? LiveEpoch(console, model, trainEpoch, trainLoader, testLoader, epoch, s.Epochs)
-                : PlainEpoch(console, model, trainEpoch, trainLoader, testLoader, epoch, s.Epochs);
-            double seconds = clock.Elapsed.TotalSeconds;
-            lastTest = testResult;
-            trainTime += trainResult.Time;
-            history.Add(new EpochMetrics(epoch, trainResult.Loss, trainResult.Accuracy, testResult.Loss, testResult.Accuracy, seconds, optimizer.LearningRate));
-            int width = s.Epochs.ToString(CultureInfo.InvariantCulture).Length;
-            console.MarkupLine(
-                $"epoch {epoch.ToString(CultureInfo.InvariantCulture).PadLeft(width)}/{s.Epochs}  " +
-                $"train loss {trainResult.Loss:F4} acc {Percent(trainResult.Accuracy)}  " +
-                $"[bold]test loss {testResult.Loss:F4} acc {Percent(testResult.Accuracy)}[/]  " +
-                $"{seconds:F1}s (test {testResult.Time.TotalSeconds:F1}s)  {train.Count / trainResult.Time.TotalSeconds:N0} img/s  " +
-                $"lr {FormatRate(optimizer.LearningRate)}");
-            // Written after every epoch: an interrupted run keeps the epochs it finished, and --resume continues it.
-            if (leader)
+            for (int epoch = firstEpoch; epoch <= s.Epochs; epoch++)
             {
-                Results.WriteMetrics(metricsPath, history);
-                TrainingCheckpoint.Write(s.Out, model, optimizer, epoch, SettingsMetadata(s), history, train.Count, mean, std);
+                Interrupt.ThrowIfRequested();
+                var clock = Stopwatch.StartNew();
+                var (trainResult, testResult) = Terminal.Live && leader
+                    ? LiveEpoch(console, model, trainEpoch, trainLoader, testLoader, epoch, s.Epochs)
+                    : PlainEpoch(console, model, trainEpoch, trainLoader, testLoader, epoch, s.Epochs);
+                double seconds = clock.Elapsed.TotalSeconds;
+                lastTest = testResult;
+                trainTime += trainResult.Time;
+                history.Add(new EpochMetrics(epoch, trainResult.Loss, trainResult.Accuracy, testResult.Loss, testResult.Accuracy, seconds, optimizer.LearningRate));
+                int width = s.Epochs.ToString(CultureInfo.InvariantCulture).Length;
+                console.MarkupLine(
+                    $"epoch {epoch.ToString(CultureInfo.InvariantCulture).PadLeft(width)}/{s.Epochs}  " +
+                    $"train loss {trainResult.Loss:F4} acc {Percent(trainResult.Accuracy)}  " +
+                    $"[bold]test loss {testResult.Loss:F4} acc {Percent(testResult.Accuracy)}[/]  " +
+                    $"{seconds:F1}s (test {testResult.Time.TotalSeconds:F1}s)  {train.Count / trainResult.Time.TotalSeconds:N0} img/s  " +
+                    $"lr {FormatRate(optimizer.LearningRate)}");
+                // Written after every epoch: an interrupted run keeps the epochs it finished, and --resume continues it.
+                if (leader)
+                {
+                    Results.WriteMetrics(metricsPath, history);
+                    TrainingCheckpoint.Write(s.Out, model, optimizer, epoch, SettingsMetadata(s), history, train.Count, mean, std);
+                }
             }
+        }
+        catch (OperationCanceledException) when (communicator is null && history.Count > 0)
+        {
+            throw new OperationCanceledException($"interrupted after epoch {history[^1].Epoch} of {s.Epochs}; continue the run with: {CommandLine.Self} train --resume {Quote(s.Out)}");
         }
         if (resume is not null && history.Count > 0) lastTest = new EpochResult(history[^1].TestLoss, history[^1].TestAccuracy, TimeSpan.Zero);
 
@@ -282,7 +289,7 @@ internal static class TrainCommand
         console.MarkupLine(Markup.Escape($"  checkpoint  {checkpointPath}"));
         console.MarkupLine(Markup.Escape($"  metrics     {metricsPath}"));
         console.MarkupLine(Markup.Escape($"  curves      {curvesPath}"));
-        console.MarkupLine(Markup.Escape($"Evaluate it with: sharpnorm eval --checkpoint {Quote(checkpointPath)}" +
+        console.MarkupLine(Markup.Escape($"Evaluate it with: {CommandLine.Self} eval --checkpoint {Quote(checkpointPath)}" +
             (s.Data == FashionMnist.DebianDirectory ? "" : $" --data {Quote(s.Data)}")));
         return 0;
     }
@@ -392,9 +399,7 @@ internal static class TrainCommand
     internal static string FormatDuration(TimeSpan t) =>
         t.TotalHours >= 1 ? $"{(int)t.TotalHours}:{t.Minutes:D2}:{t.Seconds:D2}" : $"{t.Minutes}:{t.Seconds:D2}";
 
-    /// <summary>A path as a shell word: quoted when it holds anything but plain characters.</summary>
-    private static string Quote(string path) =>
-        path.All(c => char.IsAsciiLetterOrDigit(c) || c is '/' or '.' or '-' or '_' or '+' or ':' or ',') ? path : "'" + path.Replace("'", "'\\''") + "'";
+    private static string Quote(string path) => CommandLine.Quote(path);
 
     private static string Format(double x) => x.ToString("G4", CultureInfo.InvariantCulture);
 

@@ -18,6 +18,46 @@ public class CliTests
         return (process.ExitCode, output.Result, error.Result);
     }
 
+    /// <summary>A command line as the user would paste it into a shell (a hint the program printed).</summary>
+    internal static (int ExitCode, string Out, string Error) Shell(string commandLine)
+    {
+        var start = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        start.ArgumentList.Add("-c");
+        start.ArgumentList.Add(commandLine);
+        start.Environment.Remove("SHARPNORM_DEBUG");
+        using Process process = Process.Start(start)!;
+        Task<string> output = process.StandardOutput.ReadToEndAsync(), error = process.StandardError.ReadToEndAsync();
+        Assert.True(process.WaitForExit(120_000), $"{commandLine} did not finish");
+        return (process.ExitCode, output.Result, error.Result);
+    }
+
+    [Fact]
+    public void HintsNameACommandThatRuns()
+    {
+        string folder = Directory.CreateTempSubdirectory("sharpnorm-hint-").FullName;
+        try
+        {
+            string tools = Directory.CreateDirectory(Path.Combine(folder, "tools")).FullName;
+            string shim = Path.Combine(tools, "sharpnorm");
+            File.WriteAllText(shim, "");
+            // an installed tool whose folder is on PATH: its name; off PATH: its path
+            Assert.Equal("sharpnorm", SharpNorm.Cli.CommandLine.Resolve(shim, "/store/any/", $"/usr/bin:{tools}", "/"));
+            Assert.Equal(shim, SharpNorm.Cli.CommandLine.Resolve(shim, "/store/any/", "/usr/bin", "/home"));
+            // dotnet run and ./train.sh start the app host SharpNorm.Cli: the sharpnorm beside it, relative to the current directory
+            string bin = Directory.CreateDirectory(Path.Combine(folder, "src", "bin")).FullName;
+            File.WriteAllText(Path.Combine(bin, "sharpnorm"), "");
+            Assert.Equal("src/bin/sharpnorm", SharpNorm.Cli.CommandLine.Resolve(Path.Combine(bin, "SharpNorm.Cli"), bin, "/usr/bin", folder));
+            Assert.Equal("./sharpnorm", SharpNorm.Cli.CommandLine.Resolve(Path.Combine(bin, "SharpNorm.Cli"), bin, "/usr/bin", bin));
+            // dotnet SharpNorm.Cli.dll: the same, through dotnet; a path with a space quoted
+            Assert.Equal("dotnet '/opt/my tool/SharpNorm.Cli.dll'",
+                SharpNorm.Cli.CommandLine.Resolve("/usr/share/dotnet/dotnet", "/opt/my tool/", "/usr/bin", "/home"));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     [Theory]
     [InlineData(2, "unknown option '--bogus'", "train", "--bogus")]
     [InlineData(2, "option --epochs", "train", "--epochs", "abc")]

@@ -69,6 +69,47 @@ public class ResumeTests
     }
 
     [Fact]
+    public void AnInterruptedRunNamesTheCommandThatContinuesIt()
+    {
+        string data = MpirunTests.SyntheticData(320, 40);
+        try
+        {
+            string run = Path.Combine(data, "run");
+            var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "SharpNorm.Cli.dll"));
+            foreach (string arg in Train(data, run)) start.ArgumentList.Add(arg);
+            start.ArgumentList.Add("--epochs");
+            start.ArgumentList.Add("12");   // long enough that the signal comes first
+            string error;
+            int exitCode;
+            using (Process process = Process.Start(start)!)
+            {
+                _ = process.StandardOutput.ReadToEndAsync();
+                Task<string> stderr = process.StandardError.ReadToEndAsync();
+                var clock = Stopwatch.StartNew();
+                while (CheckpointEpoch(run) < 1 && !process.HasExited && clock.Elapsed < TimeSpan.FromSeconds(60)) Thread.Sleep(5);
+                using (Process signal = Process.Start("kill", ["-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])!) signal.WaitForExit();
+                Assert.True(process.WaitForExit(60_000), "the interrupted run did not stop");
+                exitCode = process.ExitCode;
+                error = stderr.Result;
+            }
+            Assert.Equal(130, exitCode);
+            string line = Assert.Single(error.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            Assert.Matches(@"^sharpnorm: interrupted after epoch ([1-9]|1[01]) of 12; continue the run with: ", line);
+            string command = line[(line.IndexOf("continue the run with: ", StringComparison.Ordinal) + "continue the run with: ".Length)..];
+            Assert.EndsWith($" train --resume {run}", command);
+            var (code, output, resumeError) = CliTests.Shell(command + " --threads 1 --data " + data);
+            Assert.True(code == 0, $"{command}: {resumeError}");
+            Assert.Contains($"Resumed {run} after epoch", output);
+            Assert.True(File.Exists(Path.Combine(run, "model.safetensors")));
+        }
+        finally
+        {
+            Directory.Delete(data, recursive: true);
+        }
+    }
+
+    [Fact]
     public void ABadCheckpointIsOneLineAndLeavesTheFolderAsItWas()
     {
         string data = MpirunTests.SyntheticData(96, 20);
@@ -107,6 +148,13 @@ public class ResumeTests
                 Assert.Equal(exit, badCode);
                 Assert.Contains(message, Assert.Single(badError.Split('\n', StringSplitOptions.RemoveEmptyEntries)));
             }
+            // the hint a finished run prints is a command that runs
+            var (_, hintOutput, _) = CliTests.Run("train", "--data", data, "--epochs", "2", "--batch-size", "32", "--threads", "1", "--out", Path.Combine(data, "hinted"));
+            string hint = Assert.Single(hintOutput.Split('\n'), l => l.StartsWith("Evaluate it with: ", StringComparison.Ordinal))["Evaluate it with: ".Length..];
+            Assert.Contains(" eval --checkpoint ", hint);
+            var (evalCode, evalOutput, evalError) = CliTests.Shell(hint);
+            Assert.True(evalCode == 0, $"{hint}: {evalError}");
+            Assert.Contains("accuracy", evalOutput, StringComparison.OrdinalIgnoreCase);
             // a finished run resumes to nothing more to do
             var (doneCode, doneOutput, doneError) = CliTests.Run("train", "--resume", run, "--data", data, "--threads", "1");
             Assert.True(doneCode == 0, doneError);

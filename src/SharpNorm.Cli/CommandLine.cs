@@ -1,0 +1,56 @@
+namespace SharpNorm.Cli;
+
+/// <summary>How to run this program again, for the hints it prints ("Evaluate it with: ..."): a command that works
+/// from the user's shell however they started it (an installed tool, ./train.sh, dotnet run, dotnet SharpNorm.Cli.dll).</summary>
+internal static class CommandLine
+{
+    /// <summary>"sharpnorm" when that name on PATH is this program; otherwise the path of the sharpnorm executable
+    /// beside it (relative to the current directory where it lies below it), or "dotnet PATH/SharpNorm.Cli.dll".</summary>
+    public static string Self => _self ??= Resolve(Environment.ProcessPath, AppContext.BaseDirectory, Environment.GetEnvironmentVariable("PATH"), Environment.CurrentDirectory);
+
+    private static string? _self;
+
+    internal static string Resolve(string? processPath, string baseDirectory, string? searchPath, string currentDirectory)
+    {
+        string? executable = null;
+        string name = processPath is null ? "" : Path.GetFileName(processPath), extension = name.EndsWith(".exe", StringComparison.OrdinalIgnoreCase) ? ".exe" : "";
+        name = name[..^extension.Length];
+        if (name is "sharpnorm") executable = processPath;
+        else if (name is "SharpNorm.Cli")
+        {
+            // The app host SharpNorm.Cli (dotnet run, ./train.sh) has the copy named sharpnorm beside it (the .csproj).
+            string sibling = Path.Combine(Path.GetDirectoryName(processPath)!, "sharpnorm" + extension);
+            executable = File.Exists(sibling) ? sibling : processPath;
+        }
+        if (executable is not null && OnPath("sharpnorm" + extension, searchPath) is { } found && SameFile(found, executable))
+            return "sharpnorm";
+        if (executable is not null) return Quote(Shorten(executable, currentDirectory));
+        return "dotnet " + Quote(Shorten(Path.Combine(baseDirectory, "SharpNorm.Cli.dll"), currentDirectory));
+    }
+
+    /// <summary>A path as a shell word: quoted when it holds anything but plain characters.</summary>
+    public static string Quote(string path) =>
+        path.All(c => char.IsAsciiLetterOrDigit(c) || c is '/' or '.' or '-' or '_' or '+' or ':' or ',') ? path : "'" + path.Replace("'", "'\\''") + "'";
+
+    private static string? OnPath(string name, string? searchPath)
+    {
+        foreach (string folder in (searchPath ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries))
+        {
+            string candidate = Path.Combine(folder, name);
+            if (File.Exists(candidate)) return candidate;
+        }
+        return null;
+    }
+
+    private static bool SameFile(string a, string b) =>
+        string.Equals(Path.GetFullPath(a), Path.GetFullPath(b), StringComparison.Ordinal)
+        || string.Equals(new FileInfo(a).ResolveLinkTarget(true)?.FullName ?? Path.GetFullPath(a), new FileInfo(b).ResolveLinkTarget(true)?.FullName ?? Path.GetFullPath(b), StringComparison.Ordinal);
+
+    /// <summary>The path relative to the current directory when it lies below it ("./" in front, so a shell runs it).</summary>
+    private static string Shorten(string path, string currentDirectory)
+    {
+        string full = Path.GetFullPath(path);
+        string relative = Path.GetRelativePath(currentDirectory, full);
+        return relative.StartsWith("..", StringComparison.Ordinal) || Path.IsPathRooted(relative) ? full : relative.Contains(Path.DirectorySeparatorChar) ? relative : "./" + relative;
+    }
+}
