@@ -25,9 +25,6 @@ public sealed class Parameter<T>
     public Tensor<T> Gradient { get; }
 
     /// <summary>Sets the gradient to zero.</summary>
-    /// <remarks>
-    /// Through the flat span: Tensor&lt;T&gt;.Clear walks a tensor of rank 2 or more element by element (measured here:
-    /// 2.5 ms for LayerNorm((64, 56, 56))'s two gradients, against 0.05 ms flat).
-    /// </remarks>
+    /// <remarks>Through the flat span: Tensor&lt;T&gt;.Clear walks a tensor of rank 2 or more element by element, 50x slower.</remarks>
     public void ZeroGrad() => TensorData.Flat(Gradient).Clear();
 }

@@ -18,9 +18,8 @@ namespace SharpNorm.Kernels;
 public sealed unsafe partial class NormEngine<T>
 {
     /// <summary>
-    /// Rows at least this long (in bytes) take the wide path. Measured here (2 threads, float32 fwd+bwd, equal sizes):
-    /// rows of 512 KB ran 8.3 ms wide against 9.2 ms narrow, of 1 MB 5.2 against 9.8; rows of 128-256 KB were
-    /// 5-20% faster narrow, where four rows of x and dy per thread still stay in cache between the passes.
+    /// Rows at least this long (in bytes) take the wide path: shorter, four rows of x and dy per thread still stay in
+    /// cache between the passes and the narrow path is faster (docs/benchmarks.md, "Thresholds").
     /// </summary>
     internal const long WideRowBytes = 512 << 10;
 
@@ -30,9 +29,7 @@ public sealed unsafe partial class NormEngine<T>
     /// <summary>
     /// The forward of wide rows shorter than this (in bytes) takes the narrow path (one thread per row, four rows at a
     /// time) when there are rows enough to share out: it holds only x between its two passes, not x and dy, and needs
-    /// no join per block. Measured here (2 threads, forward alone, in-process A/B): rows of 512 KB ran 1.31 ms narrow
-    /// against 1.43 wide, of 784 KB 2.3 against 2.7-2.9, of 1 MB 1.6-1.8 against 1.8-2.1, of 2 MB 2.4 against 1.9;
-    /// forward+backward the same either way.
+    /// no join per block (docs/benchmarks.md, "Thresholds").
     /// </summary>
     internal const long WideForwardRowBytes = 2 << 20;
 

@@ -46,10 +46,9 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     private bool _streaming;
 
     /// <summary>
-    /// Outputs at least this large are written with stores that skip the caches: they would not stay there anyway (one
-    /// core's read bandwidth here falls from 65 GB/s over 8 MB to 33 GB/s over 16 MB, the cache's share ends between),
-    /// and the stores then skip reading each line before writing it. 16 MB against the earlier 32 MB, bench A/B, 2
-    /// threads: GroupNorm(32) 32x64x56x56 1.1x libtorch -> 1.3-2.0x, LayerNorm 4096x1024 fwd 0.9 -> 1.2x.
+    /// Outputs at least this large are written with stores that skip the caches: they would not stay there anyway (the
+    /// cache's share of the read bandwidth ends between 8 and 16 MB), and the stores then skip reading each line before
+    /// writing it.
     /// </summary>
     internal const long StreamingStoreBytes = 16L << 20;
 
@@ -58,10 +57,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     /// walks that pass from its last run back to its first (whole groups of one unit, <see cref="WholeGroups"/>, walk
     /// forward whatever their size). Its statistics pass has just read it first to last, and a segment this large
     /// does not all stay in the 1 MB L2: what does stay is the part read last, which a forward walk would evict on its
-    /// way there. 2 threads, in-process A/B: BatchNorm 32x64x56x56 (a channel: 400 KB of x, 800 KB with dy) backward
-    /// -17%; 64x64x56x56 (800 KB, 1.6 MB) forward -6 to -12%, backward -7%, and 8x32x208x208 -6%, in a fast spell of
-    /// the machine, -1 to -2% in a slow one; small segments (GroupNorm's 25 KB, whose forward prefetches the next
-    /// segment ahead of a forward walk) gain nothing or lose.
+    /// way there. Small segments (whose forward prefetches the next segment ahead of a forward walk) gain nothing.
     /// </summary>
     internal const long BackwardWalkBytes = 256L << 10;
 
@@ -491,12 +487,10 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
 
     /// <summary>
     /// Whether the backward over segments of several units prefetches the next segment's x and dy during this one's dx
-    /// pass: when a segment's x and dy are small enough for two of them to share the L2 with room to spare
-    /// (GroupNorm(32) on 56x56: 50 KB; -3 to -7%), or so large that little of one stays there anyway (BatchNorm
-    /// 8x32x208x208: 2.8 MB; -10%). Between, the prefetched segment evicts the one still being read: BatchNorm
-    /// 32x64x56x56 (800 KB) +25 to +30%, 64x64x56x56 (1.6 MB) +3% (2 threads, in-process A/B). The backward over whole
-    /// groups of one unit (<see cref="WholeGroups"/>: InstanceNorm, BatchNorm with small channels) never prefetches:
-    /// InstanceNorm 64x64x56x56 was 4 to 10% slower with it.
+    /// pass: when a segment's x and dy are small enough for two of them to share the L2 with room to spare, or so large
+    /// that little of one stays there anyway. Between, the prefetched segment evicts the one still being read. The
+    /// backward over whole groups of one unit (<see cref="WholeGroups"/>: InstanceNorm, BatchNorm with small channels)
+    /// never prefetches: it is slower with it.
     /// </summary>
     private bool PrefetchesInBackward
     {
@@ -520,9 +514,7 @@ public sealed unsafe partial class NormEngine<T> : IChunkJob where T : unmanaged
     /// Run shape, a forward segment by segment: how far on the next segment's x lies, to prefetch while this one's
     /// element-wise pass runs. Each run of group (a, b) has the matching run of (a, b + 1) J*S elements on: the next
     /// group whole when R is 1 (InstanceNorm, GroupNorm), and for BatchNorm (R = N) the next channel's run of the same
-    /// sample. BatchNorm forward, 2 threads, in-process A/B: 32x64x56x56 and 16x256x56x56 (channels of 400 and 200 KB)
-    /// -15 to -33%, 64x64x56x56 (800 KB, as large as what stays in L2) -14% to no change by the machine's spell,
-    /// 8x32x208x208 unchanged. (The last group's prefetch points past it, at data of no use or past the end: harmless.)
+    /// sample. (The last group's prefetch points past it, at data of no use or past the end: harmless.)
     /// </summary>
     private nint NextSegmentDistance => _plan.IsColumn ? 0 : (nint)Geometry.J * Geometry.S;
 

@@ -562,9 +562,8 @@ internal static partial class NormKernels<T> where T : unmanaged, IFloatingPoint
     /// output = op(x, second) over n elements. With streaming stores (x and output are larger than the cache), a
     /// nonzero <paramref name="prefetchAhead"/> prefetches x (and the second input) that many elements on, one cache
     /// line per line written: a pass segment by segment reads the next segment right after this one, and fetching it
-    /// now overlaps those reads with this pass's stores (2 threads: GroupNorm(32) 64x64x56x56 forward -10 to -15%;
-    /// InstanceNorm 64x64x56x56 -30%; BatchNorm and the backward: see NormEngine.NextSegmentDistance and
-    /// NormEngine.PrefetchesInBackward). Prefetches never fault, past the end either.
+    /// now overlaps those reads with this pass's stores (where BatchNorm and the backward do it: NormEngine's
+    /// NextSegmentDistance and PrefetchesInBackward). Prefetches never fault, past the end either.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static unsafe void ApplyRun<TOp, TSimd, TVector>(ref T x, ref T second, ref T output, int n, T center, T p, T q, T w, bool streaming = false,

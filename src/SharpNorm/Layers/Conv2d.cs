@@ -154,8 +154,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
 
     /// <summary>
     /// The direct forward: asked for, or on Auto where it fits and the output is 32 columns wide or more (two full
-    /// vectors of floats per row: on 28-wide maps every row ends in a part-filled pair and im2col was 10% faster;
-    /// from 40 columns on direct measured 1.4-3x faster).
+    /// vectors of floats per row; narrower rows end in a part-filled pair, where im2col is faster).
     /// </summary>
     private bool UsesDirect(int outWidth) => Algorithm == ConvAlgorithm.Direct || (Algorithm == ConvAlgorithm.Auto && DirectShape && outWidth >= 32);
 
@@ -173,9 +172,7 @@ public sealed class Conv2d<T> : Layer<T>, IChunkJob where T : unmanaged, IFloati
     /// on both sides (fewer leave the 36 products too thin), at least 60% of the tiles' outputs inside the map, and 32
     /// output tiles or more, or 9 or more where the transformed filters are reused from call to call
     /// (<paramref name="filtersReused"/>: a loaded network's inference). Transforming the filters costs as much as a
-    /// batch-1 product on a small map (a 512 -> 1024 layer on 13x13 ran 2x slower than im2col), and fewer than 9 tiles
-    /// fill under half of each product's block of 16 columns (1024 filters on 8x8: 1.4x slower); a 5x5 map fills 39% of
-    /// its four tiles.
+    /// batch-1 product on a small map, and fewer than 9 tiles fill under half of each product's block of 16 columns.
     /// </summary>
     private bool UsesWinograd(int inChannels, int outChannels, int batch, int height, int width, bool filtersReused = false)
     {
