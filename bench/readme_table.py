@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""README's benchmark table from bench JSON files: the median over runs (processes) of each cell.
+"""The normalization-layer table of docs/benchmarks.md from bench JSON files: the median over runs (processes) of each cell.
 
 usage: bench/readme_table.py --tuned RUN.json [RUN.json ...] --shipped RUN.json [RUN.json ...]
   --tuned    runs made with --malloc-reuse (libtorch reuses its buffers)
