@@ -46,6 +46,7 @@ internal static class TrainCommand
           --resume DIR           continue the run in DIR from its last finished epoch (DIR/checkpoint.safetensors,
                                  written after every epoch): the same settings, the same final weights bit for
                                  bit as a run never stopped; only --threads and --data may be given with it
+                                 (a --distributed run resumes under mpirun, every rank reading DIR)
           --check-finite         stop at the first NaN or infinity, naming the layer that made it (PyTorch, and
                                  the default, let it flow into the loss and the batch norms' running statistics)
           --distributed          data-parallel over the processes of mpirun -np N: each trains on its shard of
@@ -81,30 +82,35 @@ internal static class TrainCommand
             return 0;
         }
         Settings settings = Read(options) with { Distributed = distributed, ProfileCommunication = profile, CheckFinite = checkFinite };
-        TrainingCheckpoint? resume = null;
-        if (options.String("resume") is { } resumeFolder)
+        string? resumeFolder = options.String("resume");
+        if (resumeFolder is not null)
         {
-            if (distributed) throw new UsageException("--resume continues a run of one process; --distributed runs cannot resume yet");
             string[] changed = ValueOptions.Where(o => o is not ("resume" or "threads" or "data") && options.Has(o)).ToArray();
             if (changed.Length > 0)
                 throw new UsageException($"--resume continues the run with its own settings; --{changed[0]} cannot be given with it (only --threads and --data)");
-            resume = TrainingCheckpoint.Read(resumeFolder);
-            settings = resume.Apply(settings) with { Out = resumeFolder };
         }
         if (profile && !distributed) throw new UsageException("--profile-communication measures a --distributed run");
-        if (!distributed) return Train(settings, null, resume);
+        if (!distributed)
+        {
+            TrainingCheckpoint? resume = resumeFolder is null ? null : TrainingCheckpoint.Read(resumeFolder);
+            return Train(resume is null ? settings : resume.Apply(settings) with { Out = resumeFolder! }, null, resume);
+        }
         if (!MpiCommunicator.LaunchedByMpirun)
-            throw new UsageException("--distributed runs under Open MPI's mpirun: mpirun -np N sharpnorm train --distributed [options]");
+            throw new UsageException($"--distributed runs under Open MPI's mpirun: mpirun -np N {CommandLine.Self} train --distributed [options]");
         using MpiCommunicator world = MpiCommunicator.World;
         try
         {
-            int code = Train(settings, world);
+            // Every rank reads the checkpoint (the run's folder on one machine, or a shared file system); the ranks then
+            // check that they read the same one before any state changes.
+            TrainingCheckpoint? resume = resumeFolder is null ? null : TrainingCheckpoint.Read(resumeFolder);
+            int code = Train(resume is null ? settings : resume.Apply(settings) with { Out = resumeFolder! }, world, resume);
             world.Barrier();
             return code;
         }
         catch (Exception e) when (world.Size > 1)
         {
             // The other ranks wait in a collective: end the whole job, naming this rank.
+            if (e is OperationCanceledException) world.Abort(130, e.Message);
             world.Abort(1, $"{e.GetType().Name}: {e.Message}");
             throw;
         }
@@ -161,7 +167,7 @@ internal static class TrainCommand
             model = SyncBatchNorm.Convert(model, communicator);
             // The ranks on this machine share its cores.
             if (s.Threads == -1) threads = Math.Max(1, Environment.ProcessorCount / LocalRanks(communicator));
-            RequireSameRun(communicator, s, DarkNetClassifier.ParameterCount(model), train.Count);
+            RequireSameRun(communicator, s, DarkNetClassifier.ParameterCount(model), train.Count, resume?.Fingerprint ?? "");
         }
         model.MaxDegreeOfParallelism = threads;
         model.CheckFinite = s.CheckFinite;
@@ -244,9 +250,12 @@ internal static class TrainCommand
                 }
             }
         }
-        catch (OperationCanceledException) when (communicator is null && history.Count > 0)
+        catch (OperationCanceledException) when (history.Count > 0)
         {
-            throw new OperationCanceledException($"interrupted after epoch {history[^1].Epoch} of {s.Epochs}; continue the run with: {CommandLine.Self} train --resume {Quote(s.Out)}");
+            string again = communicator is null
+                ? $"{CommandLine.Self} train --resume {Quote(s.Out)}"
+                : $"mpirun -np {communicator.Size} {CommandLine.Self} train --distributed --resume {Quote(s.Out)}";
+            throw new OperationCanceledException($"interrupted after epoch {history[^1].Epoch} of {s.Epochs}; continue the run with: {again}");
         }
         if (resume is not null && history.Count > 0) lastTest = new EpochResult(history[^1].TestLoss, history[^1].TestAccuracy, TimeSpan.Zero);
 
@@ -380,15 +389,15 @@ internal static class TrainCommand
     /// Every rank must train the same model on the same data with the same options (the output folder aside, which
     /// only rank 0 writes): their fingerprints are gathered and compared, and a rank that differs is named on all.
     /// </summary>
-    private static void RequireSameRun(ICommunicator communicator, Settings s, long parameters, int trainImages)
+    private static void RequireSameRun(ICommunicator communicator, Settings s, long parameters, int trainImages, string checkpoint)
     {
-        string run = $"{s with { Out = "", Threads = 0 }}|parameters={parameters}|train={trainImages}";
+        string run = $"{s with { Out = "", Threads = 0 }}|parameters={parameters}|train={trainImages}|resume={checkpoint}";
         long fingerprint = BitConverter.ToInt64(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(run)), 0);
         var all = new long[communicator.Size];
         communicator.AllGather<long>(new[] { fingerprint }, all);
         for (int r = 1; r < all.Length; r++)
             if (all[r] != all[0])
-                throw new UsageException($"rank {r} was started with other options, data or model than rank 0 (this is rank {communicator.Rank}: {run}); start every rank with the same arguments");
+                throw new UsageException($"rank {r} was started with other options, data, model or checkpoint than rank 0 (this is rank {communicator.Rank}: {run}); start every rank with the same arguments");
     }
 
     /// <summary>The test set's loss (plain cross-entropy, without label smoothing, as 'sharpnorm eval') and accuracy.</summary>
@@ -436,6 +445,9 @@ internal static class TrainCommand
 
         public int Epoch { get; private init; }
         public List<EpochMetrics> History { get; } = [];
+
+        /// <summary>What tells one checkpoint from another of the same run: ranks compare it before resuming.</summary>
+        public string Fingerprint => $"{Epoch}|{_metadata["steps"]}|{_metadata["history"]}";
 
         public static void Write(string folder, Sequential<float> model, Optimizer<float> optimizer, int epoch, Dictionary<string, string> settings,
             List<EpochMetrics> history, int trainImages, double mean, double std)

@@ -20,6 +20,19 @@ internal static class Mpirun
     /// <summary>Runs `mpirun -np N dotnet SharpNorm.Cli.dll ARGS` (the CLI beside the tests), as root where need be; (exit code, output).</summary>
     public static (int ExitCode, string Output) Cli(int ranks, string arguments, TimeSpan timeout)
     {
+        using Process process = Start(ranks, arguments);
+        Task<string> output = process.StandardOutput.ReadToEndAsync(), error = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(timeout))
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"mpirun -np {ranks} sharpnorm {arguments} ran past {timeout.TotalSeconds} s; output so far: {output.Result}{error.Result}");
+        }
+        return (process.ExitCode, output.Result + error.Result);
+    }
+
+    /// <summary>Starts `mpirun -np N dotnet SharpNorm.Cli.dll ARGS` with its output redirected (the caller reads or drains it).</summary>
+    public static Process Start(int ranks, string arguments)
+    {
         string cli = System.IO.Path.Combine(AppContext.BaseDirectory, "SharpNorm.Cli.dll");
         var start = new ProcessStartInfo(Path!)
         {
@@ -29,14 +42,7 @@ internal static class Mpirun
         };
         foreach (string a in new[] { "--allow-run-as-root", "--oversubscribe", "-np", ranks.ToString(), "dotnet", cli }) start.ArgumentList.Add(a);
         foreach (string a in arguments.Split(' ', StringSplitOptions.RemoveEmptyEntries)) start.ArgumentList.Add(a);
-        using Process process = Process.Start(start)!;
-        Task<string> output = process.StandardOutput.ReadToEndAsync(), error = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(timeout))
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"mpirun -np {ranks} sharpnorm {arguments} ran past {timeout.TotalSeconds} s; output so far: {output.Result}{error.Result}");
-        }
-        return (process.ExitCode, output.Result + error.Result);
+        return Process.Start(start)!;
     }
 }
 
@@ -150,6 +156,50 @@ public class MpirunTests
         Directory.Delete(data, recursive: true);
     }
 
+    /// <summary>
+    /// A distributed run killed with its mpirun (SIGKILL, every rank at once) after its first checkpoint and resumed
+    /// under mpirun ends with the uninterrupted distributed run's weights, bit for bit, and its metrics.
+    /// </summary>
+    [MpirunFact]
+    public void AKilledDistributedRunResumesToTheSameWeightsBitForBit()
+    {
+        string data = SyntheticData(320, 40);
+        try
+        {
+            string whole = Path.Combine(data, "whole"), killed = Path.Combine(data, "killed");
+            string arguments = $"train --distributed --data {data} --epochs 6 --batch-size 32 --threads 1 --seed 3 --optimizer adamw";
+            var (code, log) = Mpirun.Cli(2, $"{arguments} --out {whole}", TimeSpan.FromSeconds(180));
+            Assert.True(code == 0, $"exit code {code}: {log}");
+
+            using (Process mpirun = Mpirun.Start(2, $"{arguments} --out {killed}"))
+            {
+                _ = mpirun.StandardOutput.ReadToEndAsync();
+                _ = mpirun.StandardError.ReadToEndAsync();
+                var clock = Stopwatch.StartNew();
+                while (Training.ResumeTests.CheckpointEpoch(killed) < 1 && !mpirun.HasExited && clock.Elapsed < TimeSpan.FromSeconds(120)) Thread.Sleep(5);
+                mpirun.Kill(entireProcessTree: true);   // SIGKILL to mpirun and every rank
+                mpirun.WaitForExit();
+            }
+            int reached = Training.ResumeTests.CheckpointEpoch(killed);
+            Assert.InRange(reached, 1, 5);
+            Assert.False(File.Exists(Path.Combine(killed, "model.safetensors")));
+
+            var (resumed, resumeLog) = Mpirun.Cli(2, $"train --distributed --resume {killed} --threads 1 --data {data}", TimeSpan.FromSeconds(180));
+            Assert.True(resumed == 0, $"exit code {resumed}: {resumeLog}");
+            Assert.Contains($"Resumed {killed} after epoch {reached} of 6", resumeLog);
+            var (a, _) = SharpNorm.Serialization.Safetensors.Read(Path.Combine(whole, "model.safetensors"));
+            var (b, _) = SharpNorm.Serialization.Safetensors.Read(Path.Combine(killed, "model.safetensors"));
+            Assert.Equal(a.Keys.Order(), b.Keys.Order());
+            foreach (var (name, entry) in a) Assert.True(entry.Data.AsSpan().SequenceEqual(b[name].Data), $"{name} differs");
+            string[] Rows(string folder) => File.ReadAllLines(Path.Combine(folder, "metrics.csv")).Select(l => string.Join(",", l.Split(',').Where((_, i) => i != 5))).ToArray();
+            Assert.Equal(Rows(whole), Rows(killed));
+        }
+        finally
+        {
+            Directory.Delete(data, recursive: true);
+        }
+    }
+
     [MpirunFact]
     public void RanksStartedWithOtherArgumentsAreRefused()
     {
@@ -165,7 +215,7 @@ public class MpirunTests
         Assert.True(process.WaitForExit(60_000), "mpirun did not end within 60 s");
         string log = output.Result + error.Result;
         Assert.NotEqual(0, process.ExitCode);
-        Assert.Contains("rank 1 was started with other options, data or model than rank 0", log);
+        Assert.Contains("rank 1 was started with other options, data, model or checkpoint than rank 0", log);
         Directory.Delete(data, recursive: true);
     }
 }

@@ -11,7 +11,7 @@ public class ResumeTests
     private static string[] Train(string data, string output) =>
         ["train", "--data", data, "--epochs", "4", "--batch-size", "32", "--threads", "1", "--seed", "3", "--optimizer", "adamw", "--out", output];
 
-    private static int CheckpointEpoch(string folder)
+    internal static int CheckpointEpoch(string folder)
     {
         string path = Path.Combine(folder, "checkpoint.safetensors");
         try
