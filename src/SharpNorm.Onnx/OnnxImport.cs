@@ -339,17 +339,18 @@ public static class OnnxImport
                 }
                 case "Add" or "Sum":
                 {
+                    if (node.OpType == "Add" && ScalarAffine(node)) break;
                     Only(node);
                     string[] inputs = node.Input.Select(Resolve).ToArray();
                     if (inputs.Any(i => !_shapes.ContainsKey(i)))
-                        throw Error(node, "adds a constant; only sums of computed tensors of one shape (and a MatMul's bias) are supported.");
+                        throw Error(node, "adds a constant that is not a scalar; only sums of computed tensors of one shape, a scalar constant and a MatMul's bias are supported.");
                     Join(node, new Add<float>(), inputs);
                     break;
                 }
                 case "Sub": Sub(node); break;
                 case "Slice": Slice(node); break;
                 case "Reshape": Reshape(node); break;
-                case "Mul": Square(node, opset); break;
+                case "Mul": if (!ScalarAffine(node)) Square(node, opset); break;
                 case "Transpose":
                 {
                     Inputs(node, 1, 1);
@@ -587,6 +588,38 @@ public static class OnnxImport
                 throw Error(node, e.Message);
             }
             _nodes.Add(new GraphNode<float>(output, layer, input));
+        }
+
+        /// <summary>
+        /// Mul by a scalar constant, and an Add of one after it (darknet's scale_x_y as the exporter writes it), or an
+        /// Add of a scalar constant alone: ScaleShift. False (nothing changed) where neither input is such a constant.
+        /// </summary>
+        private bool ScalarAffine(OnnxProto.NodeProto node)
+        {
+            if (node.Input.Count != 2) return false;
+            int k = Constant(node, 1, out float c) ? 1 : Constant(node, 0, out c) ? 0 : -1;
+            if (k < 0) return false;
+            Only(node);
+            string input = In(node, 1 - k), output = node.Output[0];
+            double scale = 1, shift = c;
+            if (node.OpType == "Mul")
+            {
+                (scale, shift) = (c, 0);
+                if (SoleConsumer(output) is { OpType: "Add" } add && add.Input.Count == 2 && add.Attribute.Count == 0
+                    && (add.Input[0] == output && Constant(add, 1, out float b) || add.Input[1] == output && Constant(add, 0, out b)))
+                {
+                    _absorbed.Add(add);
+                    (shift, output) = (b, add.Output[0]);
+                }
+            }
+            if (!float.IsFinite((float)scale) || !float.IsFinite((float)shift)) throw Error(node, $"the constant {c} is not finite.");
+            Named(output, new ScaleShift<float>(scale, shift), input, node);
+            return true;
+
+            // input k a scalar constant and the other a computed tensor of at least its rank (so broadcasting keeps the shape)
+            bool Constant(OnnxProto.NodeProto n, int index, out float value) =>
+                IsScalar(n.Input[index], out value) && _shapes.TryGetValue(Resolve(n.Input[1 - index]), out nint[]? other)
+                && _initializers[n.Input[index]].Dims.Count <= other.Length;
         }
 
         /// <summary>(x − a) / b of scalar constants: Normalize.</summary>

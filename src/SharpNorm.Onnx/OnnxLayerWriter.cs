@@ -26,6 +26,7 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         Normalize<T> normalize => graph.Node("Div", NodeName(path, "Div"), OutputName(path),
             [graph.Node("Sub", Join(path, "Sub"), OutputName(path) + "_centered", [input, graph.Floats(Join(path, "mean"), [], [(float)normalize.Mean])]),
              graph.Floats(Join(path, "std"), [], [(float)normalize.Std])]),
+        ScaleShift<T> affine => ScaleShift(affine, path, input),
         Identity<T> => graph.Node("Identity", NodeName(path, "Identity"), OutputName(path), [input]),
         ChannelSlice<T> slice => ChannelSlice(slice, path, input),
         Upsample<T> upsample => graph.Node("Resize", NodeName(path, "Resize"), OutputName(path),
@@ -53,7 +54,7 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         _ => throw new NotSupportedException(
             $"ONNX export: layer '{(path.Length == 0 ? "(the model)" : path)}' is a {TypeName(layer)}, which the exporter cannot express " +
             "(it writes Sequential, Graph, Conv2d, BatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm, LeakyReLU, ReLU, Sigmoid, Tanh, ELU, SiLU, Mish, " +
-            "Softmax, Identity, Normalize, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear, Dropout, ChannelSlice, Upsample, LocallyConnected2d, Reorg, YoloLayer, RegionLayer and DetectionLayer; Concat and Add joins)."),
+            "Softmax, Identity, Normalize, ScaleShift, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Linear, Dropout, ChannelSlice, Upsample, LocallyConnected2d, Reorg, YoloLayer, RegionLayer and DetectionLayer; Concat and Add joins)."),
     };
 
     /// <summary>A graph's nodes in order (joins as Concat, Add or Sum); returns the names of its output tensors.</summary>
@@ -91,6 +92,17 @@ internal sealed class OnnxLayerWriter<T>(OnnxGraphWriter graph, bool foldBatchNo
         string softplus = graph.Node("Softplus", Join(path, "Softplus"), OutputName(path) + "_softplus", [input]);
         string tanh = graph.Node("Tanh", Join(path, "Tanh"), OutputName(path) + "_tanh", [softplus]);
         return graph.Node("Mul", NodeName(path, "Mul"), OutputName(path), [input, tanh]);
+    }
+
+    /// <summary>x · scale + shift: Mul and Add by scalar constants (either left out where it changes nothing).</summary>
+    private string ScaleShift(ScaleShift<T> affine, string path, string input)
+    {
+        if (affine.Scale == 1 && affine.Shift == 0) return graph.Node("Identity", NodeName(path, "Identity"), OutputName(path), [input]);
+        string scaled = affine.Scale == 1 ? input
+            : graph.Node("Mul", affine.Shift == 0 ? NodeName(path, "Mul") : Join(path, "Mul"), affine.Shift == 0 ? OutputName(path) : OutputName(path) + "_scaled",
+                [input, graph.Floats(Join(path, "scale"), [], [(float)affine.Scale])]);
+        return affine.Shift == 0 ? scaled
+            : graph.Node("Add", NodeName(path, "Add"), OutputName(path), [scaled, graph.Floats(Join(path, "shift"), [], [(float)affine.Shift])]);
     }
 
     /// <summary>A range of the channels: Slice along axis 1.</summary>

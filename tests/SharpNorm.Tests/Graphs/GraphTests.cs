@@ -23,6 +23,7 @@ public class GraphTests
         ["softmax over channels"] = (() => new Softmax<double>(1), [2, 5, 3]),
         ["softmax over the last dimension"] = (() => new Softmax<double>(2), [2, 3, 6]),
         ["identity"] = (() => new Identity<double>(), [2, 3]),
+        ["scale and shift"] = (() => new ScaleShift<double>(-1.5, 0.25), [2, 3, 4]),
         ["channel slice"] = (() => new ChannelSlice<double>(2, 3), [2, 6, 2, 3]),
         ["upsample by 2"] = (() => new Upsample<double>(2), [2, 3, 3, 4]),
         ["upsample by 3"] = (() => new Upsample<double>(3), [1, 2, 2, 3]),
@@ -49,6 +50,17 @@ public class GraphTests
     {
         var (create, shape) = Layers[layer];
         CnnLayerTests.CheckGradients(create(), shape, seed: 3);
+    }
+
+    [Fact]
+    public void ScaleShiftRoundsTheProductThenTheSumAndRefusesNonFiniteConstants()
+    {
+        var layer = new ScaleShift<float>(1.05, -0.025);
+        var x = new Gaussian(2).Tensor<float>([2, 3, 5]);
+        float[] y = layer.Forward(x).ToArray(), input = x.ToArray();
+        for (int i = 0; i < y.Length; i++) Assert.Equal(input[i] * 1.05f + -0.025f, y[i]);   // two roundings, as ONNX's Mul then Add
+        Assert.Throws<ArgumentOutOfRangeException>(() => new ScaleShift<float>(double.NaN));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new ScaleShift<float>(1, double.PositiveInfinity));
     }
 
     [Fact]

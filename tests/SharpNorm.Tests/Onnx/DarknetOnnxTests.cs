@@ -23,6 +23,8 @@ public class DarknetOnnxTests
     [InlineData("yolov3-tiny.cfg", 128, true, 18, "DarknetCpu")]
     [InlineData("small-detector.cfg", 0, false, 17, "PyTorch")]
     [InlineData("small-detector.cfg", 0, true, 23, "DarknetCpu")]
+    [InlineData("small-detector-scaled.cfg", 0, false, 17, "PyTorch")]
+    [InlineData("small-detector-scaled.cfg", 0, true, 21, "DarknetCpu")]
     [InlineData("small-classifier.cfg", 0, true, 17, "PyTorch")]
     [InlineData("small-region.cfg", 0, false, 17, "PyTorch")]
     [InlineData("small-region.cfg", 0, true, 23, "DarknetCpu")]

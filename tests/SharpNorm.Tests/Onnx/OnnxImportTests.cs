@@ -63,6 +63,8 @@ public class OnnxImportTests(Xunit.Abstractions.ITestOutputHelper output)
     [Theory]
     [InlineData("small-detector.cfg", 0, true)]
     [InlineData("small-detector.cfg", 0, false)]
+    [InlineData("small-detector-scaled.cfg", 0, true)]
+    [InlineData("small-detector-scaled.cfg", 0, false)]
     [InlineData("small-region.cfg", 0, true)]
     [InlineData("small-region.cfg", 0, false)]
     [InlineData("small-detection.cfg", 0, true)]
@@ -102,9 +104,9 @@ public class OnnxImportTests(Xunit.Abstractions.ITestOutputHelper output)
             new Normalize<float>(0.3, 0.4),
             new Conv2d<float>(3, 6, [3, 2], stride: [2, 1], padding: [1, 0], dilation: [1, 2], groups: 3, random: new Random(1)),
             new InstanceNorm<float>(6, affine: true), new Tanh<float>(),
-            new GroupNorm<float>(3, 6), new Sigmoid<float>(),
-            new LayerNorm<float>([6, 4, 3]), new ELU<float>(),
-            new RMSNorm<float>([4, 3], eps: 1e-4), new ReLU<float>(),
+            new GroupNorm<float>(3, 6), new Sigmoid<float>(), new ScaleShift<float>(1.5, -0.25),
+            new LayerNorm<float>([6, 4, 3]), new ELU<float>(), new ScaleShift<float>(2),
+            new RMSNorm<float>([4, 3], eps: 1e-4), new ReLU<float>(), new ScaleShift<float>(1, 0.5),
             new MaxPool2d<float>(2, ceilMode: true), new GlobalAvgPool2d<float>(), new Flatten<float>(),
             new Linear<float>(6, 4, random: new Random(2)), new Dropout<float>(0.2), new Linear<float>(4, 3, bias: false, random: new Random(3)));
         Trained(model, [4, 3, 7, 5]);
