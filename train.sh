@@ -2,7 +2,8 @@
 # The project's main job on a fresh machine: make sure Fashion-MNIST is there, then train the default DarkNet-style
 # model with `sharpnorm train` (any arguments are passed on, e.g. --epochs 3 --norm group).
 set -euo pipefail
-cd "$(dirname "$0")"
+# Not cd'd into the repository: --out, --data and the hints sharpnorm prints are relative to where it was started.
+here="$(cd "$(dirname "$0")" && pwd)"
 
 DATA=/usr/share/datasets/fashion-mnist
 has_data_arg=false
@@ -18,4 +19,4 @@ if ! $has_data_arg && [[ ! -f "$DATA/train-images-idx3-ubyte.gz" && ! -f "$DATA/
   fi
 fi
 
-exec dotnet run --project src/SharpNorm.Cli -c Release -- train "$@"
+exec dotnet run --project "$here/src/SharpNorm.Cli" -c Release -- train "$@"

@@ -6,7 +6,19 @@ internal static class CommandLine
 {
     /// <summary>"sharpnorm" when that name on PATH is this program; otherwise the path of the sharpnorm executable
     /// beside it (relative to the current directory where it lies below it), or "dotnet PATH/SharpNorm.Cli.dll".</summary>
-    public static string Self => _self ??= Resolve(Environment.ProcessPath, AppContext.BaseDirectory, Environment.GetEnvironmentVariable("PATH"), Environment.CurrentDirectory);
+    public static string Self => _self ??= SafeResolve();
+
+    private static string SafeResolve()
+    {
+        try
+        {
+            return Resolve(Environment.ProcessPath, AppContext.BaseDirectory, Environment.GetEnvironmentVariable("PATH"), Environment.CurrentDirectory);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return "sharpnorm";   // e.g. the current directory was deleted: a hint must not turn into an error
+        }
+    }
 
     private static string? _self;
 
@@ -25,6 +37,10 @@ internal static class CommandLine
         if (executable is not null && OnPath("sharpnorm" + extension, searchPath) is { } found && SameFile(found, executable))
             return "sharpnorm";
         if (executable is not null) return Quote(Shorten(executable, currentDirectory));
+        // a local tool (dotnet tool install without -g) runs from the NuGet cache as dotnet sharpnorm
+        string normalized = baseDirectory.Replace('\\', '/');
+        if (normalized.Contains("/sharpnorm.cli/", StringComparison.OrdinalIgnoreCase) && normalized.Contains("/tools/", StringComparison.Ordinal))
+            return "dotnet sharpnorm";
         return "dotnet " + Quote(Shorten(Path.Combine(baseDirectory, "SharpNorm.Cli.dll"), currentDirectory));
     }
 

@@ -39,7 +39,7 @@ internal static class DarknetCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        if (args.Count == 0) throw new UsageException($"darknet needs a command (summary, run, export, random-weights); see '{CommandLine.Self} darknet --help'");
+        if (args.Count == 0) throw new UsageException($"darknet needs a command (summary, run, export, random-weights); see {CommandLine.Self} darknet --help");
         if (args[0] is "-h" or "--help" or "help")
         {
             Console.Out.WriteLine(Usage);
@@ -51,7 +51,7 @@ internal static class DarknetCommand
         if (args[0] != "summary")
             throw new UsageException($"unknown darknet command '{args[0]}' (commands: summary, run, export, random-weights)");
         if (args.Count != 2 || args[1].StartsWith('-'))
-            throw new UsageException($"darknet summary takes one argument, the .cfg file (see '{CommandLine.Self} darknet --help')");
+            throw new UsageException($"darknet summary takes one argument, the .cfg file (see {CommandLine.Self} darknet --help)");
 
         IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(DarknetConfig.ReadFile(args[1]));
         var table = new Table().RoundedBorder().Title(Markup.Escape(Path.GetFileName(args[1])));
@@ -85,7 +85,7 @@ internal static class DarknetCommand
             else if (args[i].StartsWith('-')) throw new UsageException($"unknown option '{args[i]}' for 'darknet random-weights'");
             else positional.Add(args[i]);
         }
-        if (positional.Count != 2) throw new UsageException($"darknet random-weights takes MODEL.cfg and OUT.weights (see '{CommandLine.Self} darknet --help')");
+        if (positional.Count != 2) throw new UsageException($"darknet random-weights takes MODEL.cfg and OUT.weights (see {CommandLine.Self} darknet --help)");
         IReadOnlyList<DarknetLayerInfo> layers = DarknetSummary.Describe(DarknetConfig.ReadFile(positional[0]));
         DarknetWeightsFile.Write(positional[1], DarknetWeightsFile.Random(layers, seed));
         Console.Out.WriteLine($"wrote {positional[1]}: {new FileInfo(positional[1]).Length:N0} bytes for {Path.GetFileName(positional[0])}");
@@ -100,7 +100,7 @@ internal static class DarknetCommand
             Console.Out.WriteLine(Usage);
             return 0;
         }
-        if (positional.Count != 3) throw new UsageException($"darknet export takes MODEL.cfg, MODEL.weights and OUT.safetensors or OUT.onnx (see '{CommandLine.Self} darknet --help')");
+        if (positional.Count != 3) throw new UsageException($"darknet export takes MODEL.cfg, MODEL.weights and OUT.safetensors or OUT.onnx (see {CommandLine.Self} darknet --help)");
         DarknetBatchNormMode mode = DarknetRun.BatchNormMode(options);
         bool fold = options.Has("fold");
         if (positional[2].EndsWith(".onnx", StringComparison.OrdinalIgnoreCase))

@@ -16,7 +16,7 @@ internal static class DarknetRun
             Console.Out.WriteLine(DarknetCommand.Usage);
             return 0;
         }
-        if (positional.Count != 3) throw new UsageException($"darknet run takes MODEL.cfg, MODEL.weights and IMAGE (see '{CommandLine.Self} darknet --help')");
+        if (positional.Count != 3) throw new UsageException($"darknet run takes MODEL.cfg, MODEL.weights and IMAGE (see {CommandLine.Self} darknet --help)");
         (string cfgPath, string weightsPath, string imagePath) = (positional[0], positional[1], positional[2]);
         int topClasses = options.Int("top", 5, min: 1);
         double threshold = options.Double("thresh", 0.5, v => v is >= 0 and < 1, "a probability in [0, 1)");

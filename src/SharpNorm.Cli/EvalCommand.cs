@@ -43,7 +43,7 @@ internal static class EvalCommand
             return 0;
         }
         string checkpoint = options.String("checkpoint")
-            ?? throw new UsageException($"eval needs --checkpoint FILE (see '{CommandLine.Self} eval --help')");
+            ?? throw new UsageException($"eval needs --checkpoint FILE (see {CommandLine.Self} eval --help)");
         if (checkpoint.Length == 0) throw new UsageException("option --checkpoint needs a non-empty value");
         string data = options.String("data", FashionMnist.DebianDirectory);
         NormChoice? normOption = options.Norm();

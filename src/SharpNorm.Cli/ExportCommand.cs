@@ -34,7 +34,7 @@ internal static class ExportCommand
             Console.Out.WriteLine(Usage);
             return 0;
         }
-        if (positional.Count != 2) throw new UsageException($"export takes CHECKPOINT.safetensors and OUT.onnx (see '{CommandLine.Self} export --help')");
+        if (positional.Count != 2) throw new UsageException($"export takes CHECKPOINT.safetensors and OUT.onnx (see {CommandLine.Self} export --help)");
         string checkpoint = positional[0], output = positional[1];
         if (!output.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase))
             throw new UsageException($"the output must be a .onnx file; got '{output}'");

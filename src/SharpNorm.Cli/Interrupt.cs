@@ -25,6 +25,9 @@ internal static class Interrupt
         return true;
     }
 
+    /// <summary>Whether Ctrl+C or SIGTERM came (a distributed run's ranks agree on it before they stop).</summary>
+    public static bool Requested => _requested;
+
     public static void ThrowIfRequested()
     {
         if (_requested) throw new OperationCanceledException("interrupted");

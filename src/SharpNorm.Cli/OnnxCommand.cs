@@ -33,7 +33,7 @@ internal static class OnnxCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        if (args.Count == 0) throw new UsageException($"onnx needs a command (summary, run); see '{CommandLine.Self} onnx --help'");
+        if (args.Count == 0) throw new UsageException($"onnx needs a command (summary, run); see {CommandLine.Self} onnx --help");
         if (args[0] is "-h" or "--help" or "help")
         {
             Console.Out.WriteLine(Usage);
@@ -73,7 +73,7 @@ internal static class OnnxCommand
             Console.Out.WriteLine(Usage);
             return 0;
         }
-        if (positional.Count != 1) throw new UsageException($"onnx summary takes one argument, the .onnx file (see '{CommandLine.Self} onnx --help')");
+        if (positional.Count != 1) throw new UsageException($"onnx summary takes one argument, the .onnx file (see {CommandLine.Self} onnx --help)");
         string path = positional[0];
         OnnxProto.ModelProto model = Read(path);
         OnnxProto.GraphProto graph = model.Graph ?? throw new InvalidDataException($"{Path.GetFileName(path)}: the model has no graph.");
@@ -111,7 +111,7 @@ internal static class OnnxCommand
             Console.Out.WriteLine(Usage);
             return 0;
         }
-        if (positional.Count != 2) throw new UsageException($"onnx run takes MODEL.onnx and IMAGE (see '{CommandLine.Self} onnx --help')");
+        if (positional.Count != 2) throw new UsageException($"onnx run takes MODEL.onnx and IMAGE (see {CommandLine.Self} onnx --help)");
         int top = options.Int("top", 5, min: 1);
         int threads = options.Threads();
         double threshold = options.Double("thresh", 0.5, v => v is >= 0 and < 1, "a probability in [0, 1)");

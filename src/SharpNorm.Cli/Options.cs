@@ -34,7 +34,7 @@ internal sealed class ParsedOptions
                 continue;
             }
             if (!arg.StartsWith("--", StringComparison.Ordinal) || arg.Length == 2)
-                throw new UsageException($"unexpected argument '{arg}' for '{command}' (see '{CommandLine.Self} {command} --help')");
+                throw new UsageException($"unexpected argument '{arg}' for '{command}' (see {CommandLine.Self} {command} --help)");
             string name = arg[2..];
             string? value = null;
             int equals = name.IndexOf('=', StringComparison.Ordinal);
@@ -44,7 +44,7 @@ internal sealed class ParsedOptions
                 name = name[..equals];
             }
             if (!valueOptions.Contains(name))
-                throw new UsageException($"unknown option '--{name}' for '{command}' (see '{CommandLine.Self} {command} --help')");
+                throw new UsageException($"unknown option '--{name}' for '{command}' (see {CommandLine.Self} {command} --help)");
             if (value is null)
             {
                 // "--threads -1" takes the -1; "--epochs --lr 0.1" is a missing value, not an epoch count "--lr".

@@ -107,10 +107,15 @@ internal static class TrainCommand
             world.Barrier();
             return code;
         }
+        catch (OperationCanceledException) when (world.Size > 1)
+        {
+            // The ranks agreed to stop at the same batch (Train's stop check): they end together; rank 0 says why.
+            if (world.Rank != 0) return 130;
+            throw;
+        }
         catch (Exception e) when (world.Size > 1)
         {
             // The other ranks wait in a collective: end the whole job, naming this rank.
-            if (e is OperationCanceledException) world.Abort(130, e.Message);
             world.Abort(1, $"{e.GetType().Name}: {e.Message}");
             throw;
         }
@@ -160,6 +165,15 @@ internal static class TrainCommand
 
         Sequential<float> model = DarkNetClassifier.Create<float>(s.Norm, Classes, s.Seed);
         int threads = s.Threads == -1 ? Environment.ProcessorCount : s.Threads;
+        // Ctrl+C or SIGTERM stops the run at the next batch; the ranks of a distributed run agree on it first (a 4-byte
+        // all-reduce per batch, outside the timed communication), so that all of them stop at the same batch.
+        ICommunicator? ranks = communicator;
+        Action stop = ranks is null ? Interrupt.ThrowIfRequested : () =>
+        {
+            Span<int> requested = [Interrupt.Requested ? 1 : 0];
+            ranks.AllReduce(requested, ReduceOperation.Max);
+            if (requested[0] != 0) throw new OperationCanceledException("interrupted");
+        };
         TimedCommunicator? timed = communicator is null ? null : new TimedCommunicator(communicator, s.ProfileCommunication);
         communicator = timed;
         if (communicator is not null)
@@ -218,6 +232,9 @@ internal static class TrainCommand
         EpochResult? lastTest = null;
         TimeSpan trainTime = TimeSpan.Zero;
         timed?.Reset();
+        if (resume?.Ranks is int trainedOn && trainedOn != (communicator?.Size ?? 0))
+            console.MarkupLine(Markup.Escape($"Note: the run trained {(trainedOn == 0 ? "in one process" : $"on {trainedOn} ranks")} and continues " +
+                $"{(communicator is null ? "in one process" : $"on {communicator.Size} ranks")}: the same computation, summed in another order, so the weights will differ in their last bits from an uninterrupted run's"));
         if (resume is not null)
             console.MarkupLine(Markup.Escape(firstEpoch > s.Epochs
                 ? $"Resumed {s.Out}: all {s.Epochs} epochs were finished"
@@ -226,11 +243,11 @@ internal static class TrainCommand
         {
             for (int epoch = firstEpoch; epoch <= s.Epochs; epoch++)
             {
-                Interrupt.ThrowIfRequested();
+                stop();
                 var clock = Stopwatch.StartNew();
                 var (trainResult, testResult) = Terminal.Live && leader
-                    ? LiveEpoch(console, model, trainEpoch, trainLoader, testLoader, epoch, s.Epochs)
-                    : PlainEpoch(console, model, trainEpoch, trainLoader, testLoader, epoch, s.Epochs);
+                    ? LiveEpoch(console, model, trainEpoch, trainLoader, testLoader, epoch, s.Epochs, stop)
+                    : PlainEpoch(console, model, trainEpoch, trainLoader, testLoader, epoch, s.Epochs, stop);
                 double seconds = clock.Elapsed.TotalSeconds;
                 lastTest = testResult;
                 trainTime += trainResult.Time;
@@ -246,15 +263,16 @@ internal static class TrainCommand
                 if (leader)
                 {
                     Results.WriteMetrics(metricsPath, history);
-                    TrainingCheckpoint.Write(s.Out, model, optimizer, epoch, SettingsMetadata(s), history, train.Count, mean, std);
+                    TrainingCheckpoint.Write(s.Out, model, optimizer, epoch, SettingsMetadata(s, communicator?.Size ?? 0), history, train.Count, mean, std);
                 }
             }
         }
         catch (OperationCanceledException) when (history.Count > 0)
         {
+            string data = s.Data == FashionMnist.DebianDirectory ? "" : $" --data {Quote(s.Data)}";
             string again = communicator is null
-                ? $"{CommandLine.Self} train --resume {Quote(s.Out)}"
-                : $"mpirun -np {communicator.Size} {CommandLine.Self} train --distributed --resume {Quote(s.Out)}";
+                ? $"{CommandLine.Self} train --resume {Quote(s.Out)}{data}"
+                : $"{Mpirun(communicator.Size)} {CommandLine.Self} train --distributed --resume {Quote(s.Out)}{data}";
             throw new OperationCanceledException($"interrupted after epoch {history[^1].Epoch} of {s.Epochs}; continue the run with: {again}");
         }
         if (resume is not null && history.Count > 0) lastTest = new EpochResult(history[^1].TestLoss, history[^1].TestAccuracy, TimeSpan.Zero);
@@ -278,7 +296,8 @@ internal static class TrainCommand
         };
         if (communicator is not null) metadata["ranks"] = Invariant(communicator.Size);
         // A collective: every rank, before the others stop.
-        string? communication = timed is null ? null : CommunicationSummary(timed, trainTime, (long)s.Epochs * trainLoader.BatchCount, buckets);
+        long stepsHere = (long)(s.Epochs - firstEpoch + 1) * trainLoader.BatchCount;   // the steps this process trained (after a resume, fewer)
+        string? communication = timed is null || stepsHere <= 0 ? null : CommunicationSummary(timed, trainTime, stepsHere, buckets);
         if (!leader) return 0;
         Checkpoint.Save(checkpointPath, model, metadata);
         try
@@ -306,7 +325,7 @@ internal static class TrainCommand
     /// <summary>An epoch under a live progress bar (loss, accuracy, images/s, time left), cleared when done.</summary>
     private static (EpochResult Train, EpochResult Test) LiveEpoch(
         IAnsiConsole console, Sequential<float> model, Func<int, Action<BatchProgress>, EpochResult> trainEpoch, BatchLoader<float> trainLoader,
-        BatchLoader<float> testLoader, int epoch, int epochs)
+        BatchLoader<float> testLoader, int epoch, int epochs, Action stop)
     {
         return console.Progress()
             .AutoClear(true)
@@ -322,7 +341,7 @@ internal static class TrainCommand
                 ProgressTask task = context.AddTask(Markup.Escape($"{prefix}  starting"), maxValue: trainLoader.BatchCount);
                 EpochResult train = trainEpoch(epoch, p =>
                 {
-                    Interrupt.ThrowIfRequested();
+                    stop();
                     task.Description = Markup.Escape($"{prefix}  loss {p.Loss:F4}  acc {Percent(p.Accuracy)}  {p.ImagesPerSecond:N0} img/s");
                     task.Value = p.Batch;
                 });
@@ -339,13 +358,13 @@ internal static class TrainCommand
     /// <summary>An epoch reported as plain lines every ~10% of its batches (redirected output, CI).</summary>
     private static (EpochResult Train, EpochResult Test) PlainEpoch(
         IAnsiConsole console, Sequential<float> model, Func<int, Action<BatchProgress>, EpochResult> trainEpoch, BatchLoader<float> trainLoader,
-        BatchLoader<float> testLoader, int epoch, int epochs)
+        BatchLoader<float> testLoader, int epoch, int epochs, Action stop)
     {
         int batches = trainLoader.BatchCount, every = Math.Max(1, (batches + 9) / 10);
         int batchWidth = batches.ToString(CultureInfo.InvariantCulture).Length;
         EpochResult train = trainEpoch(epoch, p =>
         {
-            Interrupt.ThrowIfRequested();
+            stop();
             if (p.Batch % every != 0 && p.Batch != p.Batches) return;
             TimeSpan left = p.Batch == 0 ? TimeSpan.Zero : p.Elapsed / p.Batch * (p.Batches - p.Batch);
             console.WriteLine(
@@ -410,6 +429,28 @@ internal static class TrainCommand
 
     private static string Quote(string path) => CommandLine.Quote(path);
 
+    /// <summary>An mpirun command line for <paramref name="size"/> ranks, with the options Open MPI needs here (root, more ranks on this machine than its cores).</summary>
+    private static string Mpirun(int size)
+    {
+        int local = int.TryParse(Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_LOCAL_SIZE"), CultureInfo.InvariantCulture, out int n) ? n : size;
+        return "mpirun " + (Environment.UserName == "root" ? "--allow-run-as-root " : "") + (local > OnlineCores() ? "--oversubscribe " : "") + $"-np {size}";
+    }
+
+    /// <summary>The machine's cores (a rank bound to one core sees only that one in Environment.ProcessorCount).</summary>
+    private static int OnlineCores()
+    {
+        try
+        {
+            // "0-1" or "0,2-5": the kernel's list of online CPUs
+            return File.ReadAllText("/sys/devices/system/cpu/online").Trim().Split(',').Sum(range =>
+                range.Split('-') is [var a, var b] ? int.Parse(b, CultureInfo.InvariantCulture) - int.Parse(a, CultureInfo.InvariantCulture) + 1 : 1);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException)
+        {
+            return Environment.ProcessorCount;
+        }
+    }
+
     private static string Format(double x) => x.ToString("G4", CultureInfo.InvariantCulture);
 
     /// <summary>A learning rate: 0.1, 0.002, 4e-07.</summary>
@@ -417,7 +458,8 @@ internal static class TrainCommand
         x.ToString(x == 0 || x >= 1e-3 ? "0.######" : "0.##e-00", CultureInfo.InvariantCulture);
 
     /// <summary>The settings that decide a run's results, as a checkpoint records them for --resume.</summary>
-    private static Dictionary<string, string> SettingsMetadata(Settings s) => new()
+    /// <param name="ranks">The ranks of a distributed run; 0 for one process.</param>
+    private static Dictionary<string, string> SettingsMetadata(Settings s, int ranks) => new()
     {
         ["norm"] = Names.Of(s.Norm),
         ["epochs"] = Invariant(s.Epochs),
@@ -428,6 +470,7 @@ internal static class TrainCommand
         ["crop_padding"] = Invariant(s.CropPadding),
         ["seed"] = Invariant(s.Seed),
         ["limit"] = s.Limit is int l ? Invariant(l) : "",
+        ["ranks"] = Invariant(ranks),
     };
 
     /// <summary>A run's state after an epoch: <c>checkpoint.safetensors</c> in its folder (model, optimizer, epoch, settings, metrics so far).</summary>
@@ -447,7 +490,10 @@ internal static class TrainCommand
         public List<EpochMetrics> History { get; } = [];
 
         /// <summary>What tells one checkpoint from another of the same run: ranks compare it before resuming.</summary>
-        public string Fingerprint => $"{Epoch}|{_metadata["steps"]}|{_metadata["history"]}";
+        public string Fingerprint => $"{Epoch}|{_metadata.GetValueOrDefault("steps")}|{_metadata.GetValueOrDefault("history")}";
+
+        /// <summary>The ranks the run trained on (0: one process), or null where the checkpoint does not say.</summary>
+        public int? Ranks => _metadata.TryGetValue("ranks", out string? r) && int.TryParse(r, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n : null;
 
         public static void Write(string folder, Sequential<float> model, Optimizer<float> optimizer, int epoch, Dictionary<string, string> settings,
             List<EpochMetrics> history, int trainImages, double mean, double std)

@@ -193,6 +193,59 @@ public class MpirunTests
             foreach (var (name, entry) in a) Assert.True(entry.Data.AsSpan().SequenceEqual(b[name].Data), $"{name} differs");
             string[] Rows(string folder) => File.ReadAllLines(Path.Combine(folder, "metrics.csv")).Select(l => string.Join(",", l.Split(',').Where((_, i) => i != 5))).ToArray();
             Assert.Equal(Rows(whole), Rows(killed));
+            // resumed in one process, a 2-rank run says that its last bits will differ
+            var (single, singleOutput, singleError) = Training.CliTests.Run("train", "--resume", whole, "--threads", "1", "--data", data);
+            Assert.True(single == 0, singleError);
+            Assert.Contains("Note: the run trained on 2 ranks and continues in one process", singleOutput);
+        }
+        finally
+        {
+            Directory.Delete(data, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// SIGTERM to the ranks (as a batch scheduler sends it to a job's tasks): they agree to stop at the same batch,
+    /// end with exit code 130, rank 0 names the command that continues the run, and that command, pasted into a
+    /// shell, finishes it. (SIGTERM or Ctrl+C to mpirun itself is Open MPI's job kill: SIGCONT, SIGTERM a second later
+    /// and SIGKILL a second after that; the run then resumes from its last checkpoint.)
+    /// </summary>
+    [MpirunFact]
+    public void AnInterruptedDistributedRunNamesTheCommandThatContinuesIt()
+    {
+        string data = SyntheticData(320, 40);
+        try
+        {
+            string run = Path.Combine(data, "run");
+            string log;
+            using (Process mpirun = Mpirun.Start(2, $"train --distributed --data {data} --epochs 12 --batch-size 32 --threads 1 --out {run}"))
+            {
+                Task<string> output = mpirun.StandardOutput.ReadToEndAsync(), error = mpirun.StandardError.ReadToEndAsync();
+                var clock = Stopwatch.StartNew();
+                while (Training.ResumeTests.CheckpointEpoch(run) < 1 && !mpirun.HasExited && clock.Elapsed < TimeSpan.FromSeconds(120)) Thread.Sleep(5);
+                using (Process ranks = Process.Start(new ProcessStartInfo("pgrep", ["-P", mpirun.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]) { RedirectStandardOutput = true })!)
+                {
+                    string[] pids = ranks.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+                    ranks.WaitForExit();
+                    Assert.Equal(2, pids.Length);
+                    using Process signal = Process.Start("kill", ["-TERM", .. pids])!;
+                    signal.WaitForExit();
+                }
+                Assert.True(mpirun.WaitForExit(60_000), "mpirun did not end after SIGTERM");
+                Assert.Equal(130, mpirun.ExitCode);
+                log = output.Result + error.Result;
+            }
+            Assert.NotEqual(12, Training.ResumeTests.CheckpointEpoch(run));
+            string line = Assert.Single(log.Split('\n'), l => l.StartsWith("sharpnorm: interrupted after epoch ", StringComparison.Ordinal));
+            Assert.DoesNotContain("MPI_Abort", log);
+            string command = line[(line.IndexOf("continue the run with: ", StringComparison.Ordinal) + "continue the run with: ".Length)..];
+            Assert.StartsWith("mpirun ", command);
+            Assert.Contains($" -np 2 ", command);
+            Assert.Contains($" train --distributed --resume {run} --data {data}", command);
+            var (code, output2, error2) = Training.CliTests.Shell(command);
+            Assert.True(code == 0, $"{command}: {output2}{error2}");
+            Assert.Contains($"Resumed {run} after epoch", output2);
+            Assert.True(File.Exists(Path.Combine(run, "model.safetensors")));
         }
         finally
         {

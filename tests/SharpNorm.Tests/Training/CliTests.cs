@@ -40,17 +40,19 @@ public class CliTests
             string tools = Directory.CreateDirectory(Path.Combine(folder, "tools")).FullName;
             string shim = Path.Combine(tools, "sharpnorm");
             File.WriteAllText(shim, "");
+            string empty = Path.Combine(folder, "empty"), elsewhere = Path.Combine(folder, "elsewhere");   // a PATH without sharpnorm; a current directory above none of the paths
             // an installed tool whose folder is on PATH: its name; off PATH: its path
-            Assert.Equal("sharpnorm", SharpNorm.Cli.CommandLine.Resolve(shim, "/store/any/", $"/usr/bin:{tools}", "/"));
-            Assert.Equal(shim, SharpNorm.Cli.CommandLine.Resolve(shim, "/store/any/", "/usr/bin", "/home"));
+            Assert.Equal("sharpnorm", SharpNorm.Cli.CommandLine.Resolve(shim, "/store/any/", $"{empty}:{tools}", elsewhere));
+            Assert.Equal(shim, SharpNorm.Cli.CommandLine.Resolve(shim, "/store/any/", empty, elsewhere));
             // dotnet run and ./train.sh start the app host SharpNorm.Cli: the sharpnorm beside it, relative to the current directory
             string bin = Directory.CreateDirectory(Path.Combine(folder, "src", "bin")).FullName;
             File.WriteAllText(Path.Combine(bin, "sharpnorm"), "");
-            Assert.Equal("src/bin/sharpnorm", SharpNorm.Cli.CommandLine.Resolve(Path.Combine(bin, "SharpNorm.Cli"), bin, "/usr/bin", folder));
-            Assert.Equal("./sharpnorm", SharpNorm.Cli.CommandLine.Resolve(Path.Combine(bin, "SharpNorm.Cli"), bin, "/usr/bin", bin));
+            Assert.Equal("src/bin/sharpnorm", SharpNorm.Cli.CommandLine.Resolve(Path.Combine(bin, "SharpNorm.Cli"), bin, empty, folder));
+            Assert.Equal("./sharpnorm", SharpNorm.Cli.CommandLine.Resolve(Path.Combine(bin, "SharpNorm.Cli"), bin, empty, bin));
             // dotnet SharpNorm.Cli.dll: the same, through dotnet; a path with a space quoted
-            Assert.Equal("dotnet '/opt/my tool/SharpNorm.Cli.dll'",
-                SharpNorm.Cli.CommandLine.Resolve("/usr/share/dotnet/dotnet", "/opt/my tool/", "/usr/bin", "/home"));
+            Assert.Equal("dotnet '/opt/my tool/SharpNorm.Cli.dll'", SharpNorm.Cli.CommandLine.Resolve("/usr/share/dotnet/dotnet", "/opt/my tool/", empty, elsewhere));
+            // a local tool runs from the NuGet cache through dotnet
+            Assert.Equal("dotnet sharpnorm", SharpNorm.Cli.CommandLine.Resolve("/usr/share/dotnet/dotnet", "/root/.nuget/packages/sharpnorm.cli/0.1.0/tools/net10.0/any/", empty, elsewhere));
         }
         finally
         {
