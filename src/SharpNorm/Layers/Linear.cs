@@ -11,6 +11,7 @@ namespace SharpNorm.Layers;
 public sealed class Linear<T> : Layer<T> where T : unmanaged, IFloatingPointIeee754<T>
 {
     private readonly Gemm<T> _gemm = new();
+    private readonly MatrixVector<T> _matrixVector = new();
 
     /// <param name="inFeatures">Size of the last input dimension.</param>
     /// <param name="outFeatures">Size of the last output dimension.</param>
@@ -56,8 +57,13 @@ public sealed class Linear<T> : Layer<T> where T : unmanaged, IFloatingPointIeee
     protected override void ForwardCore(ReadOnlySpan<nint> shape, ReadOnlySpan<T> x, Span<T> y)
     {
         int rows = x.Length / InFeatures;
-        _gemm.MaxDegreeOfParallelism = MaxDegreeOfParallelism;
-        _gemm.Multiply(false, true, rows, OutFeatures, InFeatures, x, InFeatures, TensorData.Flat(Weight.Value), InFeatures, y, OutFeatures, accumulate: false);
+        if (rows <= MatrixVector<T>.MaxRows)
+            _matrixVector.Multiply(rows, OutFeatures, InFeatures, x, TensorData.Flat(Weight.Value), y, Threads);
+        else
+        {
+            _gemm.MaxDegreeOfParallelism = MaxDegreeOfParallelism;
+            _gemm.Multiply(false, true, rows, OutFeatures, InFeatures, x, InFeatures, TensorData.Flat(Weight.Value), InFeatures, y, OutFeatures, accumulate: false);
+        }
         if (Bias is null) return;
         ReadOnlySpan<T> bias = TensorData.Flat(Bias.Value);
         for (int r = 0; r < rows; r++) TensorPrimitives.Add(y.Slice(r * OutFeatures, OutFeatures), bias, y.Slice(r * OutFeatures, OutFeatures));

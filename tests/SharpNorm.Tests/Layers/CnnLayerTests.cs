@@ -131,6 +131,39 @@ public class CnnLayerTests
         CheckGradients(new Linear<double>(3, 4, bias: false, random: new Random(2)), [2, 3, 3], seed: 4);
     }
 
+    /// <summary>Batches of up to 4 rows go by dot products of the weight rows (MatrixVector), larger ones by the matrix product: both against double sums, the same bits for any thread count.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    [InlineData(4)]
+    [InlineData(5)]
+    public void LinearForwardAgreesWithDoubleSumsAtEveryBatchSize(int rows)
+    {
+        const int inFeatures = 301, outFeatures = 250;   // 75K multiply-adds: two threads take part
+        var x = new Gaussian(11).Tensor<float>([rows, inFeatures]);
+        float[]? reference = null;
+        foreach (int threads in new[] { 1, 2, -1 })
+        {
+            var layer = new Linear<float>(inFeatures, outFeatures, random: new Random(3)) { MaxDegreeOfParallelism = threads };
+            float[] y = layer.Forward(x).ToArray();
+            if (reference is null)
+            {
+                reference = y;
+                float[] w = layer.Weight.Value.ToArray(), b = layer.Bias!.Value.ToArray(), input = x.ToArray();
+                var expected = new float[rows * outFeatures];
+                for (int r = 0; r < rows; r++)
+                    for (int o = 0; o < outFeatures; o++)
+                    {
+                        double sum = b[o];
+                        for (int k = 0; k < inFeatures; k++) sum += (double)input[r * inFeatures + k] * w[o * inFeatures + k];
+                        expected[r * outFeatures + o] = (float)sum;
+                    }
+                Check.Close(expected, y, 1e-5, 1e-5, $"{rows} rows against double");
+            }
+            else Assert.True(reference.AsSpan().SequenceEqual(y), $"{rows} rows, {threads} threads: bits differ from 1 thread");
+        }
+    }
+
     [Fact]
     public void ActivationGradientsMatchCentralDifferences()
     {
