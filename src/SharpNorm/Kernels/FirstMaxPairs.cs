@@ -88,6 +88,32 @@ internal static class FirstMaxPairs
         }
     }
 
+    /// <summary>
+    /// The forward of a 2x2 stride-1 pool whose output is as wide as its input (darknet's size-2 stride-1 maxpool,
+    /// padded after): output p = (oh, ow) is the first maximum of x[p], x[p + 1], x[p + width], x[p + width + 1].
+    /// Walks the plane flat, 16 outputs at a time, so that maps narrower than a vector go by vectors too, and returns
+    /// how many outputs from the start it wrote; those at ow = width - 1 (whose x[p + 1] is the next row's) and all
+    /// from the returned count on are the caller's scalar search's.
+    /// </summary>
+    public static int StrideOne(ReadOnlySpan<float> x, int height, int width, Span<float> output)
+    {
+        // the last window read, p + width + 1, must stay in the plane
+        int whole = Math.Max(0, (height - 1) * width - 1) / 16 * 16;
+        ref float upper = ref Unsafe.AsRef(in x[0]);
+        ref float lower = ref Unsafe.Add(ref upper, width);
+        ref float pout = ref output[0];
+        for (int p = 0; p < whole; p += 16)
+        {
+            // first maximum of the window in the scalar search's order: the upper pair, then the lower pair
+            Vector512<float> upperLeft = Vector512.LoadUnsafe(ref upper, (nuint)p), upperRight = Vector512.LoadUnsafe(ref upper, (nuint)(p + 1));
+            Vector512<float> lowerLeft = Vector512.LoadUnsafe(ref lower, (nuint)p), lowerRight = Vector512.LoadUnsafe(ref lower, (nuint)(p + 1));
+            Vector512<float> top = Vector512.ConditionalSelect(Beats(upperRight, upperLeft), upperRight, upperLeft);
+            Vector512<float> bottom = Vector512.ConditionalSelect(Beats(lowerRight, lowerLeft), lowerRight, lowerLeft);
+            Vector512.ConditionalSelect(Beats(bottom, top), bottom, top).StoreUnsafe(ref pout, (nuint)p);
+        }
+        return whole;
+    }
+
     private static void Copy(ref float from, ref float to, int count) =>
         MemoryMarshal.CreateReadOnlySpan(ref from, count).CopyTo(MemoryMarshal.CreateSpan(ref to, count));
 

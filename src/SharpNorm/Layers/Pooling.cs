@@ -154,9 +154,15 @@ public sealed class MaxPool2d<T> : Pool2d<T> where T : unmanaged, IFloatingPoint
                 MemoryMarshal.Cast<T, float>(output), backward);
             return;
         }
+        // darknet's 2x2 stride-1 pool (padded after the input only): the plane's inside windows a vector at a time
+        int done = 0;
+        if (!backward && g.KernelHeight == 2 && g.KernelWidth == 2 && g.StrideHeight == 1 && g.StrideWidth == 1 && g.PadHeight == 0 && g.PadWidth == 0
+            && g.OutputWidth == g.Width && g.OutputHeight >= g.Height - 1 && Vectorized && typeof(T) == typeof(float) && FirstMaxPairs.IsSupported)
+            done = FirstMaxPairs.StrideOne(MemoryMarshal.Cast<T, float>(x), g.Height, g.Width, MemoryMarshal.Cast<T, float>(output));
         for (int oh = 0; oh < g.OutputHeight; oh++)
             for (int ow = 0; ow < g.OutputWidth; ow++)
             {
+                if (oh * g.OutputWidth + ow < done && ow < g.Width - 1) continue;
                 // The common 2x2 window inside the plane, directly; any other window by the general search.
                 int at = pairs ? ArgMaxOfPair(x, g.Width, 2 * oh * g.Width + 2 * ow) : ArgMax(g, x, oh, ow);
                 if (backward) output[at] += dy[oh * g.OutputWidth + ow];
@@ -164,7 +170,7 @@ public sealed class MaxPool2d<T> : Pool2d<T> where T : unmanaged, IFloatingPoint
             }
     }
 
-    /// <summary>Whether float planes take the vector path of 2x2 stride-2 windows (tests compare it with the scalar one).</summary>
+    /// <summary>Whether float planes take the vector paths of 2x2 windows, stride 2 and stride 1 (tests compare them with the scalar one).</summary>
     internal bool Vectorized { get; set; } = true;
 
     /// <summary>The first maximum (or first NaN) of the 2x2 window whose top-left element is at <paramref name="at"/>.</summary>

@@ -256,6 +256,33 @@ public class CnnLayerTests
         Assert.Equal(Bits(scalar.Backward(x, dy)), Bits(vector.Backward(x, dy)));
     }
 
+    /// <summary>darknet's 2x2 stride-1 pool (padded after): the vector path gives the scalar search's bits, NaN, ±0 and ties included.</summary>
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(2, 16)]
+    [InlineData(2, 17)]
+    [InlineData(5, 18)]
+    [InlineData(13, 13)]
+    [InlineData(3, 33)]
+    [InlineData(26, 26)]
+    [InlineData(4, 70)]
+    public void StrideOneMaxPoolVectorPathMatchesTheScalarSearch(int height, int width)
+    {
+        var random = new Random(height * 1000 + width);
+        float[] pool = [0f, -0f, 1f, 1f, 2f, -1f, float.NaN, float.PositiveInfinity, float.NegativeInfinity, 3f, 3f, 0.5f];
+        nint[] shape = [2, 3, height, width];
+        var x = Tensor.Create(Enumerable.Range(0, 6 * height * width).Select(_ => pool[random.Next(pool.Length)]).ToArray(), shape);
+        var vector = new MaxPool2d<float>([2], [1], [0, 0, 1, 1]);
+        var scalar = new MaxPool2d<float>([2], [1], [0, 0, 1, 1]) { Vectorized = false };
+        Assert.Equal(shape, vector.OutputShape(shape));
+        static int[] Bits(Tensor<float> t) => t.ToArray().Select(BitConverter.SingleToInt32Bits).ToArray();
+        Assert.Equal(Bits(scalar.Forward(x)), Bits(vector.Forward(x)));
+        // padded on the right only: one row fewer
+        var right = new MaxPool2d<float>([2], [1], [0, 0, 0, 1]);
+        var rightScalar = new MaxPool2d<float>([2], [1], [0, 0, 0, 1]) { Vectorized = false };
+        if (height > 1) Assert.Equal(Bits(rightScalar.Forward(x)), Bits(right.Forward(x)));
+    }
+
     /// <summary>Rectifiers over many pieces (several threads) against the element-wise definition, forward and backward.</summary>
     [Theory]
     [InlineData(1)]
