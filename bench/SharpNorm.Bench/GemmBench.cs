@@ -43,6 +43,8 @@ internal sealed record GemmShape(string Name, string Source, int M, int N, int K
             new("darknet19 12", "DarkNet-19 256→512 3x3 16x16, im2col", 512, 256, 2304),
             new("darknet19 18", "DarkNet-19 512→1024 3x3 8x8, im2col", 1024, 64, 4608),
             new("darknet19 23", "DarkNet-19 1024→1000 1x1 8x8", 1000, 64, 1024),
+            new("yolo 12 winograd", "YOLOv3-tiny 512→1024 3x3 13x13 at batch 1, one Winograd position (16 tiles)", 1024, 16, 512),
+            new("yolov1 12", "YOLOv1-tiny 512→1024 3x3 7x7 at batch 1, im2col", 1024, 49, 4608),
         ];
 }
 
