@@ -58,6 +58,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
         bool quick = false, help = false, mallocReuse = false, cnn = false, darknet = false, unfused = false, gemm = false, grouped = false;
         string? json = null, filter = null, cfg = null;
         var algorithm = SharpNorm.Layers.ConvAlgorithm.Auto;
+        bool algorithmGiven = false;
         string network = "default";
         int[]? threads = null;
         int? warmup = null, runs = null;
@@ -76,6 +77,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
                     network = Value() is "default" or "untuned" ? args[i] : throw new ArgumentException($"--network takes default or untuned, got '{args[i]}'.");
                     break;
                 case "--conv-algorithm":
+                    algorithmGiven = true;
                     algorithm = Value() switch
                     {
                         "auto" => SharpNorm.Layers.ConvAlgorithm.Auto,
@@ -104,6 +106,7 @@ internal sealed record Options(bool Quick, string? JsonPath, string? Filter, int
         if (cnn && filter is not null) throw new ArgumentException("--filter does not apply to --cnn.");
         if (darknet && (cnn || filter is not null)) throw new ArgumentException("--darknet does not combine with --cnn or --filter.");
         if (unfused && !cnn) throw new ArgumentException("--unfused applies to --cnn only.");
+        if (algorithmGiven && !cnn) throw new ArgumentException("--conv-algorithm applies to --cnn only.");
         if (grouped && !cnn) throw new ArgumentException("--grouped applies to --cnn only.");
         if (cfg is not null && !darknet) throw new ArgumentException("--cfg applies to --darknet only.");
         if (gemm && (cnn || darknet || filter is not null)) throw new ArgumentException("--gemm does not combine with --cnn, --darknet or --filter.");
