@@ -269,7 +269,7 @@ internal static class TrainCommand
         }
         catch (OperationCanceledException) when (history.Count > 0)
         {
-            string data = s.Data == FashionMnist.DebianDirectory ? "" : $" --data {Quote(s.Data)}";
+            string data = (s.Data == FashionMnist.DebianDirectory ? "" : $" --data {Quote(s.Data)}") + (s.CheckFinite ? " --check-finite" : "");
             string again = communicator is null
                 ? $"{CommandLine.Self} train --resume {Quote(s.Out)}{data}"
                 : $"{Mpirun(communicator.Size)} {CommandLine.Self} train --distributed --resume {Quote(s.Out)}{data}";
@@ -436,19 +436,26 @@ internal static class TrainCommand
         return "mpirun " + (Environment.UserName == "root" ? "--allow-run-as-root " : "") + (local > OnlineCores() ? "--oversubscribe " : "") + $"-np {size}";
     }
 
-    /// <summary>The machine's cores (a rank bound to one core sees only that one in Environment.ProcessorCount).</summary>
+    /// <summary>
+    /// The machine's physical cores, Open MPI's default slots (a rank bound to one core sees only that one in
+    /// Environment.ProcessorCount): the online CPUs over the hardware threads per core.
+    /// </summary>
     private static int OnlineCores()
     {
         try
         {
-            // "0-1" or "0,2-5": the kernel's list of online CPUs
-            return File.ReadAllText("/sys/devices/system/cpu/online").Trim().Split(',').Sum(range =>
-                range.Split('-') is [var a, var b] ? int.Parse(b, CultureInfo.InvariantCulture) - int.Parse(a, CultureInfo.InvariantCulture) + 1 : 1);
+            int cpus = CountList(File.ReadAllText("/sys/devices/system/cpu/online"));
+            int perCore = CountList(File.ReadAllText("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list"));
+            return Math.Max(1, cpus / Math.Max(1, perCore));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException)
         {
             return Environment.ProcessorCount;
         }
+
+        // "0-1" or "0,2-5": a kernel CPU list
+        static int CountList(string list) => list.Trim().Split(',').Sum(range =>
+            range.Split('-') is [var a, var b] ? int.Parse(b, CultureInfo.InvariantCulture) - int.Parse(a, CultureInfo.InvariantCulture) + 1 : 1);
     }
 
     private static string Format(double x) => x.ToString("G4", CultureInfo.InvariantCulture);

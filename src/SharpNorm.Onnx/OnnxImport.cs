@@ -597,29 +597,32 @@ public static class OnnxImport
         private bool ScalarAffine(OnnxProto.NodeProto node)
         {
             if (node.Input.Count != 2) return false;
-            int k = Constant(node, 1, out float c) ? 1 : Constant(node, 0, out c) ? 0 : -1;
+            if (node.Output.Count != 1) return false;
+            int k = Constant(node, 1, In(node, 0), out float c) ? 1 : Constant(node, 0, In(node, 1), out c) ? 0 : -1;
             if (k < 0) return false;
             Only(node);
             string input = In(node, 1 - k), output = node.Output[0];
+            if (!float.IsFinite(c)) throw Error(node, $"the constant {c} is not finite.");
             double scale = 1, shift = c;
             if (node.OpType == "Mul")
             {
                 (scale, shift) = (c, 0);
-                if (SoleConsumer(output) is { OpType: "Add" } add && add.Input.Count == 2 && add.Attribute.Count == 0
-                    && (add.Input[0] == output && Constant(add, 1, out float b) || add.Input[1] == output && Constant(add, 0, out b)))
+                // the Add's other input is the Mul's output, of the Mul's input's shape (not registered yet)
+                if (SoleConsumer(output) is { OpType: "Add" } add && add.Input.Count == 2 && add.Output.Count == 1 && add.Attribute.Count == 0
+                    && (add.Input[0] == output && Constant(add, 1, input, out float b) || add.Input[1] == output && Constant(add, 0, input, out b)))
                 {
+                    if (!float.IsFinite(b)) throw Error(add, $"the constant {b} is not finite.");
                     _absorbed.Add(add);
                     (shift, output) = (b, add.Output[0]);
                 }
             }
-            if (!float.IsFinite((float)scale) || !float.IsFinite((float)shift)) throw Error(node, $"the constant {c} is not finite.");
             Named(output, new ScaleShift<float>(scale, shift), input, node);
             return true;
 
-            // input k a scalar constant and the other a computed tensor of at least its rank (so broadcasting keeps the shape)
-            bool Constant(OnnxProto.NodeProto n, int index, out float value) =>
-                IsScalar(n.Input[index], out value) && _shapes.TryGetValue(Resolve(n.Input[1 - index]), out nint[]? other)
-                && _initializers[n.Input[index]].Dims.Count <= other.Length;
+            // input `index` a scalar constant and `other` a computed tensor of at least its rank (so broadcasting keeps the shape)
+            bool Constant(OnnxProto.NodeProto n, int index, string other, out float value) =>
+                IsScalar(n.Input[index], out value) && _shapes.TryGetValue(other, out nint[]? shape)
+                && _initializers[n.Input[index]].Dims.Count <= shape.Length;
         }
 
         /// <summary>(x − a) / b of scalar constants: Normalize.</summary>

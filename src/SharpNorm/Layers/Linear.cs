@@ -7,6 +7,8 @@ namespace SharpNorm.Layers;
 
 /// <summary>
 /// Fully connected layer, the twin of torch.nn.Linear: y = x Wᵀ + b for input (*, in), weight (out, in), bias (out).
+/// Up to 4 rows go by dot products of the weight rows, more by the matrix product: a row's outputs may differ in their
+/// last bit between those two (as in PyTorch, whose kernels also change with the batch), never with the thread count.
 /// </summary>
 public sealed class Linear<T> : Layer<T> where T : unmanaged, IFloatingPointIeee754<T>
 {

@@ -61,6 +61,11 @@ public class GraphTests
         for (int i = 0; i < y.Length; i++) Assert.Equal(input[i] * 1.05f + -0.025f, y[i]);   // two roundings, as ONNX's Mul then Add
         Assert.Throws<ArgumentOutOfRangeException>(() => new ScaleShift<float>(double.NaN));
         Assert.Throws<ArgumentOutOfRangeException>(() => new ScaleShift<float>(1, double.PositiveInfinity));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new ScaleShift<float>(1e300));   // finite in double, not in float
+        Assert.Equal(1e300 * 2, new ScaleShift<double>(1e300).Forward(Tensor.Create(new double[] { 2 }, [1])).ToArray()[0]);
+        // a unit scale is no product and a zero shift no sum, as the ONNX export writes them: -0 stays -0
+        Assert.True(double.IsNegative(new ScaleShift<float>(2).Forward(Tensor.Create(new float[] { -0f }, [1])).ToArray()[0]));
+        Assert.True(double.IsNegative(new ScaleShift<float>(1, 0).Forward(Tensor.Create(new float[] { -0f }, [1])).ToArray()[0]));
     }
 
     [Fact]

@@ -113,6 +113,9 @@ public class OnnxImportTests(Xunit.Abstractions.ITestOutputHelper output)
         Graph<float> imported = OnnxImport.FromBytes(OnnxExport.ToBytes(model, [1, 3, 7, 5], new OnnxExportOptions { Opset = opset }));
         Assert.Contains(imported.Nodes, n => n.Layer is GroupNorm<float>);
         Assert.Contains(imported.Nodes, n => n.Layer is RMSNorm<float>);
+        // Mul then Add of scalars is one ScaleShift again, Mul alone and Add alone one each
+        Assert.Equal([(1.5, -0.25), (2.0, 0.0), (1.0, 0.5)],
+            imported.Nodes.Select(n => n.Layer).OfType<ScaleShift<float>>().Select(l => (l.Scale, l.Shift)).ToArray());
         Same(model, imported, [3, 7, 5]);
         var plain = new Sequential<float>(new GroupNorm<float>(2, 6, affine: false), new RMSNorm<float>([4, 3], eps: 1e-3, elementwiseAffine: false));
         Graph<float> back = OnnxImport.FromBytes(OnnxExport.ToBytes(plain, [1, 6, 4, 3], new OnnxExportOptions { Opset = opset }));
