@@ -68,7 +68,7 @@ public class ChunkRunnerTests
     }
 
     [Fact]
-    public void TwoCallersAtOnceEachGetEveryChunkOnce()
+    public async Task TwoCallersAtOnceEachGetEveryChunkOnce()
     {
         // One of them finds the pool busy and runs its job alone; neither may lose or repeat a chunk.
         var runner = new ChunkRunner();
@@ -81,7 +81,7 @@ public class ChunkRunnerTests
                 AssertComplete(work, 2);
             }
         })).ToArray();
-        Assert.True(Task.WaitAll(callers, TimeSpan.FromMinutes(2)), "callers did not finish");
+        await Task.WhenAll(callers).WaitAsync(TimeSpan.FromMinutes(2));   // a TimeoutException if they hang
     }
 
     [Theory]

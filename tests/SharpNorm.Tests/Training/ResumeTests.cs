@@ -69,7 +69,7 @@ public class ResumeTests
     }
 
     [Fact]
-    public void AnInterruptedRunNamesTheCommandThatContinuesIt()
+    public async Task AnInterruptedRunNamesTheCommandThatContinuesIt()
     {
         string data = MpirunTests.SyntheticData(320, 40);
         try
@@ -91,7 +91,7 @@ public class ResumeTests
                 using (Process signal = Process.Start("kill", ["-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])!) signal.WaitForExit();
                 Assert.True(process.WaitForExit(60_000), "the interrupted run did not stop");
                 exitCode = process.ExitCode;
-                error = stderr.Result;
+                error = await stderr;
             }
             Assert.Equal(130, exitCode);
             string line = Assert.Single(error.Split('\n', StringSplitOptions.RemoveEmptyEntries));
