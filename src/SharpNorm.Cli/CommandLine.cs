@@ -30,17 +30,23 @@ internal static class CommandLine
         if (name is "sharpnorm") executable = processPath;
         else if (name is "SharpNorm.Cli")
         {
-            // The app host SharpNorm.Cli (dotnet run, ./train.sh) has the copy named sharpnorm beside it (the .csproj).
+            // The app host SharpNorm.Cli (dotnet run, ./train.sh, an installed tool) has the copy named sharpnorm beside it (the .csproj).
             string sibling = Path.Combine(Path.GetDirectoryName(processPath)!, "sharpnorm" + extension);
             executable = File.Exists(sibling) ? sibling : processPath;
         }
-        if (executable is not null && OnPath("sharpnorm" + extension, searchPath) is { } found && SameFile(found, executable))
+        // an installed tool's sharpnorm on PATH links to the app host itself, not to the copy beside it
+        if (executable is not null && OnPath("sharpnorm" + extension, searchPath) is { } found && (SameFile(found, executable) || SameFile(found, processPath!)))
             return "sharpnorm";
-        if (executable is not null) return Quote(Shorten(executable, currentDirectory));
-        // a local tool (dotnet tool install without -g) runs from the NuGet cache as dotnet sharpnorm
         string normalized = baseDirectory.Replace('\\', '/');
-        if (normalized.Contains("/sharpnorm.cli/", StringComparison.OrdinalIgnoreCase) && normalized.Contains("/tools/", StringComparison.Ordinal))
+        // dotnet tool install --tool-path DIR (or -g) runs DIR/.store/sharpnorm.cli/...: the command is DIR/sharpnorm
+        int store = normalized.IndexOf("/.store/sharpnorm.cli/", StringComparison.OrdinalIgnoreCase);
+        if (store >= 0 && Path.Combine(baseDirectory[..store], "sharpnorm" + extension) is { } command && File.Exists(command))
+            return Quote(Shorten(command, currentDirectory));
+        // a local tool (dotnet tool install without -g) runs from the NuGet cache as dotnet sharpnorm; its platform's
+        // package is sharpnorm.cli.<rid>
+        if (store < 0 && System.Text.RegularExpressions.Regex.IsMatch(normalized, @"/sharpnorm\.cli(\.[a-z0-9-]+)?/[^/]+/tools/net[^/]*/", System.Text.RegularExpressions.RegexOptions.IgnoreCase))
             return "dotnet sharpnorm";
+        if (executable is not null) return Quote(Shorten(executable, currentDirectory));
         return "dotnet " + Quote(Shorten(Path.Combine(baseDirectory, "SharpNorm.Cli.dll"), currentDirectory));
     }
 

@@ -53,6 +53,23 @@ public class CliTests
             Assert.Equal("dotnet '/opt/my tool/SharpNorm.Cli.dll'", SharpNorm.Cli.CommandLine.Resolve("/usr/share/dotnet/dotnet", "/opt/my tool/", empty, elsewhere));
             // a local tool runs from the NuGet cache through dotnet
             Assert.Equal("dotnet sharpnorm", SharpNorm.Cli.CommandLine.Resolve("/usr/share/dotnet/dotnet", "/root/.nuget/packages/sharpnorm.cli/0.1.0/tools/net10.0/any/", empty, elsewhere));
+            // a checkout below a folder called tools is not a local tool
+            string checkout = Directory.CreateDirectory(Path.Combine(folder, "tools", "sharpnorm.cli", "1.0", "tools", "SharpNorm.Cli", "bin", "Release", "net10.0")).FullName;
+            File.WriteAllText(Path.Combine(checkout, "sharpnorm"), "");
+            Assert.Equal(Path.Combine(checkout, "sharpnorm"), SharpNorm.Cli.CommandLine.Resolve(Path.Combine(checkout, "SharpNorm.Cli"), checkout + "/", empty, elsewhere));
+            // the same for a platform's tool package, whose app host dotnet starts
+            Assert.Equal("dotnet sharpnorm", SharpNorm.Cli.CommandLine.Resolve("/root/.nuget/packages/sharpnorm.cli.linux-x64/0.1.0/tools/net10.0/linux-x64/SharpNorm.Cli",
+                "/root/.nuget/packages/sharpnorm.cli.linux-x64/0.1.0/tools/net10.0/linux-x64/", empty, elsewhere));
+            // dotnet tool install --tool-path: DIR/sharpnorm links to the app host in DIR/.store (the process's path is the link's
+            // target); on PATH its name, off PATH DIR/sharpnorm, not the store's long path
+            string toolPath = Path.Combine(folder, "tp");
+            string host = Directory.CreateDirectory(Path.Combine(toolPath, ".store", "sharpnorm.cli", "0.1.0", "sharpnorm.cli.linux-x64", "0.1.0", "tools", "net10.0", "linux-x64")).FullName;
+            File.WriteAllText(Path.Combine(host, "SharpNorm.Cli"), "");
+            File.WriteAllText(Path.Combine(host, "sharpnorm"), "");
+            File.CreateSymbolicLink(Path.Combine(toolPath, "sharpnorm"), Path.Combine(host, "SharpNorm.Cli"));
+            Assert.Equal("sharpnorm", SharpNorm.Cli.CommandLine.Resolve(Path.Combine(host, "SharpNorm.Cli"), host + "/", $"{empty}:{toolPath}", elsewhere));
+            Assert.Equal(Path.Combine(toolPath, "sharpnorm"), SharpNorm.Cli.CommandLine.Resolve(Path.Combine(host, "SharpNorm.Cli"), host + "/", empty, elsewhere));
+            Assert.Equal("tp/sharpnorm", SharpNorm.Cli.CommandLine.Resolve(Path.Combine(host, "SharpNorm.Cli"), host + "/", empty, folder));
         }
         finally
         {
